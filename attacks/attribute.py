@@ -1,0 +1,181 @@
+"""Attribute inference: a classifier from the released feature to each private attribute.
+
+``attribute`` (Lightning, trained on the attacker's auxiliary split with a
+class-balanced loss; the epoch is chosen on a held-out part of that split):
+- ``cnn`` head for spatial features (N, C, H, W): strided 3x3 convs down to
+  8x8 or less, then a conv, 2x2 average pooling and a linear layer;
+- ``mlp`` head on the flattened feature; ``auto`` picks cnn for spatial features.
+
+``attribute_linear``: the classic linear probe, multinomial logistic regression
+(scikit-learn, L2 strength chosen by 5-fold cross-validation on the aux split)
+on the standardised, PCA-reduced flattened feature.
+
+Features are standardised with statistics of the attacker's own data.
+"""
+from __future__ import annotations
+
+from typing import Callable, Literal
+
+import torch
+from pydantic import Field
+from torch import nn
+
+from attacks import register_attack
+from attacks.base import Attack, AttackContext, Score
+from attacks.metrics import classification_scores
+from audit.training import fit_classifier, predict
+
+Predictor = Callable[[torch.Tensor], torch.Tensor]  # released features (N, ...) -> class probabilities (N, K)
+
+
+def cnn_head(shape: tuple[int, ...], k: int, width: int) -> nn.Module:
+    channels, size = shape[0], min(shape[1], shape[2])
+    layers: list[nn.Module] = []
+    while size > 8:
+        layers += [nn.Conv2d(channels, width, 3, stride=2, padding=1), nn.BatchNorm2d(width), nn.ReLU()]
+        channels, size = width, (size + 1) // 2
+    layers += [
+        nn.Conv2d(channels, width, 3, padding=1), nn.BatchNorm2d(width), nn.ReLU(),
+        nn.AdaptiveAvgPool2d(2), nn.Flatten(), nn.Dropout(0.2), nn.Linear(width * 4, k),
+    ]
+    return nn.Sequential(*layers)
+
+
+def mlp_head(dim: int, k: int, width: int) -> nn.Module:
+    return nn.Sequential(
+        nn.Linear(dim, width), nn.ReLU(), nn.Dropout(0.2), nn.Linear(width, width), nn.ReLU(), nn.Linear(width, k)
+    )
+
+
+class Standardize(nn.Module):
+    """(z - mean) / std with statistics of the attacker's data (per channel for spatial features,
+    per element otherwise); optionally projected on the top principal components."""
+
+    def __init__(self, z: torch.Tensor, spatial: bool, pca_components: int | None = None):
+        super().__init__()
+        self.spatial = spatial
+        flat = z if spatial else z.flatten(1)
+        dims = (0, 2, 3) if spatial else (0,)
+        self.register_buffer("mean", flat.mean(dim=dims, keepdim=True)[0])
+        self.register_buffer("std", flat.std(dim=dims, keepdim=True)[0].clamp_min(1e-6))
+        projection = None
+        if pca_components is not None and not spatial and flat.shape[1] > pca_components:
+            q = min(pca_components, flat.shape[0] - 1)
+            _, _, v = torch.pca_lowrank((flat - self.mean) / self.std, q=q, center=True, niter=4)
+            projection = v[:, :q]
+        self.register_buffer("projection", projection)
+
+    def forward(self, z: torch.Tensor) -> torch.Tensor:
+        out = ((z if self.spatial else z.flatten(1)) - self.mean) / self.std
+        return out @ self.projection if self.projection is not None else out
+
+
+class _AttributeBase(Attack):
+    """Shared by the attribute attacks: one classifier per private target, scored on the test split."""
+
+    def targets(self, ctx: AttackContext) -> list[str]:
+        names = self.params.targets or list(ctx.aux.private)
+        unknown = [t for t in names if t not in ctx.aux.private]
+        if unknown:
+            raise ValueError(f"{self.name}: unknown targets {unknown}; private labels: {list(ctx.aux.private)}")
+        return names
+
+    def fit_target(self, z: torch.Tensor, s: torch.Tensor, k: int, ctx: AttackContext) -> Predictor:
+        raise NotImplementedError
+
+    def fit(self, ctx: AttackContext) -> None:
+        z = ctx.aux.z.float()
+        self.predictors = {t: self.fit_target(z, ctx.aux.private[t], ctx.num_classes[t], ctx) for t in self.targets(ctx)}
+
+    def score(self, ctx: AttackContext) -> list[Score]:
+        z = ctx.test.z.float()
+        scores = []
+        for target, predictor in self.predictors.items():
+            scores += classification_scores(
+                target, predictor(z), ctx.test.private[target], ctx.num_classes[target],
+                n_boot=ctx.n_boot, seed=ctx.seed, extra=self.describe_model(),
+            )
+        return scores
+
+    def describe_model(self) -> dict:
+        return {}
+
+
+@register_attack("attribute")
+class AttributeAttack(_AttributeBase):
+    """Neural classifier (CNN head for spatial features, else MLP; Lightning) from released feature to each private attribute."""
+
+    class Params(Attack.Params):
+        head: Literal["auto", "cnn", "mlp"] = "auto"
+        targets: list[str] | None = Field(None, description="private attributes to attack (default: all)")
+        epochs: int = Field(15, ge=1)
+        batch_size: int = Field(128, ge=1)
+        lr: float = Field(1e-3, gt=0)
+        weight_decay: float = Field(1e-4, ge=0)
+        width: int = Field(128, ge=1, description="hidden width of the head")
+        val_fraction: float = Field(0.15, gt=0, lt=0.5, description="part of the aux split for epoch selection")
+
+    def head_name(self, z: torch.Tensor) -> str:
+        if self.params.head == "auto":
+            return "cnn" if z.ndim == 4 else "mlp"
+        if self.params.head == "cnn" and z.ndim != 4:
+            raise ValueError(f"the cnn head needs spatial features (N, C, H, W), got shape {tuple(z.shape)}")
+        return self.params.head
+
+    def fit_target(self, z: torch.Tensor, s: torch.Tensor, k: int, ctx: AttackContext) -> Predictor:
+        p = self.params
+        self.head = self.head_name(z)
+        perm = torch.randperm(z.shape[0], generator=torch.Generator().manual_seed(ctx.seed))
+        n_val = max(1, int(z.shape[0] * p.val_fraction))
+        val, train = perm[:n_val], perm[n_val:]
+        standardize = Standardize(z[train], spatial=self.head == "cnn")
+        shape = standardize(z[:1]).shape[1:]
+        head = cnn_head(tuple(shape), k, p.width) if self.head == "cnn" else mlp_head(shape.numel(), k, p.width)
+        net = nn.Sequential(standardize, head)
+        fit_classifier(
+            net, z[train], s[train], k, settings=ctx.settings, epochs=p.epochs, batch_size=p.batch_size,
+            lr=p.lr, weight_decay=p.weight_decay, seed=ctx.seed, balanced=True, val=(z[val], s[val]),
+        )
+        return lambda zt: predict(net, zt).softmax(dim=1)
+
+    def describe_model(self) -> dict:
+        return {"head": self.head}
+
+
+@register_attack("attribute_linear")
+class LinearProbeAttack(_AttributeBase):
+    """Linear probe: cross-validated logistic regression on the standardised, PCA-reduced released feature."""
+
+    class Params(Attack.Params):
+        targets: list[str] | None = Field(None, description="private attributes to attack (default: all)")
+        pca_components: int = Field(256, ge=1, description="PCA dimension when the feature is larger")
+        cs: int = Field(8, ge=1, description="L2 strengths tried (log grid 1e-4..1e4), 5-fold CV on aux")
+        max_iter: int = Field(500, ge=10)
+
+    def fit_target(self, z: torch.Tensor, s: torch.Tensor, k: int, ctx: AttackContext) -> Predictor:
+        import warnings
+
+        from sklearn.exceptions import ConvergenceWarning
+        from sklearn.linear_model import LogisticRegressionCV
+
+        standardize = Standardize(z, spatial=False, pca_components=self.params.pca_components)
+        clf = LogisticRegressionCV(
+            Cs=self.params.cs, cv=5, max_iter=self.params.max_iter, class_weight="balanced",
+            scoring="balanced_accuracy", random_state=ctx.seed,
+        )
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", ConvergenceWarning)
+            warnings.simplefilter("ignore", FutureWarning)  # sklearn 1.8+ attribute layout notice
+            clf.fit(standardize(z).double().numpy(), s.numpy())
+        self.dim = int(standardize(z[:1]).shape[1])
+
+        def probs(zt: torch.Tensor) -> torch.Tensor:
+            out = torch.zeros(zt.shape[0], k, dtype=torch.float32)
+            out[:, torch.as_tensor(clf.classes_)] = torch.as_tensor(
+                clf.predict_proba(standardize(zt).double().numpy()), dtype=torch.float32)
+            return out
+
+        return probs
+
+    def describe_model(self) -> dict:
+        return {"head": "logistic", "dim": self.dim}

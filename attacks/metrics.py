@@ -1,0 +1,38 @@
+"""Classification leakage figures with bootstrap CIs (torchmetrics functional)."""
+from __future__ import annotations
+
+import torch
+from torchmetrics.functional.classification import multiclass_accuracy, multiclass_auroc
+
+from attacks.base import Score
+from audit.stats import bootstrap_ci
+
+
+def _auroc(probs: torch.Tensor, y: torch.Tensor, k: int) -> torch.Tensor:
+    if k == 2:  # binary: AUROC of the positive-class score
+        from torchmetrics.functional.classification import binary_auroc
+
+        return binary_auroc(probs[:, 1], y)
+    return multiclass_auroc(probs, y, num_classes=k, average="macro")
+
+
+def classification_scores(
+    target: str, probs: torch.Tensor, y: torch.Tensor, num_classes: int, *, n_boot: int, seed: int,
+    extra: dict | None = None,
+) -> list[Score]:
+    """accuracy (chance: majority-class rate), balanced_accuracy (chance 1/K) and auroc
+    (chance 0.5, macro one-vs-rest) of predicted class probabilities ``probs`` (N, K) for labels ``y`` (N,)."""
+    k, n = num_classes, y.shape[0]
+    preds = probs.argmax(dim=1)
+    majority = float(torch.bincount(y, minlength=k).max()) / n
+    metrics = {
+        "balanced_accuracy": (lambda p, t: multiclass_accuracy(p, t, num_classes=k, average="macro"), preds, 1.0 / k),
+        "accuracy": (lambda p, t: multiclass_accuracy(p, t, num_classes=k, average="micro"), preds, majority),
+        "auroc": (lambda p, t: _auroc(p, t, k), probs, 0.5),
+    }
+    scores = []
+    for metric, (fn, inputs, chance) in metrics.items():
+        value = float(fn(inputs, y))
+        ci = bootstrap_ci(fn, inputs, y, n_boot=n_boot, seed=seed)
+        scores.append(Score(target, metric, value, ci, chance, n, extra=dict(extra or {})))
+    return scores

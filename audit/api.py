@@ -1,0 +1,25 @@
+"""The Python API; the CLI uses it too.
+
+    from audit import Audit, load_config
+    report = Audit(load_config("configs/utkface.yaml")).run("audit_out")
+"""
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, Iterable
+
+from audit.config import AuditConfig, build_config
+from audit.runner import AuditRun, LineProgress, RunCallback
+
+
+class Audit:
+    """An audit defined by a config (an :class:`AuditConfig` or a plain mapping)."""
+
+    def __init__(self, config: AuditConfig | dict[str, Any], cache_dir: str | Path | None = None):
+        self.config = config if isinstance(config, AuditConfig) else build_config(config, "<dict>")
+        self.cache_dir = cache_dir
+
+    def run(self, out: str | Path = "audit_out", callbacks: Iterable[RunCallback] | None = None) -> dict[str, Any]:
+        """Run (or resume) the audit into ``out``; returns the report (as in report.json)."""
+        callbacks = [LineProgress()] if callbacks is None else list(callbacks)
+        return AuditRun(self.config, out, callbacks, self.cache_dir).run()

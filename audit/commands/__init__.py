@@ -1,0 +1,1 @@
+"""Subcommands of the ``splitaudit`` CLI (one module each)."""

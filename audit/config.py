@@ -1,0 +1,275 @@
+"""Audit configuration: YAML read with ``yaml.safe_load``, validated by pydantic models
+that forbid unknown keys; ``--set key=value`` overrides; the embedded default audit.
+
+Two equivalent shapes. One task::
+
+    dataset: {name: utkface, root: ../shared/data/utkface/crop_part1}
+    model: {name: small_cnn}
+    cut_points: [conv1, pool1, pool2]
+    defenses: [none, {name: noise, scale: 1.0}]
+    attacks: {attribute: {epochs: 10}}
+
+or several, under ``tasks:`` (each with dataset / model / cut_points / training / splits).
+Relative paths of dataset and model parameters in a config file are relative to
+that file's folder; paths given with ``--set`` are relative to the working directory.
+Plugin parameters (dataset, model, defenses, attacks) are checked against the plugin's own
+parameter model when the config is loaded, before any work starts.
+"""
+from __future__ import annotations
+
+import copy
+import hashlib
+import json
+from importlib.resources import files
+from pathlib import Path
+from typing import Any
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+from audit.errors import AuditInputError
+from audit.registry import PluginParamsError, Registry, UnknownPluginError
+from audit.training import TrainerSettings
+
+TASK_KEYS = ("dataset", "model", "cut_points", "training", "splits", "label")
+
+
+class Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+class PluginSpec(BaseModel):
+    """``{name: NAME, **params}``: a plugin and its (validated) parameters."""
+
+    model_config = ConfigDict(extra="allow", frozen=True)
+    name: str
+
+    @property
+    def params(self) -> dict[str, Any]:
+        return dict(self.model_extra or {})
+
+    def label(self) -> str:
+        if not self.params:
+            return self.name
+        return f"{self.name}(" + ",".join(f"{k}={v}" for k, v in sorted(self.params.items())) + ")"
+
+
+class TrainingConfig(Strict):
+    """Lightning training of the primary task."""
+
+    epochs: int = Field(5, ge=1)
+    batch_size: int = Field(128, ge=1)
+    lr: float = Field(1e-3, gt=0)
+    weight_decay: float = Field(0.0, ge=0)
+    hflip: bool = Field(False, description="random horizontal flips (images)")
+
+
+class SplitFractions(Strict):
+    """Fractions of the dataset for the task model (train), the attacker (aux) and evaluation (test)."""
+
+    train: float = Field(0.5, gt=0)
+    aux: float = Field(0.25, gt=0)
+    test: float = Field(0.25, gt=0)
+
+
+class TaskConfig(Strict):
+    dataset: PluginSpec
+    model: PluginSpec
+    cut_points: list[str] = Field(min_length=1)
+    training: TrainingConfig = TrainingConfig()
+    splits: SplitFractions = SplitFractions()
+    label: str | None = Field(None, description="name of this task in reports (default: the dataset name)")
+
+    @property
+    def display_name(self) -> str:
+        return self.label or self.dataset.name
+
+
+class AuditConfig(Strict):
+    name: str = "audit"
+    tasks: list[TaskConfig] = Field(min_length=1)
+    defenses: list[PluginSpec] = Field(min_length=1)
+    attacks: dict[str, dict[str, Any]] = Field(min_length=1)
+    seeds: list[int] = Field(default_factory=lambda: [0], min_length=1)
+    n_boot: int = Field(500, ge=50, description="bootstrap resamples per confidence interval")
+    trainer: TrainerSettings = TrainerSettings()
+    cache_dir: Path | None = Field(None, description="trained task models and decoded data (default ~/.cache/splitaudit)")
+
+    @field_validator("defenses", mode="before")
+    @classmethod
+    def _bare_names(cls, value: Any) -> Any:
+        if isinstance(value, list):
+            return [{"name": v} if isinstance(v, str) else v for v in value]
+        return value
+
+    @field_validator("attacks", mode="before")
+    @classmethod
+    def _attack_list(cls, value: Any) -> Any:
+        if isinstance(value, list):  # [attribute, {name: mi, ...}] -> {attribute: {}, mi: {...}}
+            out = {}
+            for v in value:
+                entry = {"name": v} if isinstance(v, str) else dict(v)
+                out[entry.pop("name")] = entry
+            return out
+        return {k: (v or {}) for k, v in value.items()} if isinstance(value, dict) else value
+
+    @model_validator(mode="after")
+    def _check_plugins(self) -> "AuditConfig":
+        from attacks import ATTACKS
+        from audit.data import DATASETS
+        from audit.models import MODELS
+        from defenses import DEFENSES
+
+        def check(registry: Registry, spec_name: str, params: dict, where: str) -> None:
+            try:
+                registry.validate_params(spec_name, params)
+            except (UnknownPluginError, PluginParamsError) as err:
+                raise ValueError(f"{where}: {err}") from None
+
+        for i, task in enumerate(self.tasks):
+            check(DATASETS, task.dataset.name, task.dataset.params, f"tasks.{i}.dataset")
+            check(MODELS, task.model.name, task.model.params, f"tasks.{i}.model")
+        for i, spec in enumerate(self.defenses):
+            check(DEFENSES, spec.name, spec.params, f"defenses.{i}")
+        for name, params in self.attacks.items():
+            check(ATTACKS, name, params, f"attacks.{name}")
+        seen = set()
+        for spec in self.defenses:
+            key = spec.label()
+            if key in seen:
+                raise ValueError(f"defense {key} is listed twice")
+            seen.add(key)
+        return self
+
+    def config_hash(self) -> str:
+        """Hash of everything that determines the audit's results."""
+        data = self.model_dump(mode="json", exclude={"cache_dir": True, "trainer": {"progress_bar"}})
+        return hashlib.sha256(json.dumps(data, sort_keys=True).encode()).hexdigest()[:16]
+
+
+def _normalize(raw: dict[str, Any]) -> tuple[dict[str, Any], bool]:
+    """Fold the one-task shorthand into ``tasks``; returns (data, was_shorthand)."""
+    shorthand = [k for k in TASK_KEYS if k in raw]
+    if not shorthand:
+        return raw, False
+    if "tasks" in raw:
+        raise AuditInputError(
+            f"the config has both 'tasks' and top-level {', '.join(shorthand)}; "
+            "use one task at the top level or a list under 'tasks'"
+        )
+    data = {k: v for k, v in raw.items() if k not in TASK_KEYS}
+    data["tasks"] = [{k: raw[k] for k in shorthand}]
+    return data, True
+
+
+def parse_override(text: str) -> tuple[list[str], Any]:
+    """``a.b.0.c=value`` -> (["a", "b", "0", "c"], value parsed as YAML)."""
+    if "=" not in text:
+        raise AuditInputError(f"--set {text!r}: expected KEY=VALUE, e.g. --set dataset.root=/data/utkface")
+    key, value = text.split("=", 1)
+    parts = key.strip().split(".")
+    if not all(parts):
+        raise AuditInputError(f"--set {text!r}: malformed key {key!r}")
+    try:
+        parsed = yaml.safe_load(value) if value.strip() else ""
+    except yaml.YAMLError as err:
+        raise AuditInputError(f"--set {text!r}: value is not valid YAML: {err}") from None
+    return parts, parsed
+
+
+def apply_override(data: dict[str, Any], parts: list[str], value: Any) -> None:
+    node: Any = data
+    for i, part in enumerate(parts[:-1]):
+        nxt = parts[i + 1]
+        if isinstance(node, list):
+            if not part.isdigit() or int(part) >= len(node):
+                raise AuditInputError(f"--set {'.'.join(parts)}: no list item {part!r} under {'.'.join(parts[:i]) or 'the top level'}")
+            part = int(part)  # type: ignore[assignment]
+        elif part not in node or node[part] is None:
+            node[part] = [] if nxt.isdigit() else {}
+        elif isinstance(node[part], str) and not nxt.isdigit():
+            node[part] = {"name": node[part]}  # a bare plugin name gains parameters
+        node = node[part]
+    last = parts[-1]
+    if isinstance(node, list):
+        if not last.isdigit() or int(last) > len(node):
+            raise AuditInputError(f"--set {'.'.join(parts)}: no list item {last!r}")
+        if int(last) == len(node):
+            node.append(value)
+        else:
+            node[int(last)] = value
+    elif isinstance(node, dict):
+        node[last] = value
+    else:
+        raise AuditInputError(f"--set {'.'.join(parts)}: {'.'.join(parts[:-1])} is not a mapping")
+
+
+def _path_fields(registry: Registry, name: Any) -> list[str]:
+    try:
+        model = registry.params_model(name)
+    except (UnknownPluginError, TypeError):
+        return []  # reported by validation
+    return [f for f, info in model.model_fields.items() if "Path" in str(info.annotation)]
+
+
+def resolve_relative_paths(raw: dict[str, Any], base: Path) -> None:
+    """Make relative path parameters of datasets and models in a config file relative to the file's folder."""
+    from audit.data import DATASETS
+    from audit.models import MODELS
+
+    tasks = raw.get("tasks") if isinstance(raw.get("tasks"), list) else [raw]
+    for task in tasks:
+        for key, registry in (("dataset", DATASETS), ("model", MODELS)):
+            spec = task.get(key) if isinstance(task, dict) else None
+            if not isinstance(spec, dict):
+                continue
+            for field in _path_fields(registry, spec.get("name")):
+                value = spec.get(field)
+                if isinstance(value, str) and value and not Path(value).expanduser().is_absolute():
+                    spec[field] = str((base / value).resolve())
+
+
+def _format_errors(err: ValidationError, source: str, shorthand: bool) -> str:
+    lines = []
+    for e in err.errors():
+        loc = [str(p) for p in e["loc"]]
+        if shorthand and loc[:2] == ["tasks", "0"]:
+            loc = loc[2:]
+        msg = e["msg"].removeprefix("Value error, ")
+        if e["type"] == "extra_forbidden":
+            msg = "unknown key"
+        lines.append(f"{source}: {'.'.join(loc) or '(top level)'}: {msg}")
+    return "\n".join(lines)
+
+
+def build_config(raw: dict[str, Any], source: str = "<config>", overrides: list[str] = ()) -> AuditConfig:
+    """Validate a config mapping after applying ``--set`` overrides."""
+    if not isinstance(raw, dict):
+        raise AuditInputError(f"{source}: the config must be a YAML mapping, got {type(raw).__name__}")
+    raw = copy.deepcopy(raw)
+    for text in overrides:
+        apply_override(raw, *parse_override(text))
+    data, shorthand = _normalize(raw)
+    try:
+        return AuditConfig.model_validate(data)
+    except ValidationError as err:
+        raise AuditInputError(_format_errors(err, source, shorthand)) from None
+
+
+def load_config(path: str | Path | None = None, overrides: list[str] = ()) -> AuditConfig:
+    """Read and validate a YAML config; ``None`` means the embedded default audit."""
+    if path is None:
+        text, source = files("audit").joinpath("default.yaml").read_text(), "<embedded default>"
+    else:
+        path = Path(path)
+        if not path.is_file():
+            raise AuditInputError(f"config file {str(path)!r} does not exist")
+        text, source = path.read_text(encoding="utf-8"), str(path)
+    try:
+        raw = yaml.safe_load(text)
+    except yaml.YAMLError as err:
+        raise AuditInputError(f"{source}: not valid YAML: {err}") from None
+    raw = raw if raw is not None else {}
+    if path is not None and isinstance(raw, dict):
+        resolve_relative_paths(raw, path.resolve().parent)
+    return build_config(raw, source, overrides)

@@ -1,0 +1,138 @@
+"""What every dataset yields: inputs, a primary label, private labels, and seeded splits."""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, ClassVar
+
+import torch
+
+from audit.errors import AuditInputError
+from audit.registry import PluginParams
+
+SPLIT_NAMES = ("train", "aux", "test")
+
+
+@dataclass
+class LoadedData:
+    """A dataset as loaded, before splitting.
+
+    x: (N, C, H, W) float images in [0, 1] (or any range for synthetic data),
+       or (N, D) float tabular features.
+    labels: label name -> (N,) int64 class indices; holds the primary and the
+       private labels (and possibly more the user did not select).
+    classes: label name -> class names (index i is class i).
+    """
+
+    x: torch.Tensor
+    labels: dict[str, torch.Tensor]
+    classes: dict[str, list[str]]
+    primary: str
+    private: list[str]
+    meta: dict[str, Any] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        n = self.x.shape[0]
+        if n == 0:
+            raise AuditInputError("the dataset is empty (0 samples)")
+        if not torch.isfinite(self.x).all():
+            bad = (~torch.isfinite(self.x.reshape(n, -1))).any(dim=1).nonzero().flatten()
+            raise AuditInputError(
+                f"the dataset's inputs hold NaN/inf values in {len(bad)} samples (first: index {int(bad[0])})"
+            )
+        wanted = [self.primary, *self.private]
+        for name in wanted:
+            if name not in self.labels:
+                raise AuditInputError(
+                    f"unknown label {name!r}; this dataset has labels: {', '.join(sorted(self.labels))}"
+                )
+        if self.primary in self.private:
+            raise AuditInputError(f"label {self.primary!r} is both the primary label and a private one")
+        if not self.private:
+            raise AuditInputError("no private label selected: an audit needs at least one")
+        for name, t in self.labels.items():
+            if t.shape != (n,):
+                raise AuditInputError(f"label {name!r} has shape {tuple(t.shape)}, expected ({n},)")
+
+
+@dataclass
+class Part:
+    """One split of the data: inputs and labels (rows aligned)."""
+
+    x: torch.Tensor
+    y: torch.Tensor
+    private: dict[str, torch.Tensor]
+
+    def __len__(self) -> int:
+        return self.x.shape[0]
+
+
+@dataclass
+class AuditData:
+    """A loaded dataset with its seeded train/aux/test split.
+
+    train: the cloud task model's training data (and defense fine-tuning);
+    aux:   the attacker's auxiliary labelled set; test: evaluation of both.
+    """
+
+    name: str
+    loaded: LoadedData
+    splits: dict[str, torch.Tensor]  # split name -> int64 row indices
+
+    @property
+    def primary(self) -> str:
+        return self.loaded.primary
+
+    @property
+    def private(self) -> list[str]:
+        return self.loaded.private
+
+    @property
+    def input_shape(self) -> tuple[int, ...]:
+        return tuple(self.loaded.x.shape[1:])
+
+    def num_classes(self, label: str) -> int:
+        return len(self.loaded.classes[label])
+
+    def part(self, split: str) -> Part:
+        idx = self.splits[split]
+        labels = self.loaded.labels
+        return Part(
+            x=self.loaded.x[idx],
+            y=labels[self.primary][idx],
+            private={name: labels[name][idx] for name in self.private},
+        )
+
+
+def split_indices(n: int, fractions: dict[str, float], seed: int) -> dict[str, torch.Tensor]:
+    """Disjoint random index sets of sizes proportional to ``fractions`` (seeded)."""
+    gen = torch.Generator().manual_seed(seed)
+    perm = torch.randperm(n, generator=gen)
+    total = sum(fractions.values())
+    out, start = {}, 0
+    names = list(fractions)
+    for i, name in enumerate(names):
+        stop = n if i == len(names) - 1 else start + int(round(n * fractions[name] / total))
+        out[name] = perm[start:stop].sort().values
+        start = stop
+    for name, idx in out.items():
+        if len(idx) < 2:
+            raise AuditInputError(
+                f"split {name!r} has {len(idx)} samples out of {n}; use more data or a larger fraction"
+            )
+    return out
+
+
+class Dataset:
+    """Base class of dataset plugins: ``load(context)`` returns a :class:`LoadedData`."""
+
+    name: ClassVar[str]
+
+    class Params(PluginParams):
+        pass
+
+    def __init__(self, params: PluginParams):
+        self.params = params
+
+    def load(self, cache_dir: Path) -> LoadedData:  # pragma: no cover - interface
+        raise NotImplementedError

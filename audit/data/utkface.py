@@ -1,0 +1,159 @@
+"""UTKFace (cropped faces): gender primary; race and age bucket private.
+
+File names are ``AGE_GENDER_RACE_DATETIME.jpg.chip.jpg`` (Zhang et al., CVPR 2017).
+Malformed names, unreadable or oversized images, and links that point outside
+the folder are skipped with a warning naming the file; labels are never guessed.
+Decoded images are cached (uint8) under the cache folder, keyed by the file
+list, sizes, modification times and the image size.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import re
+import warnings
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+from typing import Literal
+
+import torch
+from pydantic import Field
+
+from audit.data import register_dataset
+from audit.data.base import Dataset, LoadedData
+from audit.errors import AuditInputError
+from audit.registry import PluginParams
+
+log = logging.getLogger("splitaudit")
+
+RACES = ["white", "black", "asian", "indian", "others"]
+GENDERS = ["male", "female"]
+_NAME = re.compile(r"^(\d{1,3})_(\d)_(\d)_(\d{17})\.jpg\.chip\.jpg$")
+_IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png")
+
+UTKLabel = Literal["gender", "race", "age_bucket"]
+
+
+def parse_name(name: str) -> tuple[int, int, int] | str:
+    """(age, gender, race) from a UTKFace file name, or a string saying what is wrong."""
+    m = _NAME.match(name)
+    if not m:
+        return "name does not match AGE_GENDER_RACE_DATETIME.jpg.chip.jpg"
+    age, gender, race = int(m.group(1)), int(m.group(2)), int(m.group(3))
+    if not 0 <= age <= 116:
+        return f"age {age} outside 0-116"
+    if gender not in (0, 1):
+        return f"gender {gender} not 0 or 1"
+    if not 0 <= race <= 4:
+        return f"race {race} not in 0-4"
+    return age, gender, race
+
+
+def age_bucket_names(bins: list[int]) -> list[str]:
+    edges = [0, *bins]
+    names = [f"{lo}-{hi - 1}" for lo, hi in zip(edges[:-1], edges[1:])]
+    return names + [f"{bins[-1]}+"]
+
+
+def _decode(path: Path, size: int) -> torch.Tensor | str:
+    from PIL import Image
+
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("error", Image.DecompressionBombWarning)
+            with Image.open(path) as img:
+                img = img.convert("RGB").resize((size, size), Image.BILINEAR)
+                data = torch.frombuffer(bytearray(img.tobytes()), dtype=torch.uint8)
+    except Exception as err:  # noqa: BLE001 - any decoding problem skips the file
+        return f"unreadable image ({type(err).__name__}: {err})"
+    return data.reshape(size, size, 3).permute(2, 0, 1).contiguous()
+
+
+@register_dataset("utkface")
+class UTKFace(Dataset):
+    """A folder of UTKFace images; labels gender, race (5), age_bucket."""
+
+    class Params(PluginParams):
+        root: Path = Field(description="folder of AGE_GENDER_RACE_DATETIME.jpg.chip.jpg files")
+        image_size: int = Field(64, ge=8, le=512)
+        primary: UTKLabel = "gender"
+        private: list[UTKLabel] = Field(default_factory=lambda: ["race"])
+        age_bins: list[int] = Field(default_factory=lambda: [20, 40, 60], description="upper-exclusive bucket edges")
+        max_samples: int | None = Field(None, ge=10, description="keep a seeded random subset of this size")
+        subset_seed: int = 0
+        workers: int = Field(2, ge=1, description="decoding threads")
+
+    def _files(self) -> list[tuple[Path, tuple[int, int, int]]]:
+        root = self.params.root.expanduser()
+        if not root.is_dir():
+            raise AuditInputError(
+                f"UTKFace folder {str(self.params.root)!r} does not exist (resolved: {root.resolve()}); "
+                "set dataset.root=PATH"
+            )
+        root_real = root.resolve()
+        files = []
+        for path in sorted(root.iterdir()):
+            if not path.name.lower().endswith(_IMAGE_SUFFIXES):
+                continue
+            try:
+                path.resolve().relative_to(root_real)
+            except ValueError:
+                warnings.warn(f"UTKFace: skipping {path.name}: it links outside {root}", stacklevel=2)
+                continue
+            parsed = parse_name(path.name)
+            if isinstance(parsed, str):
+                warnings.warn(f"UTKFace: skipping malformed file name {path.name}: {parsed}", stacklevel=2)
+                continue
+            files.append((path, parsed))
+        if not files:
+            raise AuditInputError(f"no UTKFace images (AGE_GENDER_RACE_DATETIME.jpg.chip.jpg) in {root}")
+        if self.params.max_samples is not None and self.params.max_samples < len(files):
+            gen = torch.Generator().manual_seed(self.params.subset_seed)
+            keep = torch.randperm(len(files), generator=gen)[: self.params.max_samples].sort().values
+            files = [files[i] for i in keep.tolist()]
+        return files
+
+    def load(self, cache_dir: Path) -> LoadedData:
+        p = self.params
+        files = self._files()
+        key = hashlib.sha256(
+            json.dumps(
+                [p.image_size, [(f.name, f.stat().st_size, f.stat().st_mtime_ns) for f, _ in files]]
+            ).encode()
+        ).hexdigest()[:20]
+        cache = Path(cache_dir) / "datasets" / f"utkface-{key}.pt"
+        if cache.exists():
+            stored = torch.load(cache, weights_only=True)
+            images, keep = stored["images"], stored["keep"]
+        else:
+            log.info("UTKFace: decoding %d images at %dx%d from %s", len(files), p.image_size, p.image_size, p.root)
+            with ThreadPoolExecutor(p.workers) as pool:
+                decoded = list(pool.map(lambda f: _decode(f[0], p.image_size), files))
+            keep = []
+            for i, (result, (path, _)) in enumerate(zip(decoded, files)):
+                if isinstance(result, str):
+                    warnings.warn(f"UTKFace: skipping {path.name}: {result}", stacklevel=2)
+                else:
+                    keep.append(i)
+            if not keep:
+                raise AuditInputError(f"none of the {len(files)} UTKFace images in {p.root} could be read")
+            images = torch.stack([decoded[i] for i in keep])
+            keep = torch.tensor(keep)
+            cache.parent.mkdir(parents=True, exist_ok=True)
+            tmp = cache.with_suffix(".tmp")
+            torch.save({"images": images, "keep": keep}, tmp)
+            tmp.replace(cache)
+        meta = [files[i][1] for i in keep.tolist()]
+        age = torch.tensor([m[0] for m in meta])
+        labels = {
+            "gender": torch.tensor([m[1] for m in meta]),
+            "race": torch.tensor([m[2] for m in meta]),
+            "age_bucket": torch.bucketize(age, torch.tensor(p.age_bins), right=True),
+        }
+        classes = {"gender": GENDERS, "race": RACES, "age_bucket": age_bucket_names(p.age_bins)}
+        return LoadedData(
+            x=images.float() / 255.0, labels=labels, classes=classes,
+            primary=p.primary, private=list(p.private),
+            meta={"kind": "image", "root": str(p.root), "n_files": len(files)},
+        )

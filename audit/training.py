@@ -1,0 +1,198 @@
+"""Lightning training shared by the task model, defense fine-tuning and attack heads.
+
+One place builds the ``lightning.Trainer`` from the audit's trainer settings
+(accelerator, devices, strategy, precision pass straight through, so users
+with GPUs use them), with Lightning's own logging and bars kept quiet.
+"""
+from __future__ import annotations
+
+import copy
+import logging
+import warnings
+from typing import Any, Literal
+
+import lightning as L
+import torch
+import torch.nn.functional as F
+from pydantic import BaseModel, ConfigDict
+from torch import nn
+from torch.utils.data import DataLoader, TensorDataset
+from torchmetrics.classification import MulticlassAccuracy
+
+
+class TrainerSettings(BaseModel):
+    """Passed to ``lightning.Trainer`` for every training in the audit."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    accelerator: str = "auto"
+    devices: int | str | list[int] = 1
+    strategy: str = "auto"
+    precision: str | int | None = None
+    deterministic: bool | Literal["warn"] | None = None
+    progress_bar: bool = False
+
+
+def _quiet_lightning() -> None:
+    for name in ("lightning.pytorch", "lightning.fabric", "lightning"):
+        logging.getLogger(name).setLevel(logging.WARNING)
+    warnings.filterwarnings("ignore", ".*does not have many workers.*")
+    warnings.filterwarnings("ignore", ".*The number of training batches.*")
+    warnings.filterwarnings("ignore", ".*GPU available but not used.*")
+    warnings.filterwarnings("ignore", ".*defined a `validation_step` but have no `val_dataloader`.*")
+    warnings.filterwarnings("ignore", ".*isinstance\\(treespec, LeafSpec\\)` is deprecated.*")
+
+
+def make_trainer(settings: TrainerSettings, max_epochs: int, callbacks: list[L.Callback] | None = None) -> L.Trainer:
+    _quiet_lightning()
+    kwargs: dict[str, Any] = dict(
+        max_epochs=max_epochs,
+        accelerator=settings.accelerator,
+        devices=settings.devices,
+        strategy=settings.strategy,
+        logger=False,
+        enable_checkpointing=False,
+        enable_progress_bar=settings.progress_bar,
+        enable_model_summary=False,
+        callbacks=callbacks or [],
+        num_sanity_val_steps=0,
+    )
+    if settings.precision is not None:
+        kwargs["precision"] = settings.precision
+    if settings.deterministic is not None:
+        kwargs["deterministic"] = settings.deterministic
+    return L.Trainer(**kwargs)
+
+
+def inference_device(settings: TrainerSettings) -> torch.device:
+    """Where plain (non-Lightning) forward passes run: CUDA when asked for and present."""
+    if settings.accelerator in ("gpu", "cuda", "auto") and torch.cuda.is_available():
+        return torch.device("cuda")
+    return torch.device("cpu")
+
+
+def tensor_loader(*tensors: torch.Tensor, batch_size: int, shuffle: bool, seed: int = 0) -> DataLoader:
+    gen = torch.Generator().manual_seed(seed)
+    return DataLoader(TensorDataset(*tensors), batch_size=batch_size, shuffle=shuffle, generator=gen)
+
+
+@torch.no_grad()
+def predict(module: nn.Module, x: torch.Tensor, batch_size: int = 256, device: torch.device | None = None) -> torch.Tensor:
+    """``module(x)`` in eval mode, batched; the result is on the CPU."""
+    device = device or torch.device("cpu")
+    was_training = module.training
+    module.eval().to(device)
+    out = [module(x[i : i + batch_size].to(device)).cpu() for i in range(0, x.shape[0], batch_size)]
+    module.train(was_training)
+    if device.type != "cpu":
+        module.cpu()
+    return torch.cat(out)
+
+
+def class_weights(y: torch.Tensor, num_classes: int) -> torch.Tensor:
+    """Inverse-frequency weights (mean 1 over present classes) for a balanced loss."""
+    counts = torch.bincount(y, minlength=num_classes).float()
+    w = torch.where(counts > 0, counts.sum() / (num_classes * counts.clamp_min(1)), torch.zeros_like(counts))
+    return w
+
+
+class ClassifierModule(L.LightningModule):
+    """Cross-entropy training of ``net``; logs val accuracy and balanced accuracy."""
+
+    def __init__(
+        self,
+        net: nn.Module,
+        num_classes: int,
+        lr: float = 1e-3,
+        weight_decay: float = 0.0,
+        weights: torch.Tensor | None = None,
+        hflip: bool = False,
+    ):
+        super().__init__()
+        self.net = net
+        self.lr, self.weight_decay, self.hflip = lr, weight_decay, hflip
+        self.register_buffer("weights", weights if weights is not None else torch.ones(num_classes))
+        self.val_acc = MulticlassAccuracy(num_classes, average="micro")
+        self.val_bacc = MulticlassAccuracy(num_classes, average="macro")
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.net(x)
+
+    def training_step(self, batch, batch_idx):
+        x, y = batch
+        if self.hflip and x.ndim == 4:
+            flip = torch.rand(x.shape[0], device=x.device) < 0.5
+            x = torch.where(flip[:, None, None, None], x.flip(-1), x)
+        loss = F.cross_entropy(self.net(x), y, weight=self.weights)
+        self.log("train_loss", loss, prog_bar=True)
+        return loss
+
+    def validation_step(self, batch, batch_idx):
+        x, y = batch
+        logits = self.net(x)
+        self.val_acc.update(logits, y)
+        self.val_bacc.update(logits, y)
+        self.log("val_acc", self.val_acc, on_epoch=True)
+        self.log("val_bacc", self.val_bacc, on_epoch=True)
+
+    def configure_optimizers(self):
+        return torch.optim.Adam(self.parameters(), lr=self.lr, weight_decay=self.weight_decay)
+
+
+class KeepBest(L.Callback):
+    """Keep the weights of the epoch with the best monitored validation metric; restore them at the end."""
+
+    def __init__(self, monitor: str, mode: str = "max"):
+        self.monitor, self.sign = monitor, (1.0 if mode == "max" else -1.0)
+        self.best: float | None = None
+        self.state: dict[str, torch.Tensor] | None = None
+
+    def on_validation_epoch_end(self, trainer, pl_module):
+        value = trainer.callback_metrics.get(self.monitor)
+        if value is None:
+            return
+        value = self.sign * float(value)
+        if self.best is None or value > self.best:
+            self.best = value
+            self.state = copy.deepcopy(pl_module.state_dict())
+
+    def on_fit_end(self, trainer, pl_module):
+        if self.state is not None:
+            pl_module.load_state_dict(self.state)
+
+
+def fit_classifier(
+    net: nn.Module,
+    x: torch.Tensor,
+    y: torch.Tensor,
+    num_classes: int,
+    *,
+    settings: TrainerSettings,
+    epochs: int,
+    batch_size: int = 128,
+    lr: float = 1e-3,
+    weight_decay: float = 0.0,
+    seed: int = 0,
+    balanced: bool = False,
+    hflip: bool = False,
+    val: tuple[torch.Tensor, torch.Tensor] | None = None,
+) -> nn.Module:
+    """Train ``net`` (in place) to predict ``y`` from ``x`` with Lightning.
+
+    With ``val`` the weights of the epoch with the best validation balanced
+    accuracy are kept (early model selection on held-out data, never on test).
+    With ``balanced`` the loss is weighted by inverse class frequency.
+    """
+    L.seed_everything(seed, verbose=False)
+    net.train()
+    module = ClassifierModule(
+        net, num_classes, lr=lr, weight_decay=weight_decay,
+        weights=class_weights(y, num_classes) if balanced else None, hflip=hflip,
+    )
+    callbacks = [KeepBest("val_bacc")] if val is not None else []
+    trainer = make_trainer(settings, epochs, callbacks)
+    train_loader = tensor_loader(x, y, batch_size=batch_size, shuffle=True, seed=seed)
+    val_loader = tensor_loader(*val, batch_size=512, shuffle=False) if val is not None else None
+    trainer.fit(module, train_loader, val_loader)
+    net.cpu()
+    return net

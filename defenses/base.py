@@ -1,0 +1,112 @@
+"""The defense interface: fit on the task-train split, then ``release`` / ``infer``.
+
+A defense sits at the cut. ``release(x)`` is everything the device sends: the
+cloud (and so the attacker) sees exactly that. ``infer(released)`` is the
+rest of the pipeline (the cloud part plus any device-side post-processing)
+and returns primary-task logits, so utility is measured through the defense.
+"""
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+from typing import Any, Callable, ClassVar
+
+import torch
+from torch import nn
+
+from audit.data import Part
+from audit.models import SplitModel
+from audit.registry import PluginParams
+from audit.training import TrainerSettings
+
+
+@dataclass
+class SplitPoint:
+    """The task model cut at ``cut_point``; ``features(part)`` = edge(x) of a split, computed once."""
+
+    cut_point: str
+    model: SplitModel
+    edge: nn.Module
+    cloud: nn.Module
+    compute_features: Callable[[str], torch.Tensor]
+    _features: dict[str, torch.Tensor] = field(default_factory=dict, repr=False)
+
+    def features(self, part: str) -> torch.Tensor:
+        if part not in self._features:
+            self._features[part] = self.compute_features(part)
+        return self._features[part]
+
+
+@dataclass
+class FitContext:
+    """What a defense may use to fit: the split model, the task-train split, training settings."""
+
+    split: SplitPoint
+    train: Part
+    num_classes: int
+    settings: TrainerSettings
+    seed: int
+
+
+class Defense:
+    """Base class: the identity defense (releases the raw split feature)."""
+
+    name: ClassVar[str]
+    rounds: int = 1  # device <-> cloud round trips per inference
+
+    class Params(PluginParams):
+        pass
+
+    def __init__(self, params: PluginParams):
+        self.params = params
+        self.edge: nn.Module | None = None
+        self.cloud: nn.Module | None = None
+
+    def fit(self, ctx: FitContext) -> None:
+        """Prepare the defense (may fine-tune copies of edge and/or cloud)."""
+        self.edge, self.cloud = ctx.split.edge, ctx.split.cloud
+        self.edge.eval()
+        self.cloud.eval()
+
+    @torch.no_grad()
+    def release(self, x: torch.Tensor, features: torch.Tensor | None = None) -> torch.Tensor:
+        """What the device sends for inputs x (N, ...). ``features`` = edge(x) if the caller has it."""
+        return features if features is not None else self.edge(x)
+
+    @torch.no_grad()
+    def infer(self, released: torch.Tensor) -> torch.Tensor:
+        """Primary-task logits (N, K) from what was released."""
+        return self.cloud(released)
+
+    def bytes_per_sample(self, released: torch.Tensor) -> int:
+        """Bytes the device sends per sample (released[i] as stored)."""
+        return int(released[0].numel() * released.element_size())
+
+    def cost(self, x: torch.Tensor, full_flops: int) -> dict[str, Any]:
+        """Edge FLOPs (torch's flop counter) and their fraction of the full model, bytes sent,
+        edge / cloud latency per sample (ms, median of 3 timings on the batch ``x``), rounds."""
+        from torch.utils.flop_counter import FlopCounterMode
+
+        counter = FlopCounterMode(display=False)
+        with counter:
+            self.release(x[:1])
+        edge_flops = int(counter.get_total_flops())
+        released = self.release(x)
+        n = x.shape[0]
+        return {
+            "edge_flops": edge_flops,
+            "edge_flops_fraction": edge_flops / full_flops if full_flops else None,
+            "bytes_sent": self.bytes_per_sample(released),
+            "edge_latency_ms": _median_ms(lambda: self.release(x)) / n,
+            "cloud_latency_ms": _median_ms(lambda: self.infer(released)) / n,
+            "rounds": self.rounds,
+        }
+
+
+def _median_ms(fn: Callable[[], Any], repeats: int = 3) -> float:
+    times = []
+    for _ in range(repeats):
+        start = time.perf_counter()
+        fn()
+        times.append((time.perf_counter() - start) * 1000.0)
+    return sorted(times)[len(times) // 2]

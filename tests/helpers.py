@@ -1,0 +1,55 @@
+"""Build an attack context for one cut point of a tiny task, without the runner."""
+from __future__ import annotations
+
+import torch
+
+from attacks import AttackContext, AttackView
+from audit.data import DATASETS, AuditData, split_indices
+from audit.models import MODELS
+from audit.runner import release_all
+from audit.training import TrainerSettings, fit_classifier, predict
+from defenses import DEFENSES, FitContext, SplitPoint
+
+SETTINGS = TrainerSettings(accelerator="cpu")
+
+
+def prepared_task(dataset: dict, model: dict, epochs: int = 2, seed: int = 0):
+    params = dict(dataset)
+    ds = DATASETS.create(params.pop("name"), **params)
+    loaded = ds.load(None)
+    data = AuditData("t", loaded, split_indices(loaded.x.shape[0], {"train": 0.5, "aux": 0.25, "test": 0.25}, seed))
+    mparams = dict(model)
+    net = MODELS.create(mparams.pop("name"), **mparams).build(data.input_shape, data.num_classes(data.primary))
+    train = data.part("train")
+    fit_classifier(net, train.x, train.y, data.num_classes(data.primary), settings=SETTINGS, epochs=epochs, seed=seed)
+    return data, net.eval()
+
+
+def attack_context(data, net, cut: str, defense: str = "none", seed: int = 0, **defense_params) -> AttackContext:
+    edge, cloud = net.split(cut)
+    split = SplitPoint(cut, net, edge, cloud, compute_features=lambda part: predict(edge, data.part(part).x))
+    d = DEFENSES.create(defense, **defense_params)
+    d.fit(FitContext(split, data.part("train"), data.num_classes(data.primary), SETTINGS, seed))
+    aux, test = data.part("aux"), data.part("test")
+    return AttackContext(
+        aux=AttackView(release_all(d, aux.x, split.features("aux")), aux.x, aux.y, aux.private),
+        test=AttackView(release_all(d, test.x, split.features("test")), test.x, test.y, test.private),
+        num_classes={n: data.num_classes(n) for n in [data.primary, *data.private]},
+        primary=data.primary, defense=d, split=split, settings=SETTINGS, seed=seed, n_boot=200,
+    )
+
+
+def scores_by_metric(scores):
+    return {(s.target, s.metric): s for s in scores}
+
+
+def run_attack(name: str, ctx: AttackContext, **params):
+    from attacks import ATTACKS
+
+    attack = ATTACKS.create(name, **params)
+    attack.fit(ctx)
+    return attack.score(ctx)
+
+
+def torch_seed(seed: int = 0) -> None:
+    torch.manual_seed(seed)

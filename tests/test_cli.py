@@ -1,0 +1,38 @@
+import json
+
+import yaml
+
+from audit.cli import main
+
+
+def test_run_writes_report_and_csv(tmp_path, tiny_config, capsys):
+    tiny_config["cut_points"] = ["fc1"]
+    tiny_config["defenses"] = ["none"]
+    path = tmp_path / "tiny.yaml"
+    path.write_text(yaml.safe_dump(tiny_config))
+    out = tmp_path / "out"
+    assert main(["run", str(path), "--out", str(out), "--set", "attacks.attribute.epochs=2"]) == 0
+    report = json.loads((out / "report.json").read_text())
+    assert report["config"]["attacks"]["attribute"]["epochs"] == 2
+    assert (out / "results.csv").read_text().count("\n") == 1 + len(report["results"])
+    err = capsys.readouterr().err
+    assert "[1/1] synthetic/small_cnn seed=0 cut=fc1 defense=none attack=attribute: secret balanced_accuracy" in err
+
+
+def test_bad_input_exits_2_with_a_message(tmp_path, capsys):
+    assert main(["run", str(tmp_path / "missing.yaml")]) == 2
+    assert "missing.yaml' does not exist" in capsys.readouterr().err
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("dataset: {name: synthetik}\nmodel: {name: mlp}\ncut_points: [fc1]\ndefenses: [none]\nattacks: [attribute]\n")
+    assert main(["run", str(bad), "--out", str(tmp_path / "o")]) == 2
+    err = capsys.readouterr().err
+    assert "unknown dataset 'synthetik'" in err and "known datasets:" in err
+    assert not (tmp_path / "o").exists()
+
+
+def test_list(capsys):
+    assert main(["list"]) == 0
+    out = capsys.readouterr().out
+    for name in ("synthetic", "utkface", "small_cnn", "resnet18", "none", "noise", "attribute"):
+        assert f"  {name} " in out
+    assert "scale: float = 1.0" in out

@@ -1,0 +1,54 @@
+import pytest
+import torch
+
+from audit.errors import AuditInputError
+from audit.models import MODELS
+
+SHAPES = {"small_cnn": (3, 32, 32), "mlp": (20,), "resnet18": (3, 64, 64), "vgg11": (3, 32, 32)}
+
+
+@pytest.mark.parametrize("name", MODELS.list())
+def test_every_cut_point_splits_exactly(name):
+    torch.manual_seed(0)
+    shape = SHAPES.get(name, (3, 32, 32))
+    model = MODELS.create(name).build(shape, num_classes=5).eval()
+    x = torch.randn(2, *shape)
+    with torch.no_grad():
+        full = model(x)
+        assert full.shape == (2, 5)
+        assert len(model.cut_points) >= 2
+        for cut in model.cut_points:
+            edge, cloud = model.split(cut)
+            assert torch.allclose(cloud(edge(x)), full, atol=1e-5), cut
+
+
+def test_small_cnn_cut_point_names():
+    model = MODELS.create("small_cnn", widths=[64, 128, 128], fc=[512]).build((3, 64, 64), 2)
+    assert model.cut_points == ["conv1", "conv2", "pool1", "conv3", "conv4", "pool2", "conv5", "conv6", "pool3", "fc1"]
+    edge, _ = model.split("pool2")
+    assert edge(torch.zeros(1, 3, 64, 64)).shape == (1, 128, 16, 16)
+
+
+def test_unknown_cut_point_lists_the_known_ones():
+    model = MODELS.create("mlp").build((10,), 2)
+    with pytest.raises(AuditInputError, match="unknown cut point 'fc9'.*its cut points: fc1, fc2"):
+        model.split("fc9")
+
+
+def test_weights_file_is_loaded_with_weights_only(tmp_path):
+    from torchvision.models import resnet18
+
+    torch.manual_seed(1)
+    reference = resnet18(num_classes=3)
+    path = tmp_path / "r18.pt"
+    torch.save(reference.state_dict(), path)
+    model = MODELS.create("resnet18", weights=path).build((3, 64, 64), 3).eval()
+    x = torch.randn(1, 3, 64, 64)
+    with torch.no_grad():
+        assert torch.allclose(model(x), reference.eval()(x), atol=1e-5)
+    with pytest.warns(UserWarning, match="re-initialised"):
+        MODELS.create("resnet18", weights=path).build((3, 64, 64), 7)
+    evil = tmp_path / "evil.pt"
+    torch.save({"state_dict": object()}, evil)  # arbitrary object: refused by weights_only
+    with pytest.raises(AuditInputError, match="weights_only"):
+        MODELS.create("resnet18", weights=evil).build((3, 64, 64), 3)
