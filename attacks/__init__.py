@@ -1,8 +1,13 @@
 """The attack zoo: registry and built-in plugins.
 
-Third parties add attacks through the ``splitaudit.attacks`` entry-point group.
+Every module of this package (except ``base`` and ``metrics``) registers its
+attacks when imported; third parties add attacks through the
+``splitaudit.attacks`` entry-point group.
 """
+import sys
+
 from attacks.base import Attack, AttackContext, AttackView, Score
+from audit.discovery import import_submodules
 from audit.registry import Registry
 
 ATTACKS: Registry[Attack] = Registry("attack", "splitaudit.attacks")
@@ -10,11 +15,6 @@ register_attack = ATTACKS.register
 list_attacks = ATTACKS.list
 create_attack = ATTACKS.create
 
-
-def _load_builtins() -> None:
-    from attacks import attribute  # noqa: F401
-
-
-_load_builtins()
+import_submodules(sys.modules[__name__], skip=("base", "metrics"))
 
 __all__ = ["ATTACKS", "Attack", "AttackContext", "AttackView", "Score", "create_attack", "list_attacks", "register_attack"]

@@ -13,9 +13,13 @@ import sys
 from audit.errors import AuditInputError
 from audit.registry import PluginParamsError, UnknownPluginError
 
-COMMANDS = ["run", "list"]  # modules under audit.commands, each with add_parser(sub) and main(args)
 
 EXIT_OK, EXIT_FAILED, EXIT_BAD_INPUT = 0, 1, 2
+
+# Every module under audit.commands is a subcommand with add_parser(sub) and main(args);
+# these come first in --help, the rest follow alphabetically.
+COMMAND_ORDER = ["run", "list"]
+
 
 
 class _StderrHandler(logging.StreamHandler):
@@ -46,7 +50,10 @@ def build_parser() -> argparse.ArgumentParser:
         prog="splitaudit", description="Adversarial privacy auditing for split (edge/cloud) deep inference."
     )
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
-    for name in COMMANDS:
+    import audit.commands
+    from audit.discovery import submodule_names
+
+    for name in COMMAND_ORDER + [n for n in submodule_names(audit.commands) if n not in COMMAND_ORDER]:
         importlib.import_module(f"audit.commands.{name}").add_parser(sub)
     return parser
 

@@ -152,13 +152,18 @@ def _finite(value: Any) -> Any:
     return value
 
 
+def _batched(fn, x: torch.Tensor, features: torch.Tensor, batch_size: int) -> torch.Tensor:
+    return torch.cat([fn(x[i : i + batch_size], features[i : i + batch_size]) for i in range(0, x.shape[0], batch_size)])
+
+
 def release_all(defense: Defense, x: torch.Tensor, features: torch.Tensor, batch_size: int = 512) -> torch.Tensor:
     """``defense.release`` over a whole split, in batches."""
-    out = [
-        defense.release(x[i : i + batch_size], features[i : i + batch_size])
-        for i in range(0, x.shape[0], batch_size)
-    ]
-    return torch.cat(out)
+    return _batched(defense.release, x, features, batch_size)
+
+
+def predict_all(defense: Defense, x: torch.Tensor, features: torch.Tensor, batch_size: int = 512) -> torch.Tensor:
+    """``defense.predict`` (primary logits through the defended pipeline) over a whole split, in batches."""
+    return _batched(defense.predict, x, features, batch_size)
 
 
 class AuditRun:
@@ -260,7 +265,7 @@ class AuditRun:
             for name, z in (("aux", z_aux), ("test", z_test)):
                 if z.is_floating_point() and not torch.isfinite(z).all():
                     raise ValueError(f"defense {spec.label()} released NaN/inf features for the {name} split at {cut}")
-            correct = (defense.infer(z_test).argmax(1) == test.y).float()
+            correct = (predict_all(defense, test.x, split.features("test")).argmax(1) == test.y).float()
             utility = {
                 "primary_accuracy": float(correct.mean()),
                 "primary_accuracy_ci95": list(mean_ci(correct, seed=seed)),

@@ -1,7 +1,12 @@
 """Defenses: registry and built-in plugins.
 
-Third parties add defenses through the ``splitaudit.defenses`` entry-point group.
+Every module of this package (except ``base``) registers its defenses when
+imported; third parties add defenses through the ``splitaudit.defenses``
+entry-point group.
 """
+import sys
+
+from audit.discovery import import_submodules
 from audit.registry import Registry
 from defenses.base import Defense, FitContext, SplitPoint
 
@@ -10,11 +15,6 @@ register_defense = DEFENSES.register
 list_defenses = DEFENSES.list
 create_defense = DEFENSES.create
 
-
-def _load_builtins() -> None:
-    from defenses import identity, noise  # noqa: F401
-
-
-_load_builtins()
+import_submodules(sys.modules[__name__], skip=("base",))
 
 __all__ = ["DEFENSES", "Defense", "FitContext", "SplitPoint", "create_defense", "list_defenses", "register_defense"]

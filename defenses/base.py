@@ -1,9 +1,14 @@
-"""The defense interface: fit on the task-train split, then ``release`` / ``infer``.
+"""The defense interface: ``fit`` on the task-train split, then ``release`` / ``infer`` / ``predict``.
 
-A defense sits at the cut. ``release(x)`` is everything the device sends: the
-cloud (and so the attacker) sees exactly that. ``infer(released)`` is the
-rest of the pipeline (the cloud part plus any device-side post-processing)
-and returns primary-task logits, so utility is measured through the defense.
+A defense sits at the cut:
+- ``release(x)`` is everything the device sends; the cloud (and so the
+  attacker) sees exactly that, and the attacks are run on it;
+- ``infer(released)`` is the cloud's computation on what it received (timed
+  as the cloud latency);
+- ``predict(x)`` is the whole defended pipeline, device and cloud, ending in
+  primary-task logits: utility is measured through it. By default it is
+  ``infer(release(x))``; defenses with device-side post-processing (DataMix
+  de-mixing, HE decryption between rounds) override it.
 """
 from __future__ import annotations
 
@@ -75,8 +80,13 @@ class Defense:
 
     @torch.no_grad()
     def infer(self, released: torch.Tensor) -> torch.Tensor:
-        """Primary-task logits (N, K) from what was released."""
+        """The cloud's computation on what it received: (N, K) primary-task logits by default."""
         return self.cloud(released)
+
+    @torch.no_grad()
+    def predict(self, x: torch.Tensor, features: torch.Tensor | None = None) -> torch.Tensor:
+        """Primary-task logits (N, K) for inputs x through the whole defended pipeline."""
+        return self.infer(self.release(x, features))
 
     def bytes_per_sample(self, released: torch.Tensor) -> int:
         """Bytes the device sends per sample (released[i] as stored)."""

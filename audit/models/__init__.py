@@ -1,15 +1,14 @@
 """Models with named cut points: registry and built-in families."""
+import sys
+
 from audit.models.base import ModelFactory, SplitModel, flops_per_sample
+from audit.discovery import import_submodules
 from audit.registry import Registry
 
 MODELS: Registry[ModelFactory] = Registry("model", "splitaudit.models")
 register_model = MODELS.register
 
 
-def _load_builtins() -> None:
-    from audit.models import cnn, torchvision_models  # noqa: F401
-
-
-_load_builtins()
+import_submodules(sys.modules[__name__], skip=("base",))
 
 __all__ = ["MODELS", "ModelFactory", "SplitModel", "flops_per_sample", "register_model"]
