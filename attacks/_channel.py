@@ -1,0 +1,62 @@
+"""The attacker's query access to the release channel, shared by the adaptive attacks.
+
+The threat model lets the cloud push inputs of its own through the device's
+release (``Defense.release``) and see what comes out: fresh noise for noisy
+defenses. Attacks query a private copy of the fitted defense, so their queries
+do not advance the defense's own noise generator: a cell's values then do not
+depend on which other attack cells of its group ran before it (resume, shards).
+"""
+from __future__ import annotations
+
+import copy
+
+import torch
+from torch import nn
+
+from defenses.base import Defense
+
+
+def private_channel(defense: Defense) -> Defense:
+    """A copy of ``defense`` to query (falls back to the defense itself when it cannot be copied)."""
+    try:
+        return copy.deepcopy(defense)
+    except Exception:  # noqa: BLE001 - e.g. native handles; querying the original is still correct
+        return defense
+
+
+@torch.no_grad()
+def release_batched(channel: Defense, x: torch.Tensor, features: torch.Tensor | None = None,
+                    batch_size: int = 256) -> torch.Tensor:
+    """``channel.release`` over inputs x (N, ...) in batches; ``features`` = the channel's edge(x) if known."""
+    out = []
+    for i in range(0, x.shape[0], batch_size):
+        f = features[i : i + batch_size] if features is not None else None
+        out.append(channel.release(x[i : i + batch_size], f))
+    return torch.cat(out)
+
+
+def is_stochastic(channel: Defense, x: torch.Tensor) -> bool:
+    """True when two releases of the same inputs differ (a noisy channel)."""
+    a, b = release_batched(channel, x), release_batched(channel, x)
+    return a.shape != b.shape or not torch.equal(a, b)
+
+
+def white_box_edge(defense: Defense, fallback: nn.Module, x: torch.Tensor, released_shape: tuple[int, ...]) -> nn.Module | None:
+    """The public edge whose output is the released feature before any noise: the defense's own edge
+    (it may be fine-tuned, e.g. Siamese) or else the split's (``fallback``); None when neither maps the
+    inputs ``x`` (a few samples) to the per-sample ``released_shape``, i.e. the release is not edge(x)
+    plus something of the same shape (PCA projections, ciphertexts, mixing)."""
+    for edge in (getattr(defense, "edge", None), fallback):
+        if isinstance(edge, nn.Module) and edge_output_shape(edge, x) == tuple(released_shape):
+            return edge
+    return None
+
+
+@torch.no_grad()
+def edge_output_shape(edge: nn.Module, x: torch.Tensor) -> tuple[int, ...]:
+    """Per-sample output shape of ``edge`` on a couple of samples of x (eval mode)."""
+    was = edge.training
+    edge.eval()
+    shape = tuple(edge(x[:2]).shape[1:])
+    edge.train(was)
+    return shape

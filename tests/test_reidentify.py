@@ -1,0 +1,68 @@
+"""Re-identification against known truths: exact ranks on constructed distances; a deterministic
+release is a perfect identifier; huge noise drives the attack to chance (1/N top-1, 0.5 rank)."""
+import lightning as L
+import pytest
+import torch
+
+from attacks.reidentify import link_ranks, wilson_ci
+from tests.helpers import attack_context, prepared_task, run_attack, scores_by_metric
+
+
+def test_link_ranks_exact():
+    c = torch.arange(5.0)[:, None] * torch.tensor([[1.0, 0.0]])  # candidates on a line: 0, 1, 2, 3, 4
+    rank, top1 = link_ranks(c.clone(), c)
+    assert torch.equal(rank, torch.zeros(5)) and torch.equal(top1, torch.ones(5))
+    observed = c.flip(0)  # observed i sits on candidate 4 - i
+    rank, top1 = link_ranks(observed, c)
+    # true distances |4 - 2i|: for i = 0 every other candidate is closer (rank 5 -> 1.0); i = 2 is exact;
+    assert torch.allclose(rank, torch.tensor([1.0, 0.75, 0.0, 0.75, 1.0]))  # i = 1 (at 3, true at 1): 3 closer
+    assert torch.equal(top1, torch.tensor([0.0, 0.0, 1.0, 0.0, 0.0]))
+    tied = torch.zeros(4, 3)  # all candidates identical: ties shared
+    rank, top1 = link_ranks(tied, tied)
+    assert torch.allclose(rank, torch.full((4,), 0.5)) and torch.allclose(top1, torch.full((4,), 0.25))
+
+
+def test_independent_features_rank_at_chance():
+    gen = torch.Generator().manual_seed(0)
+    rank, top1 = link_ranks(torch.randn(400, 16, generator=gen), torch.randn(400, 16, generator=gen))
+    assert abs(float(rank.mean()) - 0.5) < 0.04 and float(top1.mean()) < 0.02
+
+
+def test_wilson_interval():
+    lo, hi = wilson_ci(0.0, 100)
+    assert lo == 0.0 and 0.03 < hi < 0.04  # covers a 1/100 chance level with no hit
+    lo, hi = wilson_ci(0.5, 100)
+    assert abs(lo - 0.4038) < 1e-3 and abs(hi - 0.5962) < 1e-3
+
+
+@pytest.fixture(scope="module")
+def task():
+    L.seed_everything(0, verbose=False)  # the helper initialises the task model from the global RNG
+    return prepared_task({"name": "synthetic", "n": 400, "image_size": 8, "strength": 0.3},
+                         {"name": "small_cnn", "widths": [8], "fc": [16]})
+
+
+def test_none_is_a_perfect_identifier_and_huge_noise_is_chance(task):
+    data, net = task
+    s = scores_by_metric(run_attack("reidentify", attack_context(data, net, "conv1")))
+    top1, rank = s[("identity", "top1")], s[("identity", "normalized_rank")]
+    n = len(data.part("test"))
+    assert top1.chance == 1 / n and top1.n_eval == n and rank.chance == 0.5
+    assert top1.ci95[0] > 0.9 and rank.value < 0.01 and rank.advantage > 0.49
+
+    ctx = attack_context(data, net, "conv1", defense="noise", scale=1000.0, finetune_epochs=0)
+    s = scores_by_metric(run_attack("reidentify", ctx))
+    top1, rank = s[("identity", "top1")], s[("identity", "normalized_rank")]
+    assert top1.ci95[0] <= 1 / n <= top1.ci95[1] and top1.value < 0.05, top1
+    assert rank.ci95[0] <= 0.5 <= rank.ci95[1], rank
+    assert top1.extra["queries"] == 4  # fresh releases of a noisy channel are averaged
+
+
+def test_reidentify_does_not_disturb_the_defense_noise(task):
+    """Queries go to a private copy: the defense's own next draws are unchanged."""
+    data, net = task
+    a = attack_context(data, net, "conv1", defense="noise", scale=1.0, finetune_epochs=0)
+    b = attack_context(data, net, "conv1", defense="noise", scale=1.0, finetune_epochs=0)
+    run_attack("reidentify", a)
+    x = data.part("test").x[:8]
+    assert torch.equal(a.defense.release(x), b.defense.release(x))
