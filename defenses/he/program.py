@@ -26,6 +26,7 @@ optionally (polynomial mode) a polynomial folded into the next affine map
 """
 from __future__ import annotations
 
+import copy
 import math
 from dataclasses import dataclass, field
 from typing import Callable
@@ -222,16 +223,13 @@ def dense(layer: Layer) -> Affine:
     if isinstance(module, nn.Linear):
         bias = module.bias.double().numpy() if module.bias is not None else np.zeros(module.out_features)
         return Affine(module.weight.double().numpy().copy(), bias.copy(), [layer.name])
-    module = module.double()
-    try:
-        zero = module(torch.zeros(1, *layer.in_shape, dtype=torch.float64)).flatten(1)
-        columns = []
-        eye = torch.eye(layer.in_dim, dtype=torch.float64)
-        for start in range(0, layer.in_dim, 1024):
-            basis = eye[start : start + 1024].reshape(-1, *layer.in_shape)
-            columns.append(module(basis).flatten(1) - zero)
-    finally:
-        module.float()
+    module = copy.deepcopy(module).double().eval()  # the task model's layer stays as it is
+    zero = module(torch.zeros(1, *layer.in_shape, dtype=torch.float64)).flatten(1)
+    columns = []
+    eye = torch.eye(layer.in_dim, dtype=torch.float64)
+    for start in range(0, layer.in_dim, 1024):
+        basis = eye[start : start + 1024].reshape(-1, *layer.in_shape)
+        columns.append(module(basis).flatten(1) - zero)
     weight = torch.cat(columns).T.numpy()
     return Affine(weight, zero[0].numpy(), [layer.name])
 
