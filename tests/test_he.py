@@ -19,12 +19,17 @@ from defenses.he.program import UnsupportedCloudError
 from tests.helpers import SETTINGS, attack_context, prepared_task, run_attack, scores_by_metric
 
 CNN = {"name": "small_cnn", "widths": [8], "fc": [16]}
-SYNTH = {"name": "synthetic", "n": 400, "image_size": 8, "strength": 0.3}
+SYNTH = {"name": "synthetic", "n": 600, "image_size": 8, "strength": 1.0}
 
 
 @pytest.fixture(scope="module")
 def cnn_task():
     return prepared_task(SYNTH, CNN)
+
+
+@pytest.fixture(scope="module")
+def mlp_task():
+    return prepared_task({"name": "synthetic", "n": 200, "image_size": 8, "strength": 0.3}, {"name": "mlp", "hidden": [32, 16]})
 
 
 def fitted(data, net, cut, **params):
@@ -70,28 +75,27 @@ def test_predictions_agree_with_plaintext_small_cnn(cnn_task):
     data, net = cnn_task
     d, split = fitted(data, net, "conv1")
     assert d.rounds == 3
-    test = data.part("test")
-    logits = d.predict(test.x, split.features("test"))
-    plain = split.cloud(split.features("test"))
+    x, z = data.part("test").x[:96], split.features("test")[:96]
+    logits = d.predict(x, z)
+    plain = split.cloud(z)
     agree = (logits.argmax(1) == plain.argmax(1)).float().mean()
     assert agree >= 0.99
     assert (logits - plain).abs().max() < 1e-3
-    assert d.agreement == [int(agree * len(test)), len(test)]
-    cost = d.cost(test.x[:32], full_flops=10**6)
+    assert d.agreement == [int(agree * 96), 96]
+    cost = d.cost(x[:32], full_flops=10**6)
     assert cost["rounds"] == 3 and cost["bytes_sent"] > 0 and cost["bytes_received"] > 0
     assert cost["edge_ops_crypto"] > 0 and cost["cloud_latency_ms"] > 0 and cost["plaintext_agreement"] >= 0.99
 
 
-def test_predictions_agree_mlp_and_naive_layout():
-    data, net = prepared_task({"name": "synthetic", "n": 200, "image_size": 8, "strength": 0.3},
-                              {"name": "mlp", "hidden": [32, 16]})
+def test_predictions_agree_mlp_and_naive_layout(mlp_task):
+    data, net = mlp_task
     test = data.part("test")
     packed, split = fitted(data, net, "fc1")
-    naive, _ = fitted(data, net, "fc1", layout="naive")
-    z = split.features("test")[:12]
+    naive, _ = fitted(data, net, "fc1", layout="naive", batch_size=4)
+    z = split.features("test")[:8]
     plain = split.cloud(z)
     for d in (packed, naive):
-        logits = d.predict(test.x[:12], z)
+        logits = d.predict(test.x[:8], z)
         assert torch.equal(logits.argmax(1), plain.argmax(1))
         assert (logits - plain).abs().max() < 1e-3
     assert naive.cost(test.x[:4], 10**6)["bytes_received"] > 10 * packed.cost(test.x[:4], 10**6)["bytes_received"]
@@ -117,20 +121,20 @@ def test_cloud_context_has_no_secret_key(cnn_task):
     assert not keys.has_key(galois_element(unused, 8192))
 
 
-def test_attacks_find_chance_on_ciphertext():
-    data, net = prepared_task({"name": "synthetic", "n": 600, "image_size": 8, "strength": 1.0}, CNN)
+def test_attacks_find_chance_on_ciphertext(cnn_task):
+    data, net = cnn_task
     raw = scores_by_metric(run_attack("attribute_linear", attack_context(data, net, "pool1")))
-    ctx = attack_context(data, net, "pool1", defense="he")
-    assert ctx.aux.z.dtype == torch.uint8 and ctx.aux.z.shape[1] == ctx.defense.release_width
+    ctx = attack_context(data, net, "pool1", defense="he", release_bytes=4096)
+    assert ctx.aux.z.dtype == torch.uint8 and ctx.aux.z.shape[1] == ctx.defense.release_width == 4096
     for name, params in (("attribute_linear", {}), ("attribute", {"epochs": 3})):
         enc = scores_by_metric(run_attack(name, ctx, **params))
         for (target, metric), score in enc.items():
             if metric != "balanced_accuracy":
                 continue
-            lo, hi = score.ci95
-            assert lo <= score.chance <= hi, (name, target, score)
-            raw_lo = raw[(target, metric)].ci95[0]
-            assert raw_lo > score.chance  # the same task leaks through the raw feature
+            # no leakage: below chance + 0.12 (3 standard errors at n=150; asserting that a 95% CI
+            # covers chance would fail 1 run in 20 by design), while the raw feature leaks far beyond
+            assert score.value < score.chance + 0.12, (name, target, score)
+            assert raw[(target, metric)].ci95[0] > score.chance + 0.3, raw[(target, metric)]
 
 
 def test_release_is_fresh_ciphertext(cnn_task):
@@ -165,9 +169,8 @@ def test_unsupported_cloud_layers_are_refused_with_the_cut_points_that_work(cnn_
         fitted(data, model, "a")
 
 
-def test_polynomial_activations():
-    data, net = prepared_task({"name": "synthetic", "n": 200, "image_size": 8, "strength": 0.3},
-                              {"name": "mlp", "hidden": [32, 16]})
+def test_polynomial_activations(mlp_task):
+    data, net = mlp_task
     with pytest.raises(CKKSConfigError, match="needs 3 multiplicative levels"):
         fitted(data, net, "fc1", activations="polynomial")
     d, split = fitted(data, net, "fc1", activations="polynomial", coeff_mod_bit_sizes=[40, 30, 30, 30, 40],

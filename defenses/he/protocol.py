@@ -247,11 +247,7 @@ class Cloud:
                             continue
                         g, b = divmod(k, plan.n1)
                         plain = self.plaintext((r, s, p, i, j, k), lambda v=vec: spread(v, slot), level, plain_scale)
-                        prod = c.mul_plain(babies[b], plain, target)
-                        if acc[i][g] is None:
-                            acc[i][g] = prod
-                        else:
-                            c.add_inplace(acc[i][g], prod)
+                        acc[i][g] = self._sum(acc[i][g], c.mul_plain(babies[b], plain, target))
         out = []
         for i in range(plan.out.chunks):
             total = None
@@ -261,10 +257,7 @@ class Cloud:
                 if g:
                     part = c.rotate(part, g * plan.n1 * slot.block)
                     traffic.rotations += 1
-                if total is None:
-                    total = part
-                else:
-                    c.add_inplace(total, part)
+                total = self._sum(total, part)
             if total is None:
                 raise ValueError(f"output chunk {i} of cloud step {s} (round {r}) has only zero weights")
             c.rescale(total, c.scale)
@@ -277,6 +270,13 @@ class Cloud:
                 c.evaluator.add_plain_inplace(total, plain)
             out.append(total)
         return out
+
+    def _sum(self, total, part):
+        """total + part (in place), where total may be None (nothing yet)."""
+        if total is None:
+            return part
+        self.crypto.add_inplace(total, part)
+        return total
 
     def _naive_step(self, r: int, chunks: list, traffic: Traffic) -> list:
         """One sample: one output ciphertext per output element (weight row times input, slot sum)."""
@@ -297,11 +297,7 @@ class Cloud:
                 if not seg.any():
                     continue
                 plain = self.plaintext((r, "row", row, j), lambda v=seg: spread(v, slot), level, plain_scale)
-                prod = c.mul_plain(ct, plain, target)
-                if total is None:
-                    total = prod
-                else:
-                    c.add_inplace(total, prod)
+                total = self._sum(total, c.mul_plain(ct, plain, target))
             if total is None:
                 raise ValueError(f"output {row} of round {r} has only zero weights")
             c.rescale(total, c.scale)
