@@ -67,7 +67,7 @@ def run_row(cloud, shape, layout: str, batch: int, samples: int, seed: int, over
     protocol = session.protocol
     step = batch if layout == "packed" else min(batch, samples)
     start = time.perf_counter()
-    protocol.run(z[:step], Traffic())  # warm-up: fills the cloud's plaintext cache
+    protocol.run(z[: step if layout == "packed" else 1], Traffic())  # warm-up: fills the cloud's plaintext cache
     warmup = time.perf_counter() - start
     traffic = Traffic()
     logits = torch.cat([protocol.run(z[i : i + step], traffic) for i in range(0, samples, step)])
