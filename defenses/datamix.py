@@ -35,6 +35,7 @@ from torch import nn
 from audit.models import SplitModel, flops_per_sample
 from audit.training import make_trainer, tensor_loader
 from defenses import register_defense
+from defenses._finetune import train_inputs
 from defenses.base import Defense, FitContext, _median_ms
 
 
@@ -98,9 +99,11 @@ def recommend_cut(model: SplitModel, x: torch.Tensor, max_fraction: float = 0.2)
 class MixingAwareCloud(L.LightningModule):
     """Trains the cloud so that de-mixing its outputs on mixed features gives the right logits."""
 
-    def __init__(self, cloud: nn.Module, k: int, max_condition: float, lr: float, linear_weight: float, seed: int):
+    def __init__(self, cloud: nn.Module, k: int, max_condition: float, lr: float, linear_weight: float, seed: int,
+                 pre: nn.Module | None = None):
         super().__init__()
         self.cloud, self.k, self.max_condition = cloud, k, max_condition
+        self.pre = pre or nn.Identity()  # the frozen edge when batches carry inputs, not features
         self.lr, self.linear_weight = lr, linear_weight
         self.generator = torch.Generator().manual_seed(seed)
 
@@ -109,7 +112,7 @@ class MixingAwareCloud(L.LightningModule):
         n = z.shape[0] - z.shape[0] % self.k
         if n == 0:  # a last batch smaller than one group
             return None
-        z, y = z[:n], y[:n]
+        z, y = self.pre(z[:n]), y[:n]
         m = draw_mixing(n // self.k, self.k, self.generator, self.max_condition).to(z.device)
         out = self.cloud(mix(z, m))
         loss = F.cross_entropy(demix(out, m), y)
@@ -121,7 +124,7 @@ class MixingAwareCloud(L.LightningModule):
         return loss
 
     def configure_optimizers(self):
-        return torch.optim.Adam(self.parameters(), lr=self.lr)
+        return torch.optim.Adam(self.cloud.parameters(), lr=self.lr)
 
 
 # ----------------------------------------------------------------------------- plugin
@@ -145,10 +148,12 @@ class DataMix(Defense):
         if p.epochs > 0:
             L.seed_everything(ctx.seed, verbose=False)
             batch = max(p.k, p.batch_size - p.batch_size % p.k)
-            module = MixingAwareCloud(self.cloud, p.k, p.max_condition, p.lr, p.linear_weight, ctx.seed)
+            inputs, pre = train_inputs(ctx.split, ctx.train.x)
+            module = MixingAwareCloud(self.cloud, p.k, p.max_condition, p.lr, p.linear_weight, ctx.seed, pre)
             make_trainer(ctx.settings, p.epochs).fit(
-                module, tensor_loader(ctx.split.features("train"), ctx.train.y, batch_size=batch, shuffle=True,
-                                      seed=ctx.seed))
+                module, tensor_loader(inputs, ctx.train.y, batch_size=batch, shuffle=True, seed=ctx.seed))
+            pre.cpu()
+        self.edge.cpu().eval()
         self.cloud.cpu().eval()
         self.generator = torch.Generator().manual_seed(ctx.seed)  # the device's secret coefficient stream
 

@@ -26,6 +26,7 @@ from torch import nn
 
 from audit.training import make_trainer, tensor_loader
 from defenses import register_defense
+from defenses._finetune import train_inputs
 from defenses.base import Defense, FitContext
 from defenses.noise import finetune_on_noise, unit_noise
 
@@ -54,9 +55,11 @@ class ScaledNoise(nn.Module):
 class NoiseLearner(L.LightningModule):
     """Trains the noise scales against a frozen cloud: CE - weight * mean(log(sigma / reference))."""
 
-    def __init__(self, noise: ScaledNoise, cloud: nn.Module, weight: float, reference: float, lr: float):
+    def __init__(self, noise: ScaledNoise, cloud: nn.Module, weight: float, reference: float, lr: float,
+                 pre: nn.Module | None = None):
         super().__init__()
         self.noise, self.cloud = noise, cloud
+        self.pre = pre or nn.Identity()  # the frozen edge when batches carry inputs, not features
         self.weight, self.log_reference, self.lr = weight, math.log(reference), lr
         for param in self.cloud.parameters():
             param.requires_grad_(False)
@@ -64,7 +67,7 @@ class NoiseLearner(L.LightningModule):
     def training_step(self, batch, batch_idx):
         z, y = batch
         self.cloud.eval()  # frozen: batch-norm statistics stay those of the task model
-        task = F.cross_entropy(self.cloud(self.noise(z)), y)
+        task = F.cross_entropy(self.cloud(self.noise(self.pre(z))), y)
         magnitude = (self.noise.log_sigma.clamp(max=self.noise.max_log_sigma) - self.log_reference).mean()
         self.log("task_loss", task, prog_bar=True)
         self.log("log_noise_scale", magnitude, prog_bar=True)
@@ -98,24 +101,27 @@ class LearnedNoise(Defense):
     def fit(self, ctx: FitContext) -> None:
         p = self.params
         self.edge = ctx.split.edge.eval()
-        features = ctx.split.features("train")
-        self.reference = float(features.std())
-        self.noise = ScaledNoise(tuple(features.shape[1:]), p.init_scale * self.reference,
+        inputs, pre = train_inputs(ctx.split, ctx.train.x)  # features, or inputs + frozen edge if large
+        sample = pre(inputs[:512])
+        self.reference = float(sample.std())  # the feature's std (first 512 training samples)
+        self.noise = ScaledNoise(tuple(sample.shape[1:]), p.init_scale * self.reference,
                                  p.max_scale * self.reference, p.distribution)
         cloud = copy.deepcopy(ctx.split.cloud).eval()
         if p.epochs > 0:
             L.seed_everything(ctx.seed, verbose=False)
-            learner = NoiseLearner(self.noise, cloud, p.weight, self.reference, p.lr)
+            learner = NoiseLearner(self.noise, cloud, p.weight, self.reference, p.lr, pre)
             make_trainer(ctx.settings, p.epochs).fit(
-                learner, tensor_loader(features, ctx.train.y, batch_size=p.batch_size, shuffle=True, seed=ctx.seed))
+                learner, tensor_loader(inputs, ctx.train.y, batch_size=p.batch_size, shuffle=True, seed=ctx.seed))
             for param in cloud.parameters():
                 param.requires_grad_(True)
         self.noise.cpu().eval().requires_grad_(False)
         if p.finetune_epochs > 0:
-            noisy_cloud = nn.Sequential(self.noise, cloud)
-            finetune_on_noise(noisy_cloud, features, ctx.train.y, ctx.num_classes, 0.0, p.distribution,
+            noisy_cloud = nn.Sequential(pre, self.noise, cloud)  # only the cloud has trainable weights
+            finetune_on_noise(noisy_cloud, inputs, ctx.train.y, ctx.num_classes, 0.0, p.distribution,
                               settings=ctx.settings, epochs=p.finetune_epochs, batch_size=p.batch_size,
                               lr=p.finetune_lr, seed=ctx.seed)
+        pre.cpu()
+        self.edge.eval()
         self.cloud = cloud.cpu().eval()
         self.noise.generator = torch.Generator().manual_seed(ctx.seed)
         self.noise.always = True

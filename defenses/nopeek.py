@@ -48,10 +48,11 @@ class NoPeek(Defense):
     """Edge fine-tuned with a distance-correlation penalty dCor(input, feature) plus the task loss."""
 
     class Params(Defense.Params):
-        weight: float = Field(1.0, ge=0, description="weight of dCor(x, z) against the task loss")
+        weight: float = Field(0.25, ge=0, description="weight of dCor(x, z) against the task loss (too large: the feature collapses)")
         epochs: int = Field(3, ge=0, description="epochs of joint edge + cloud fine-tuning")
         lr: float = Field(2e-4, gt=0)
         batch_size: int = Field(64, ge=2, description="dCor is estimated per batch")
+        trainable_stages: int | None = Field(None, ge=1, description="fine-tune only the edge's last stages (None: all)")
 
     def fit(self, ctx: FitContext) -> None:
         p = self.params
@@ -60,6 +61,7 @@ class NoPeek(Defense):
         self.edge, self.cloud = finetune_split(
             edge, cloud, ctx.train.x, ctx.train.y, lambda x, z, y: distance_correlation(x, z),
             weight=p.weight, settings=ctx.settings, epochs=p.epochs, batch_size=p.batch_size, lr=p.lr, seed=ctx.seed,
+            trainable_stages=p.trainable_stages,
         )
 
     @torch.no_grad()

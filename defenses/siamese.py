@@ -62,6 +62,7 @@ class Siamese(Defense):
         pca_components: int | None = Field(None, ge=1, description="reduce the fine-tuned feature by PCA (Osia's embedding)")
         noise_scale: float = Field(0.0, ge=0, description="Gaussian noise std after PCA, relative to the release's std")
         finetune_epochs: int = Field(2, ge=0, description="cloud fine-tuning on the PCA/noisy release (if any)")
+        trainable_stages: int | None = Field(None, ge=1, description="fine-tune only the edge's last stages (None: all)")
 
     def fit(self, ctx: FitContext) -> None:
         p = self.params
@@ -70,7 +71,7 @@ class Siamese(Defense):
         penalty = lambda x, z, y: contrastive_loss(z, y, p.margin)  # noqa: E731
         self.edge, cloud = finetune_split(
             edge, cloud, ctx.train.x, ctx.train.y, penalty, weight=p.weight, settings=ctx.settings,
-            epochs=p.epochs, batch_size=p.batch_size, lr=p.lr, seed=ctx.seed,
+            epochs=p.epochs, batch_size=p.batch_size, lr=p.lr, seed=ctx.seed, trainable_stages=p.trainable_stages,
         )
         self.pca: PCAProjection | None = None
         self.noise = AddNoise(0.0, "gaussian")

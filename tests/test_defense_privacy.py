@@ -168,3 +168,25 @@ def test_unmix_attack_is_the_attribute_attack_without_mixing(linear_cloud):
     assert unmix[("secret", "balanced_accuracy")].value == pytest.approx(plain[("secret", "balanced_accuracy")].value)
     assert unmix[("features", "unmix_cosine")].value == pytest.approx(1.0)
     assert unmix[("secret", "balanced_accuracy")].extra["k"] == 1
+
+
+def test_trainable_stages_freeze_the_edge_front(planted):
+    data, net = planted
+    ctx = attack_context(data, net, "fc1", defense="siamese", epochs=1, trainable_stages=1)
+    edge, _ = net.split("fc1")
+    tuned = ctx.defense.edge
+    for (name, a), (_, b) in zip(edge.named_parameters(), tuned.named_parameters()):
+        assert torch.equal(a, b) != name.startswith("fc1"), name  # only the last stage (fc1) moved
+
+
+def test_large_train_features_are_streamed_through_the_frozen_edge(planted):
+    from defenses._finetune import FrozenEdge, train_inputs
+
+    data, net = planted
+    ctx = attack_context(data, net, "conv1")
+    x = data.part("train").x
+    inputs, pre = train_inputs(ctx.split, x, max_bytes=0)
+    assert inputs is x and isinstance(pre, FrozenEdge)
+    assert torch.allclose(pre(x[:16]), ctx.split.features("train")[:16], atol=1e-6)
+    features, identity = train_inputs(ctx.split, x)
+    assert features is ctx.split.features("train") and isinstance(identity, torch.nn.Identity)
