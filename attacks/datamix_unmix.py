@@ -150,6 +150,7 @@ class DataMixUnmix(Attack):
         clusters: int = Field(8, ge=1, description="k-means centroids of clean aux features (ICA sign/scale)")
         ica_samples: int = Field(20000, ge=100, description="feature elements used to estimate each group's unmixing")
         ica_max_iter: int = Field(400, ge=10)
+        select_rows: int = Field(512, ge=2, description="aux rows on which `auto` compares the methods")
         attack: Literal["attribute", "attribute_linear"] = Field("attribute", description="the attack run on the recovered features")
         attack_params: dict[str, Any] = Field(default_factory=dict, description="parameters of that attack")
 
@@ -197,14 +198,16 @@ class DataMixUnmix(Attack):
         methods = self.methods(self.k)
         if self.k > 1 and "ica" in methods:
             self.centroids = self._centroids(clean_aux.flatten(1).float(), ctx.seed)
-        recovered, quality = {}, {}
-        for method in methods:
-            recovered[method] = self.unmix(ctx.aux.z, clean_aux, self.k, method, ctx.seed)
-            quality[method] = float(cosine(recovered[method], clean_aux).mean())
+        quality = {}
+        n_select = min(len(ctx.aux), p.select_rows)
+        for method in methods:  # chosen on the aux split's first rows: the attacker's own data
+            recovered = self.unmix(ctx.aux.z[:n_select], clean_aux[:n_select], self.k, method, ctx.seed)
+            quality[method] = float(cosine(recovered, clean_aux[:n_select]).mean())
         self.method = max(quality, key=quality.get)
         self.aux_quality = quality
+        recovered = self.unmix(ctx.aux.z, clean_aux, self.k, self.method, ctx.seed)
         self.inner = ATTACKS.create(p.attack, **p.attack_params)
-        self.inner.fit(replace(ctx, aux=replace(ctx.aux, z=recovered[self.method])))
+        self.inner.fit(replace(ctx, aux=replace(ctx.aux, z=recovered)))
 
     def _centroids(self, flat: torch.Tensor, seed: int) -> torch.Tensor:
         from sklearn.cluster import KMeans
