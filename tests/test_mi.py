@@ -15,7 +15,7 @@ from attacks.mi import MIInputError, estimate_mi, list_methods
 from attacks.mi.synthetic import correlated_gaussian, gaussian_mi, gaussian_mixture, mixture_club, mixture_mi
 from audit.registry import PluginParamsError, UnknownPluginError
 
-TEST_STEPS = {"steps": 300, "val_every": 50, "hidden": 64}
+TEST_STEPS = {"steps": 200, "val_every": 50, "hidden": 64}
 NEURAL = ["mine", "nwj", "infonce", "smile", "club", "classifier"]
 ALL = ["ksg", *NEURAL]
 CONTINUOUS = [m for m in ALL if m != "classifier"]
