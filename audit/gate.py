@@ -116,10 +116,12 @@ def defense_key(record: Record) -> tuple[str, str]:
 
 
 def describe(record: Record, labels: dict[tuple[str, str], str] | None = None) -> str:
-    """``dataset/model seed=S cut=C defense=D attack=A target=T metric=M`` (what names a cell's record)."""
+    """``dataset/model seed=S cut=C defense=D attack=A target=T metric=M`` (what names a cell's record;
+    without attack / target and metric where they are None, e.g. for a (cut point, defense) group)."""
     defense = (labels or {}).get(defense_key(record)) or record["defense"]
-    text = (f"{record['dataset']}/{record['model']} seed={record['seed']} cut={record['cut_point']} "
-            f"defense={defense} attack={record['attack']}")
+    text = f"{record['dataset']}/{record['model']} seed={record['seed']} cut={record['cut_point']} defense={defense}"
+    if record.get("attack") is not None:
+        text += f" attack={record['attack']}"
     if record.get("target") is not None:
         text += f" target={record['target']} metric={record['metric']}"
     return text
@@ -323,7 +325,7 @@ def measured(rule: Rule, record: Record) -> tuple[float | None, list | None, str
 
 def _apply(rule: Rule, record: Record, labels) -> Outcome:
     estimate, ci, unit = measured(rule, record)
-    case = describe(record, labels) if not rule.per_group else describe({**record, "target": None}, labels)
+    case = describe({**record, "target": None, "attack": None} if rule.per_group else record, labels)
     shown = f"{rule.quantity} {fmt_ci(estimate, ci, unit)}"
     if estimate is None:
         return Outcome(rule.name, case, False, f"{case}: {rule.quantity} not measured (missing or not finite)", record)
