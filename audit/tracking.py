@@ -189,7 +189,7 @@ class WandbTracker(RunCallback):
             return
         self.run.define_metric("cell/index")
         self.run.define_metric("*", step_metric="cell/index")
-        where = f" in {self.run.dir}" if mode == "offline" else f": {self.run.url}"
+        where = f" in {Path(self.run.dir).parent}" if mode == "offline" else f": {self.run.url}"
         log.info("W&B run %r (%s)%s", self.run.name, mode, where)
 
     def _labels(self, run: "AuditRun", cell: "Cell") -> str:

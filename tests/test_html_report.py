@@ -116,7 +116,7 @@ def test_page_is_self_contained_and_says_seeds_and_n(page):
         assert "seeds 0, 1" in f["caption"] and "n_eval = 500" in f["caption"]
     assert html.count("<table") == 4  # summary, cost (one task), failed cells, task models
     assert "RuntimeError: &lt;boom&gt;" in html  # escaped
-    assert "noise(scale=2.0)" in html and "mi (nats)" not in html  # labels; units live in figures
+    assert "noise(scale=2.0)" in html and "0.5 [0.45, 0.55] nats" in html  # defense labels; MI in nats
 
 
 def test_threat_model_is_the_readme_wording(page):
