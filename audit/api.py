@@ -9,7 +9,20 @@ from pathlib import Path
 from typing import Any, Iterable
 
 from audit.config import AuditConfig, build_config
-from audit.runner import AuditRun, LineProgress, RunCallback
+from audit.runner import AuditRun, RunCallback
+
+
+def default_callbacks(config: AuditConfig, callbacks: Iterable[RunCallback] | None = None) -> list[RunCallback]:
+    """``callbacks`` (default: a progress bar / progress lines with time left), plus the W&B
+    tracker when ``config.tracking`` asks for one."""
+    from audit.progress import Progress
+    from audit.tracking import WandbTracker, tracker_for
+
+    out = [Progress()] if callbacks is None else list(callbacks)
+    tracker = tracker_for(config)
+    if tracker is not None and not any(isinstance(cb, WandbTracker) for cb in out):
+        out.append(tracker)
+    return out
 
 
 class Audit:
@@ -20,6 +33,14 @@ class Audit:
         self.cache_dir = cache_dir
 
     def run(self, out: str | Path = "audit_out", callbacks: Iterable[RunCallback] | None = None) -> dict[str, Any]:
-        """Run (or resume) the audit into ``out``; returns the report (as in report.json)."""
-        callbacks = [LineProgress()] if callbacks is None else list(callbacks)
-        return AuditRun(self.config, out, callbacks, self.cache_dir).run()
+        """Run (or resume) the audit into ``out``; returns the report (as in report.json, next to
+        results.csv and report.html). ``callbacks``: progress output (default: :class:`audit.progress.Progress`);
+        the W&B tracker is added when the config's ``tracking`` asks for it."""
+        callbacks = default_callbacks(self.config, callbacks)
+        try:
+            return AuditRun(self.config, out, callbacks, self.cache_dir).run()
+        finally:
+            for cb in callbacks:
+                close = getattr(cb, "close", None)
+                if callable(close):
+                    close()
