@@ -214,8 +214,13 @@ def _row_stats(g: torch.Tensor, h: torch.Tensor, tau: float | None, block: int =
     return out
 
 
-def _lme(x: torch.Tensor) -> torch.Tensor:
-    return x.logsumexp(0) - math.log(x.shape[0])
+def _dv_stat(joint: torch.Tensor, lme: torch.Tensor) -> torch.Tensor:
+    """mean_i f_ii - log mean_i exp(lme_i): DV from per-row terms."""
+    return joint.mean() - (lme.logsumexp(0) - math.log(lme.shape[0]))
+
+
+def _dv_summary(joint: torch.Tensor, lme: torch.Tensor, n_boot: int, seed: int) -> tuple[float, tuple[float, float]]:
+    return float(_dv_stat(joint, lme)), bootstrap_ci(_dv_stat, joint, lme, n_boot=n_boot, seed=seed)
 
 
 class _CriticEstimator(_NeuralEstimator):
@@ -268,9 +273,7 @@ class MINE(_CriticEstimator):
         return bounds.dv_bound(f)
 
     def summarize(self, rows, n_boot, seed):
-        stat = lambda joint, lme: joint.mean() - _lme(lme)  # noqa: E731
-        value = float(stat(rows["joint"], rows["lme_off"]))
-        return value, bootstrap_ci(stat, rows["joint"], rows["lme_off"], n_boot=n_boot, seed=seed)
+        return _dv_summary(rows["joint"], rows["lme_off"], n_boot, seed)
 
 
 @register_estimator("nwj")
@@ -318,9 +321,7 @@ class SMILE(_CriticEstimator):
         return bounds.smile_estimate(f, self.params.tau)
 
     def summarize(self, rows, n_boot, seed):
-        stat = lambda joint, lme: joint.mean() - _lme(lme)  # noqa: E731
-        value = float(stat(rows["joint"], rows["lme_off_clip"]))
-        return value, bootstrap_ci(stat, rows["joint"], rows["lme_off_clip"], n_boot=n_boot, seed=seed)
+        return _dv_summary(rows["joint"], rows["lme_off_clip"], n_boot, seed)
 
 
 # ---------------------------------------------------------------- variational conditionals
