@@ -6,10 +6,13 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any, Iterable
+from typing import TYPE_CHECKING, Any, Iterable
 
 from audit.config import AuditConfig, build_config
 from audit.runner import AuditRun, LineProgress, RunCallback
+
+if TYPE_CHECKING:  # pragma: no cover
+    from audit.executors import Executor
 
 
 class Audit:
@@ -19,7 +22,19 @@ class Audit:
         self.config = config if isinstance(config, AuditConfig) else build_config(config, "<dict>")
         self.cache_dir = cache_dir
 
-    def run(self, out: str | Path = "audit_out", callbacks: Iterable[RunCallback] | None = None) -> dict[str, Any]:
-        """Run (or resume) the audit into ``out``; returns the report (as in report.json)."""
+    def run(
+        self,
+        out: str | Path = "audit_out",
+        callbacks: Iterable[RunCallback] | None = None,
+        executor: "Executor | None" = None,
+        shard: tuple[int, int] | None = None,
+        resume: bool | None = None,
+    ) -> dict[str, Any]:
+        """Run (or resume) the audit into ``out``; returns the report (as in report.json).
+
+        ``executor``: :func:`audit.executors.make_executor` (default: in this process);
+        ``shard``: (i, n) runs shard i of n; ``resume``: see :class:`audit.store.ResultStore`.
+        """
         callbacks = [LineProgress()] if callbacks is None else list(callbacks)
-        return AuditRun(self.config, out, callbacks, self.cache_dir).run()
+        return AuditRun(self.config, out, callbacks, self.cache_dir, executor=executor, shard=shard,
+                        resume=resume).run()

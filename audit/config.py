@@ -72,6 +72,17 @@ class SplitFractions(Strict):
     test: float = Field(0.25, gt=0)
 
 
+class MemoryConfig(Strict):
+    """Where large arrays live; never changes results (not part of the config hash)."""
+
+    feature_ram_mb: float = Field(
+        512, ge=0,
+        description="feature arrays (one cut point and split) larger than this (MB) are memory-mapped "
+        "from files under OUT/features instead of held in RAM",
+    )
+    keep_features: bool = Field(False, description="keep OUT/features when the run ends (else removed)")
+
+
 class TaskConfig(Strict):
     dataset: PluginSpec
     model: PluginSpec
@@ -94,6 +105,7 @@ class AuditConfig(Strict):
     n_boot: int = Field(500, ge=50, description="bootstrap resamples per confidence interval")
     trainer: TrainerSettings = TrainerSettings()
     cache_dir: Path | None = Field(None, description="trained task models and decoded data (default ~/.cache/splitaudit)")
+    memory: MemoryConfig = MemoryConfig()
 
     @field_validator("defenses", mode="before")
     @classmethod
@@ -143,7 +155,7 @@ class AuditConfig(Strict):
 
     def config_hash(self) -> str:
         """Hash of everything that determines the audit's results."""
-        data = self.model_dump(mode="json", exclude={"cache_dir": True, "trainer": {"progress_bar"}})
+        data = self.model_dump(mode="json", exclude={"cache_dir": True, "memory": True, "trainer": {"progress_bar"}})
         return hashlib.sha256(json.dumps(data, sort_keys=True).encode()).hexdigest()[:16]
 
 
