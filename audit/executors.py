@@ -123,6 +123,9 @@ class Executor:
 
     def add_task(self, state: "TaskState") -> None: ...
     def add_features(self, key: str, cut: str, paths: dict[str, str]) -> None: ...
+    def release_features(self, key: str, cut: str) -> None:
+        """Every group of (``key``, ``cut``) has finished."""
+
     def task_done(self, key: str) -> None:
         """Every group of the (task, seed) ``key`` has been submitted."""
 
@@ -527,8 +530,9 @@ class RayExecutor(Executor):
     def task_done(self, key):
         # the driver's refs go; Ray frees the objects once the tasks using them finish
         self._states.pop(key, None)
-        for k in [k for k in self._features if k[0] == key]:
-            del self._features[k]
+
+    def release_features(self, key, cut):
+        self._features.pop((key, cut), None)
 
     def _collect(self, timeout: float) -> None:
         if not self._inflight:

@@ -453,6 +453,14 @@ class AuditRun:
                 target.parent.mkdir(parents=True, exist_ok=True)
                 target.write_bytes(data)
         self._commit(result.cell, result.records, result.seconds)
+        key = (task_key(self.config.tasks[result.cell.task], result.cell.seed), result.cell.cut_point)
+        if key in self._cells_left:
+            self._cells_left[key] -= 1
+            if self._cells_left[key] == 0:  # every group of this cut point is done: free its features
+                del self._cells_left[key]
+                self.executor_in_use.release_features(*key)
+                if not self.config.memory.keep_features:
+                    shutil.rmtree(self.features.root / key[0] / key[1], ignore_errors=True)
 
     # ---------------------------------------------------------------------- run
     def planned_cells(self) -> list[Cell]:
@@ -478,6 +486,11 @@ class AuditRun:
             by_task: dict[tuple[int, int], dict[str, list[int]]] = {}
             for t, seed, cut, d in groups:
                 by_task.setdefault((t, seed), {}).setdefault(cut, []).append(d)
+            self._cells_left: dict[tuple[str, str], int] = {}
+            for cell in pending:
+                key = (task_key(config.tasks[cell.task], cell.seed), cell.cut_point)
+                self._cells_left[key] = self._cells_left.get(key, 0) + 1
+            self.executor_in_use = executor
             executor.open(self, self._deliver)
             try:
                 for (t, seed), cuts in by_task.items():

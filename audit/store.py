@@ -71,7 +71,8 @@ def config_differences(old: Any, new: Any, prefix: str = "", limit: int = 6) -> 
         if isinstance(a, dict) and isinstance(b, dict):
             for k in list(a) + [k for k in b if k not in a]:
                 walk(a.get(k, "<missing>"), b.get(k, "<missing>"), f"{where}.{k}" if where else str(k))
-        elif isinstance(a, list) and isinstance(b, list) and len(a) == len(b):
+        elif (isinstance(a, list) and isinstance(b, list) and len(a) == len(b)
+              and any(isinstance(v, (dict, list)) for v in a + b)):
             for i, (x, y) in enumerate(zip(a, b)):
                 walk(x, y, f"{where}.{i}")
         elif a != b:

@@ -12,7 +12,7 @@ from audit.executors import ProcessExecutor, RayExecutor, SequentialExecutor
 from audit.merge import merge_outputs, report_values, strip_timing
 from audit.runner import parse_shard, plan_cells, shard_cells
 from tests.conftest import GRID, TINY
-from tests.worker_plugins import DRIVER_PID_ENV, register
+from tests.worker_plugins import DRIVER_PID_ENV, probe_file, register
 
 
 @pytest.fixture(autouse=True)
@@ -25,11 +25,6 @@ def _by_cell(report):
     for r in report["results"]:
         out.setdefault(r["cell_id"], []).append(r)
     return out
-
-
-def _probe_file(out, record):
-    value, pid = (out / "artifacts" / record["cell_id"] / "probe.txt").read_text().split()
-    return value, int(pid)
 
 
 def test_report_values_leave_out_only_time_and_place():
@@ -56,7 +51,7 @@ def test_process_pool_gives_the_reference_records(grid_reference, tmp_path):
     assert all(r["extra"]["settings"]["precision"] == "32-true" for r in probes)
     assert all(r["extra"]["settings"] == report["config"]["trainer"] for r in probes)
     for r in probes:  # artifacts written by workers land in the output folder
-        value, pid = _probe_file(tmp_path, r)
+        value, pid, _ = probe_file(tmp_path, r)
         assert value == repr(r["value"]) and pid != os.getpid()
     assert report["environment"]["executor"] == {"name": "local", "workers": 2, "threads": 1}
     assert not (tmp_path / "features").exists()  # scratch features are removed at the end
@@ -133,7 +128,7 @@ def test_ray_executor_gives_the_reference_records(grid_reference, ray_local, tmp
     assert report_values(report) == report_values(reference)
     probes = [r for r in report["results"] if r["attack"] == "test_probe"]
     for r in probes:  # artifacts come back through Ray, written by the driver
-        value, pid = _probe_file(tmp_path, r)
+        value, pid, _ = probe_file(tmp_path, r)
         assert value == repr(r["value"]) and pid != os.getpid() and r["extra"]["threads"] == 1
     assert report["environment"]["executor"]["name"] == "ray"
 

@@ -12,6 +12,7 @@ import signal
 import torch
 
 from attacks import ATTACKS, Attack, Score
+from audit.features import is_mapped
 from defenses import DEFENSES, Defense
 
 DRIVER_PID_ENV = "SPLITAUDIT_TEST_DRIVER_PID"
@@ -19,14 +20,16 @@ DRIVER_PID_ENV = "SPLITAUDIT_TEST_DRIVER_PID"
 
 class Probe(Attack):
     """Reports what the worker saw: a deterministic figure of the released features, the trainer
-    settings and torch threads; writes an artifact file with the figure and the process id."""
+    settings and torch threads; writes an artifact file with the figure, the process id and whether
+    the released and edge features it got were memory-mapped."""
 
     def score(self, ctx):
         z = ctx.test.z.float().flatten(1)
         value = float(z.double().mean())
         if ctx.artifact_dir is not None:
             ctx.artifact_dir.mkdir(parents=True, exist_ok=True)
-            (ctx.artifact_dir / "probe.txt").write_text(f"{value!r}\n{os.getpid()}\n")
+            mapped = is_mapped(ctx.test.z) and is_mapped(ctx.split.features("train"))
+            (ctx.artifact_dir / "probe.txt").write_text(f"{value!r}\n{os.getpid()}\n{mapped}\n")
         extra = {"settings": ctx.settings.model_dump(mode="json"), "threads": torch.get_num_threads(),
                  "n_aux": len(ctx.aux)}
         return [Score("secret", "feature_mean", value, (value, value), None, len(ctx.test), extra=extra)]
@@ -69,3 +72,9 @@ def register() -> None:
     """Register the test plugins (idempotent)."""
     for registry, name, cls in PLUGINS:
         registry.register(name)(cls)
+
+
+def probe_file(out, record):
+    """(value, process id, features were mapped) from the artifact a ``test_probe`` cell wrote."""
+    value, pid, mapped = (out / "artifacts" / record["cell_id"] / "probe.txt").read_text().split()
+    return value, int(pid), mapped == "True"
