@@ -22,7 +22,7 @@ import hashlib
 import json
 from importlib.resources import files
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
@@ -96,6 +96,25 @@ class TaskConfig(Strict):
         return self.label or self.dataset.name
 
 
+class WandbSettings(Strict):
+    """``tracking.wandb``: where and how the audit's W&B run is recorded (see audit.tracking)."""
+
+    project: str = Field("splitaudit", description="W&B project")
+    entity: str | None = Field(None, description="W&B user or team (default: the API key's default entity)")
+    mode: Literal["online", "offline", "disabled"] = Field(
+        "online", description="online needs an API key and the server; offline writes OUT/wandb/ only; "
+                              "WANDB_MODE in the environment overrides online/offline")
+    tags: list[str] = Field(default_factory=list)
+    group: str | None = Field(None, description="groups runs in the W&B UI (e.g. a sweep or a CI pipeline)")
+    name: str | None = Field(None, description="run name (default: dataset/model/defense)")
+
+
+class TrackingConfig(Strict):
+    """``tracking:`` experiment trackers; they record results, never change them (not in the config hash)."""
+
+    wandb: WandbSettings | None = Field(None, description="W&B settings; absent = no W&B run")
+
+
 class AuditConfig(Strict):
     name: str = "audit"
     tasks: list[TaskConfig] = Field(min_length=1)
@@ -105,6 +124,7 @@ class AuditConfig(Strict):
     n_boot: int = Field(500, ge=50, description="bootstrap resamples per confidence interval")
     trainer: TrainerSettings = TrainerSettings()
     cache_dir: Path | None = Field(None, description="trained task models and decoded data (default ~/.cache/splitaudit)")
+    tracking: TrackingConfig = TrackingConfig()
     memory: MemoryConfig = MemoryConfig()
 
     @field_validator("defenses", mode="before")
@@ -155,7 +175,9 @@ class AuditConfig(Strict):
 
     def config_hash(self) -> str:
         """Hash of everything that determines the audit's results."""
-        data = self.model_dump(mode="json", exclude={"cache_dir": True, "memory": True, "trainer": {"progress_bar"}})
+        data = self.model_dump(
+            mode="json", exclude={"cache_dir": True, "tracking": True, "memory": True, "trainer": {"progress_bar"}}
+        )
         return hashlib.sha256(json.dumps(data, sort_keys=True).encode()).hexdigest()[:16]
 
 
