@@ -6,10 +6,13 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any, Iterable
+from typing import TYPE_CHECKING, Any, Iterable
 
 from audit.config import AuditConfig, build_config
 from audit.runner import AuditRun, RunCallback
+
+if TYPE_CHECKING:  # pragma: no cover
+    from audit.executors import Executor
 
 
 def default_callbacks(config: AuditConfig, callbacks: Iterable[RunCallback] | None = None) -> list[RunCallback]:
@@ -32,13 +35,23 @@ class Audit:
         self.config = config if isinstance(config, AuditConfig) else build_config(config, "<dict>")
         self.cache_dir = cache_dir
 
-    def run(self, out: str | Path = "audit_out", callbacks: Iterable[RunCallback] | None = None) -> dict[str, Any]:
+    def run(
+        self,
+        out: str | Path = "audit_out",
+        callbacks: Iterable[RunCallback] | None = None,
+        executor: "Executor | None" = None,
+        shard: tuple[int, int] | None = None,
+        resume: bool | None = None,
+    ) -> dict[str, Any]:
         """Run (or resume) the audit into ``out``; returns the report (as in report.json, next to
         results.csv and report.html). ``callbacks``: progress output (default: :class:`audit.progress.Progress`);
-        the W&B tracker is added when the config's ``tracking`` asks for it."""
+        the W&B tracker is added when the config's ``tracking`` asks for it. ``executor``:
+        :func:`audit.executors.make_executor` (default: in this process); ``shard``: (i, n) runs
+        shard i of n; ``resume``: see :class:`audit.store.ResultStore`."""
         callbacks = default_callbacks(self.config, callbacks)
         try:
-            return AuditRun(self.config, out, callbacks, self.cache_dir).run()
+            return AuditRun(self.config, out, callbacks, self.cache_dir, executor=executor, shard=shard,
+                            resume=resume).run()
         finally:
             for cb in callbacks:
                 close = getattr(cb, "close", None)

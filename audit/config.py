@@ -72,6 +72,17 @@ class SplitFractions(Strict):
     test: float = Field(0.25, gt=0)
 
 
+class MemoryConfig(Strict):
+    """Where large arrays live; never changes results (not part of the config hash)."""
+
+    feature_ram_mb: float = Field(
+        512, ge=0,
+        description="feature arrays (one cut point and split) larger than this (MB) are memory-mapped "
+        "from files under OUT/features instead of held in RAM",
+    )
+    keep_features: bool = Field(False, description="keep OUT/features when the run ends (else removed)")
+
+
 class TaskConfig(Strict):
     dataset: PluginSpec
     model: PluginSpec
@@ -114,6 +125,7 @@ class AuditConfig(Strict):
     trainer: TrainerSettings = TrainerSettings()
     cache_dir: Path | None = Field(None, description="trained task models and decoded data (default ~/.cache/splitaudit)")
     tracking: TrackingConfig = TrackingConfig()
+    memory: MemoryConfig = MemoryConfig()
 
     @field_validator("defenses", mode="before")
     @classmethod
@@ -163,7 +175,9 @@ class AuditConfig(Strict):
 
     def config_hash(self) -> str:
         """Hash of everything that determines the audit's results."""
-        data = self.model_dump(mode="json", exclude={"cache_dir": True, "tracking": True, "trainer": {"progress_bar"}})
+        data = self.model_dump(
+            mode="json", exclude={"cache_dir": True, "tracking": True, "memory": True, "trainer": {"progress_bar"}}
+        )
         return hashlib.sha256(json.dumps(data, sort_keys=True).encode()).hexdigest()[:16]
 
 
@@ -190,10 +204,7 @@ def parse_override(text: str) -> tuple[list[str], Any]:
     parts = key.strip().split(".")
     if not all(parts):
         raise AuditInputError(f"--set {text!r}: malformed key {key!r}")
-    try:
-        parsed = yaml.safe_load(value) if value.strip() else ""
-    except yaml.YAMLError as err:
-        raise AuditInputError(f"--set {text!r}: value is not valid YAML: {err}") from None
+    parsed = parse_yaml(value, f"--set {text!r}") if value.strip() else ""
     return parts, parsed
 
 
@@ -276,6 +287,45 @@ def build_config(raw: dict[str, Any], source: str = "<config>", overrides: list[
         raise AuditInputError(_format_errors(err, source, shorthand)) from None
 
 
+MAX_CONFIG_BYTES = 1 << 20  # a config is data of a few KB
+MAX_CONFIG_NODES = 100_000  # after YAML aliases are expanded (an alias bomb is refused, not expanded)
+
+
+def parse_yaml(text: str, source: str) -> Any:
+    """``yaml.safe_load`` of a config: plain data only (no tags that build Python objects), at most
+    ``MAX_CONFIG_BYTES`` of text and ``MAX_CONFIG_NODES`` values once aliases are expanded."""
+    if len(text.encode("utf-8", errors="replace")) > MAX_CONFIG_BYTES:
+        raise AuditInputError(f"{source}: {len(text)} characters; a config is at most {MAX_CONFIG_BYTES} bytes")
+    try:
+        raw = yaml.safe_load(text)
+    except yaml.constructor.ConstructorError as err:
+        raise AuditInputError(
+            f"{source}: not plain data ({err.problem}{', ' + str(err.problem_mark).strip() if err.problem_mark else ''}); "
+            "configs are data only: tags that build Python objects are refused"
+        ) from None
+    except yaml.YAMLError as err:
+        raise AuditInputError(f"{source}: not valid YAML: {err}") from None
+    budget = [MAX_CONFIG_NODES]
+
+    def count(node: Any, depth: int) -> None:
+        budget[0] -= 1
+        if budget[0] < 0 or depth > 64:
+            raise AuditInputError(
+                f"{source}: too large or too deeply nested once YAML aliases are expanded "
+                f"(more than {MAX_CONFIG_NODES} values or 64 levels); an alias bomb?"
+            )
+        if isinstance(node, dict):
+            for k, v in node.items():
+                count(k, depth + 1)
+                count(v, depth + 1)
+        elif isinstance(node, list):
+            for v in node:
+                count(v, depth + 1)
+
+    count(raw, 0)
+    return raw
+
+
 def load_config(path: str | Path | None = None, overrides: list[str] = ()) -> AuditConfig:
     """Read and validate a YAML config; ``None`` means the embedded default audit."""
     if path is None:
@@ -284,11 +334,11 @@ def load_config(path: str | Path | None = None, overrides: list[str] = ()) -> Au
         path = Path(path)
         if not path.is_file():
             raise AuditInputError(f"config file {str(path)!r} does not exist")
-        text, source = path.read_text(encoding="utf-8"), str(path)
-    try:
-        raw = yaml.safe_load(text)
-    except yaml.YAMLError as err:
-        raise AuditInputError(f"{source}: not valid YAML: {err}") from None
+        try:
+            text, source = path.read_text(encoding="utf-8"), str(path)
+        except UnicodeDecodeError as err:
+            raise AuditInputError(f"config file {str(path)!r} is not UTF-8 text ({err.reason})") from None
+    raw = parse_yaml(text, source)
     raw = raw if raw is not None else {}
     if path is not None and isinstance(raw, dict):
         resolve_relative_paths(raw, path.resolve().parent)

@@ -15,7 +15,8 @@ from audit.store import write_json_atomic
 log = logging.getLogger("splitaudit")
 
 SCHEMA_VERSION = 1
-PACKAGES = ("splitaudit", "torch", "torchvision", "lightning", "torchmetrics", "scikit-learn", "numpy", "wandb", "pydantic")
+PACKAGES = ("splitaudit", "torch", "torchvision", "lightning", "torchmetrics", "scikit-learn", "numpy", "wandb", "pydantic",
+            "scipy", "pillow", "pyyaml", "tenseal", "ray")
 CSV_HEAD = [
     "dataset", "model", "cut_point", "defense", "defense_params", "attack", "attack_params", "target",
     "metric", "value", "ci95_low", "ci95_high", "chance", "advantage", "seed", "n_eval", "status", "error",
