@@ -28,6 +28,7 @@ import torch
 from attacks import ATTACKS, AttackContext, AttackView, Score
 from audit.config import AuditConfig, PluginSpec, TaskConfig
 from audit.data import DATASETS, AuditData, split_indices
+from audit.data.features import model_free_measures, model_free_split, model_free_summary, precomputed_features
 from audit.errors import AuditInputError
 from audit.models import MODELS, SplitModel, flops_per_sample
 from audit.report import SCHEMA_VERSION, environment, write_report
@@ -103,9 +104,10 @@ class TaskState:
 
     key: str
     data: AuditData
-    model: SplitModel
-    full_flops: int
+    model: SplitModel | None  # None: saved features audited without a model
+    full_flops: int | None
     summary: dict[str, Any]
+    features: dict[str, torch.Tensor] | None = None  # saved edge features per cut point (N, ...), all rows
 
 
 class RunCallback:
@@ -175,8 +177,12 @@ class AuditRun:
         out_dir: str | Path,
         callbacks: Iterable[RunCallback] = (),
         cache_dir: str | Path | None = None,
+        objects: dict[int, dict[str, Any]] | None = None,
     ):
         self.config = config
+        # task index -> {"dataset": obj with .load(cache_dir), "model": obj with .build(shape, classes)}:
+        # Python objects standing in for a task's plugins (the Python API, audit/api.py)
+        self.objects = objects or {}
         self.out_dir = Path(out_dir)
         self.callbacks = list(callbacks)
         self.cache_dir = Path(cache_dir or config.cache_dir or default_cache_dir()).expanduser()
@@ -188,7 +194,7 @@ class AuditRun:
     def describe(self, cell: Cell) -> str:
         task = self.config.tasks[cell.task]
         return (
-            f"{task.display_name}/{task.model.name} seed={cell.seed} cut={cell.cut_point} "
+            f"{task.display_name}/{task.model_name} seed={cell.seed} cut={cell.cut_point} "
             f"defense={self.config.defenses[cell.defense].label()} attack={cell.attack}"
         )
 
@@ -200,23 +206,30 @@ class AuditRun:
     def prepare_task(self, t: int, seed: int) -> TaskState:
         task = self.config.tasks[t]
         key = task_key(task, seed)
-        dataset = DATASETS.create(task.dataset.name, **task.dataset.params)
+        given = self.objects.get(t, {})
+        dataset = given.get("dataset") or DATASETS.create(task.dataset.name, **task.dataset.params)
         loaded = dataset.load(self.cache_dir)
-        splits = split_indices(loaded.x.shape[0], task.splits.model_dump(), seed)
+        # a dataset may bring its own split (a LightningDataModule's train/val/test)
+        splits = getattr(loaded, "splits", None) or split_indices(loaded.x.shape[0], task.splits.model_dump(), seed)
         data = AuditData(task.display_name, loaded, splits)
-        factory = MODELS.create(task.model.name, **task.model.params)
+        features = precomputed_features(loaded, task.cut_points, with_model=task.model is not None)
+        if task.model is None:  # saved features audited without a model (audit/data/features.py)
+            return TaskState(key, data, None, None, model_free_summary(task, seed, key, data), features)
+        factory = given.get("model") or MODELS.create(task.model.name, **task.model.params)
         model = factory.build(data.input_shape, data.num_classes(data.primary))
         for cut in task.cut_points:
             model.split(cut)  # raises naming the model's cut points on a typo
         path = self.cache_dir / "task_models" / f"{key}.pt"
         train = data.part("train")
-        if path.exists():
+        if task.training.epochs == 0:
+            log.info("%s/%s seed=%d: model audited as given (training.epochs: 0)", task.display_name, task.model_name, seed)
+        elif path.exists():
             model.load_state_dict(torch.load(path, map_location="cpu", weights_only=True))
-            log.info("%s/%s seed=%d: task model from cache %s", task.display_name, task.model.name, seed, path)
+            log.info("%s/%s seed=%d: task model from cache %s", task.display_name, task.model_name, seed, path)
         else:
             log.info(
                 "%s/%s seed=%d: training the task model (%d samples, %d epochs)",
-                task.display_name, task.model.name, seed, len(train), task.training.epochs,
+                task.display_name, task.model_name, seed, len(train), task.training.epochs,
             )
             tr = task.training
             fit_classifier(
@@ -233,7 +246,7 @@ class AuditRun:
         correct = (predict(model, test.x, device=self.device).argmax(1) == test.y).float()
         full_flops = flops_per_sample(model, test.x[:1])
         summary = {
-            "dataset": task.display_name, "model": task.model.name, "seed": seed,
+            "dataset": task.display_name, "model": task.model_name, "seed": seed,
             "primary": data.primary, "private": data.private,
             "classes": {name: loaded.classes[name] for name in [data.primary, *data.private]},
             "n": {name: len(idx) for name, idx in splits.items()},
@@ -241,18 +254,21 @@ class AuditRun:
             "full_flops": full_flops, "cut_points": task.cut_points, "task_key": key,
         }
         log.info("%s/%s seed=%d: primary accuracy %.3f on %d test samples",
-                 task.display_name, task.model.name, seed, summary["primary_accuracy"], len(test))
-        return TaskState(key, data, model, full_flops, summary)
+                 task.display_name, task.model_name, seed, summary["primary_accuracy"], len(test))
+        return TaskState(key, data, model, full_flops, summary, features)
 
     # -------------------------------------------------------------------- group
     def run_group(self, state: TaskState, cut: str, d: int, cells: list[Cell]) -> None:
         """Fit defense ``d`` at ``cut`` and run every attack cell of the group."""
         spec = self.config.defenses[d]
         seed = cells[0].seed
-        edge, cloud = state.model.split(cut)
+        edge, cloud = state.model.split(cut) if state.model is not None else model_free_split(cut)
         data = state.data
-        split = SplitPoint(cut, state.model, edge, cloud,
-                           compute_features=lambda part: predict(edge, data.part(part).x, device=self.device))
+        if state.features is not None:  # saved features (a features dataset)
+            compute = lambda part: state.features[cut][data.splits[part]]  # noqa: E731
+        else:
+            compute = lambda part: predict(edge, data.part(part).x, device=self.device)  # noqa: E731
+        split = SplitPoint(cut, state.model, edge, cloud, compute_features=compute)
         try:
             fit_seed = stage_seed(seed, state.key, cut, spec.name, self.defense_params[d])
             L.seed_everything(fit_seed, verbose=False)
@@ -265,14 +281,17 @@ class AuditRun:
             for name, z in (("aux", z_aux), ("test", z_test)):
                 if z.is_floating_point() and not torch.isfinite(z).all():
                     raise ValueError(f"defense {spec.label()} released NaN/inf features for the {name} split at {cut}")
-            correct = (predict_all(defense, test.x, split.features("test")).argmax(1) == test.y).float()
-            utility = {
-                "primary_accuracy": float(correct.mean()),
-                "primary_accuracy_ci95": list(mean_ci(correct, seed=seed)),
-                "task_accuracy": state.summary["primary_accuracy"],
-                "n_eval": len(test),
-            }
-            cost = defense.cost(test.x[:32], state.full_flops)
+            if state.model is None:  # no cloud to measure utility with, no edge to time
+                utility, cost = model_free_measures(defense, z_test)
+            else:
+                correct = (predict_all(defense, test.x, split.features("test")).argmax(1) == test.y).float()
+                utility = {
+                    "primary_accuracy": float(correct.mean()),
+                    "primary_accuracy_ci95": list(mean_ci(correct, seed=seed)),
+                    "task_accuracy": state.summary["primary_accuracy"],
+                    "n_eval": len(test),
+                }
+                cost = defense.cost(test.x[:32], state.full_flops)
         except Exception as err:  # noqa: BLE001 - a failing defense fails its cells, the rest go on
             error = f"defense {spec.label()} failed: {type(err).__name__}: {err}"
             log.debug("%s", traceback.format_exc())
@@ -306,7 +325,7 @@ class AuditRun:
         task = self.config.tasks[cell.task]
         spec = self.config.defenses[cell.defense]
         return {
-            "dataset": task.display_name, "model": task.model.name, "cut_point": cell.cut_point,
+            "dataset": task.display_name, "model": task.model_name, "cut_point": cell.cut_point,
             "defense": spec.name, "defense_params": self.defense_params[cell.defense],
             "utility": {}, "cost": {},
             "attack": cell.attack, "attack_params": self.attack_params[cell.attack],
