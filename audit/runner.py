@@ -108,6 +108,11 @@ class TaskState:
     full_flops: int | None
     summary: dict[str, Any]
     features: dict[str, torch.Tensor] | None = None  # saved edge features per cut point (N, ...), all rows
+    seed_key: str | None = None  # identity the defense / attack seeds derive from (default: key)
+
+    def __post_init__(self) -> None:
+        # a feature dump names the task it was taken from: its cells replay that task's seeds
+        self.seed_key = self.seed_key or self.data.loaded.meta.get("seed_key") or self.key
 
 
 class RunCallback:
@@ -270,7 +275,7 @@ class AuditRun:
             compute = lambda part: predict(edge, data.part(part).x, device=self.device)  # noqa: E731
         split = SplitPoint(cut, state.model, edge, cloud, compute_features=compute)
         try:
-            fit_seed = stage_seed(seed, state.key, cut, spec.name, self.defense_params[d])
+            fit_seed = stage_seed(seed, state.seed_key, cut, spec.name, self.defense_params[d])
             L.seed_everything(fit_seed, verbose=False)
             defense = DEFENSES.create(spec.name, **spec.params)
             train = data.part("train")
@@ -308,7 +313,7 @@ class AuditRun:
         for cell in cells:
             start = time.perf_counter()
             try:
-                attack_seed = stage_seed(seed, state.key, cut, spec.name, self.defense_params[d], cell.attack)
+                attack_seed = stage_seed(seed, state.seed_key, cut, spec.name, self.defense_params[d], cell.attack)
                 L.seed_everything(attack_seed, verbose=False)
                 ctx = AttackContext(**context, seed=attack_seed,
                                     artifact_dir=self.out_dir / "artifacts" / cell.id)

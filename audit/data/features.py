@@ -194,7 +194,12 @@ def check_feature_dump(
     return FeatureData(
         x=x if x is not None else torch.empty(n, 0),
         labels=labels, classes=classes, primary=primary, private=list(private),
-        meta={"kind": "features", "has_inputs": x is not None, **{k: v for k, v in meta.items() if k not in ("classes",)}},
+        meta={
+            "kind": "features", "has_inputs": x is not None,
+            **{k: v for k, v in meta.items() if k not in ("classes",)},
+            # a dump of a splitaudit task replays that task's defense and attack seeds
+            "seed_key": meta.get("task_key") if isinstance(meta.get("task_key"), str) else None,
+        },
         features=features,
     )
 
@@ -274,6 +279,8 @@ class NoModel(nn.Module):
     def __init__(self, part: str, cut: str):
         super().__init__()
         self.part, self.cut = part, cut
+        # an empty parameter, so that fine-tuning gets as far as calling forward (and its message)
+        self.none = nn.Parameter(torch.zeros(0))
 
     def forward(self, *args: Any) -> torch.Tensor:
         raise AuditInputError(
@@ -310,6 +317,7 @@ def model_free_summary(task: Any, seed: int, key: str, data: Any) -> dict[str, A
         "primary_accuracy": None, "primary_accuracy_ci95": None, "full_flops": None,
         "cut_points": task.cut_points, "task_key": key,
         "note": "saved features audited without a model: utility and edge cost not available",
+        "replays_task": loaded.meta.get("seed_key"),  # the dumped task whose defense / attack seeds are reused
     }
 
 

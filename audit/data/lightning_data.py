@@ -292,7 +292,7 @@ class TorchData:
         for key, t in tensors.items():
             t = t.contiguous()
             h.update(f"{key}{tuple(t.shape)}{t.dtype}".encode())
-            h.update(t.view(torch.uint8).numpy().tobytes() if t.numel() else b"")
+            h.update(t.reshape(-1).view(torch.uint8).numpy().tobytes() if t.numel() else b"")
         return h.hexdigest()[:16]
 
 

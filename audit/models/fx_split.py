@@ -36,7 +36,6 @@ from __future__ import annotations
 import copy
 import difflib
 import hashlib
-import warnings
 from pathlib import Path
 from typing import Any
 
@@ -217,7 +216,7 @@ def module_fingerprint(module: nn.Module) -> str:
         if isinstance(value, torch.Tensor):
             t = value.detach().cpu().contiguous()
             h.update(f"{tuple(t.shape)}{t.dtype}".encode())
-            h.update(t.view(torch.uint8).numpy().tobytes() if t.numel() else b"")
+            h.update(t.reshape(-1).view(torch.uint8).numpy().tobytes() if t.numel() else b"")
     return h.hexdigest()[:16]
 
 
@@ -230,28 +229,10 @@ def last_linear(module: nn.Module) -> str | None:
 def load_state_file(module: nn.Module, path: Path) -> None:
     """Load a state_dict file (``torch.load(weights_only=True)``) into ``module``. Mismatched shapes of the
     classifier (last Linear) are re-initialised with a warning; any other mismatch is an error."""
-    path = Path(path).expanduser()
-    if not path.is_file():
-        raise AuditInputError(f"weights file {str(path)!r} does not exist")
-    try:
-        state = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as err:  # noqa: BLE001
-        raise AuditInputError(f"cannot load weights from {path} with weights_only=True: {err}") from None
-    if isinstance(state, dict) and isinstance(state.get("state_dict"), dict):
-        state = state["state_dict"]  # a Lightning checkpoint's weights
-    if not isinstance(state, dict):
-        raise AuditInputError(f"{path} does not hold a state_dict (got {type(state).__name__})")
-    own = module.state_dict()
+    from audit.models.torchvision_models import load_weights
+
     head = last_linear(module)
-    mismatched = [k for k, v in state.items() if k in own and isinstance(v, torch.Tensor) and own[k].shape != v.shape]
-    if mismatched and head is not None and all(k.startswith(head + ".") for k in mismatched):
-        for k in mismatched:
-            del state[k]
-        warnings.warn(f"{path}: classifier {head!r} has another number of classes; re-initialised", stacklevel=2)
-    try:
-        module.load_state_dict(state, strict=not mismatched)
-    except RuntimeError as err:
-        raise AuditInputError(f"{path} does not fit this model: {err}") from None
+    load_weights(module, Path(path).expanduser(), f"{head}." if head else "\0")
 
 
 def check_logits(model: nn.Module, x: torch.Tensor, num_classes: int, name: str) -> None:
