@@ -28,11 +28,27 @@ their weights / data), so an output folder resumes only for the same model and d
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any, Iterable, Mapping
+from typing import TYPE_CHECKING, Any, Iterable, Mapping
 
 from audit.config import AuditConfig, build_config, load_config
 from audit.errors import AuditInputError
-from audit.runner import AuditRun, LineProgress, RunCallback
+from audit.runner import AuditRun, RunCallback
+
+if TYPE_CHECKING:  # pragma: no cover
+    from audit.executors import Executor
+
+
+def default_callbacks(config: AuditConfig, callbacks: Iterable[RunCallback] | None = None) -> list[RunCallback]:
+    """``callbacks`` (default: a progress bar / progress lines with time left), plus the W&B
+    tracker when ``config.tracking`` asks for one."""
+    from audit.progress import Progress
+    from audit.tracking import WandbTracker, tracker_for
+
+    out = [Progress()] if callbacks is None else list(callbacks)
+    tracker = tracker_for(config)
+    if tracker is not None and not any(isinstance(cb, WandbTracker) for cb in out):
+        out.append(tracker)
+    return out
 
 
 class Report(dict):
@@ -202,11 +218,30 @@ class Audit:
         return config
 
     # --------------------------------------------------------------------- run
-    def run(self, out: str | Path = "audit_out", callbacks: Iterable[RunCallback] | None = None) -> Report:
-        """Run (or resume) the audit into ``out``; returns the report (as written to report.json)."""
-        callbacks = [LineProgress()] if callbacks is None else list(callbacks)
+    def run(
+        self,
+        out: str | Path = "audit_out",
+        callbacks: Iterable[RunCallback] | None = None,
+        executor: "Executor | None" = None,
+        shard: tuple[int, int] | None = None,
+        resume: bool | None = None,
+    ) -> Report:
+        """Run (or resume) the audit into ``out``; returns the report (as in report.json, next to
+        results.csv and report.html). ``callbacks``: progress output (default: :class:`audit.progress.Progress`);
+        the W&B tracker is added when the config's ``tracking`` asks for it. ``executor``:
+        :func:`audit.executors.make_executor` (default: in this process; Python objects given as
+        ``model=`` / ``data=`` must be picklable for worker processes); ``shard``: (i, n) runs
+        shard i of n; ``resume``: see :class:`audit.store.ResultStore`."""
         config = self.config
-        return Report(AuditRun(config, out, callbacks, self.cache_dir, objects=self.objects).run())
+        callbacks = default_callbacks(config, callbacks)
+        try:
+            return Report(AuditRun(config, out, callbacks, self.cache_dir, objects=self.objects,
+                                   executor=executor, shard=shard, resume=resume).run())
+        finally:
+            for cb in callbacks:
+                close = getattr(cb, "close", None)
+                if callable(close):
+                    close()
 
     def dump_features(self, path: str | Path, seed: int | None = None, inputs: bool = False) -> Path:
         """Save the edge features of every sample at every cut point of the (first) task, with its labels
