@@ -31,7 +31,7 @@ from audit.errors import AuditInputError
 from audit.registry import PluginParamsError, Registry, UnknownPluginError
 from audit.training import TrainerSettings
 
-TASK_KEYS = ("dataset", "model", "cut_points", "training", "splits", "label")
+TASK_KEYS = ("dataset", "model", "cut_points", "training", "splits", "label", "model_label")
 
 
 class Strict(BaseModel):
@@ -57,7 +57,7 @@ class PluginSpec(BaseModel):
 class TrainingConfig(Strict):
     """Lightning training of the primary task."""
 
-    epochs: int = Field(5, ge=1)
+    epochs: int = Field(5, ge=0, description="0 = no task training: the model is audited as built / loaded (weights)")
     batch_size: int = Field(128, ge=1)
     lr: float = Field(1e-3, gt=0)
     weight_decay: float = Field(0.0, ge=0)
@@ -85,15 +85,21 @@ class MemoryConfig(Strict):
 
 class TaskConfig(Strict):
     dataset: PluginSpec
-    model: PluginSpec
+    model: PluginSpec | None = Field(None, description="required unless the dataset holds saved features (features)")
     cut_points: list[str] = Field(min_length=1)
     training: TrainingConfig = TrainingConfig()
     splits: SplitFractions = SplitFractions()
     label: str | None = Field(None, description="name of this task in reports (default: the dataset name)")
+    model_label: str | None = Field(None, description="name of the model in reports (default: the model plugin's name)")
 
     @property
     def display_name(self) -> str:
         return self.label or self.dataset.name
+
+    @property
+    def model_name(self) -> str:
+        """The model's name in reports ("none" for a features dataset audited without a model)."""
+        return self.model_label or (self.model.name if self.model is not None else "none")
 
 
 class WandbSettings(Strict):
@@ -160,7 +166,13 @@ class AuditConfig(Strict):
 
         for i, task in enumerate(self.tasks):
             check(DATASETS, task.dataset.name, task.dataset.params, f"tasks.{i}.dataset")
-            check(MODELS, task.model.name, task.model.params, f"tasks.{i}.model")
+            if task.model is not None:
+                check(MODELS, task.model.name, task.model.params, f"tasks.{i}.model")
+            elif not getattr(DATASETS.get(task.dataset.name), "provides_features", False):
+                raise ValueError(
+                    f"tasks.{i}.model: required (only a dataset of saved features, e.g. "
+                    "{name: features, path: dump.npz}, can be audited without a model)"
+                )
         for i, spec in enumerate(self.defenses):
             check(DEFENSES, spec.name, spec.params, f"defenses.{i}")
         for name, params in self.attacks.items():
@@ -178,6 +190,9 @@ class AuditConfig(Strict):
         data = self.model_dump(
             mode="json", exclude={"cache_dir": True, "tracking": True, "memory": True, "trainer": {"progress_bar"}}
         )
+        for task in data["tasks"]:  # unset display-only keys are left out, so earlier output folders still resume
+            if task.get("model_label") is None:
+                task.pop("model_label", None)
         return hashlib.sha256(json.dumps(data, sort_keys=True).encode()).hexdigest()[:16]
 
 

@@ -158,6 +158,13 @@ class FeatureStore:
                 edge.cpu()
         return path
 
+    def put(self, key: str, cut: str, part: str, values: torch.Tensor) -> Path:
+        """Store given features (e.g. a feature dump's rows) as the file for (key, cut, part)."""
+        path = self.path(key, cut, part)
+        if not path.is_file():
+            write_batches(lambda start, stop: values[start:stop], values.shape[0], path)
+        return path
+
     def load(self, key: str, cut: str, part: str) -> torch.Tensor:
         return open_array(self.path(key, cut, part), self.max_ram_mb)
 

@@ -36,6 +36,7 @@ import torch
 from attacks import ATTACKS, AttackContext, AttackView, Score
 from audit.config import AuditConfig, PluginSpec, TaskConfig
 from audit.data import DATASETS, AuditData, split_indices
+from audit.data.features import model_free_measures, model_free_split, model_free_summary, precomputed_features
 from audit.errors import AuditInputError
 from audit.features import FeatureStore, map_batches
 from audit.models import MODELS, SplitModel, flops_per_sample
@@ -135,9 +136,15 @@ class TaskState:
 
     key: str
     data: AuditData
-    model: SplitModel
-    full_flops: int
+    model: SplitModel | None  # None: saved features audited without a model
+    full_flops: int | None
     summary: dict[str, Any]
+    features: dict[str, torch.Tensor] | None = None  # saved edge features per cut point (N, ...), all rows
+    seed_key: str | None = None  # identity the defense / attack seeds derive from (default: key)
+
+    def __post_init__(self) -> None:
+        # a feature dump names the task it was taken from: its cells replay that task's seeds
+        self.seed_key = self.seed_key or self.data.loaded.meta.get("seed_key") or self.key
 
 
 class RunCallback:
@@ -146,21 +153,6 @@ class RunCallback:
     def on_plan(self, run: "AuditRun", cells: list[Cell], pending: list[Cell]) -> None: ...
     def on_cell_end(self, run: "AuditRun", cell: Cell, records: list[dict[str, Any]], seconds: float) -> None: ...
     def on_finish(self, run: "AuditRun", report: dict[str, Any]) -> None: ...
-
-
-class LineProgress(RunCallback):
-    """One progress line per finished cell (to the ``splitaudit`` logger)."""
-
-    def on_plan(self, run, cells, pending):
-        self.total, self.done = len(cells), len(cells) - len(pending)
-        skipped = f", {self.done} already done in {run.out_dir}" if self.done else ""
-        log.info("audit %r: %d cells%s", run.config.name, len(cells), skipped)
-
-    def on_cell_end(self, run, cell, records, seconds):
-        self.done += 1
-        width = len(str(self.total))
-        head = f"[{self.done:>{width}}/{self.total}] {run.describe(cell)}"
-        log.info("%s: %s (%.1fs)", head, summarize(records), seconds)
 
 
 def summarize(records: list[dict[str, Any]]) -> str:
@@ -232,11 +224,15 @@ class AuditRun:
         out_dir: str | Path,
         callbacks: Iterable[RunCallback] = (),
         cache_dir: str | Path | None = None,
+        objects: dict[int, dict[str, Any]] | None = None,
         executor: "Executor | None" = None,
         shard: tuple[int, int] | None = None,
         resume: bool | None = None,
     ):
         self.config = config
+        # task index -> {"dataset": obj with .load(cache_dir), "model": obj with .build(shape, classes)}:
+        # Python objects standing in for a task's plugins (the Python API, audit/api.py)
+        self.objects = objects or {}
         self.out_dir = Path(out_dir)
         self.callbacks = list(callbacks)
         self.cache_dir = Path(cache_dir or config.cache_dir or default_cache_dir()).expanduser()
@@ -252,7 +248,7 @@ class AuditRun:
     def describe(self, cell: Cell) -> str:
         task = self.config.tasks[cell.task]
         return (
-            f"{task.display_name}/{task.model.name} seed={cell.seed} cut={cell.cut_point} "
+            f"{task.display_name}/{task.model_name} seed={cell.seed} cut={cell.cut_point} "
             f"defense={self.config.defenses[cell.defense].label()} attack={cell.attack}"
         )
 
@@ -264,11 +260,16 @@ class AuditRun:
     def prepare_task(self, t: int, seed: int) -> TaskState:
         task = self.config.tasks[t]
         key = task_key(task, seed)
-        dataset = DATASETS.create(task.dataset.name, **task.dataset.params)
+        given = self.objects.get(t, {})
+        dataset = given.get("dataset") or DATASETS.create(task.dataset.name, **task.dataset.params)
         loaded = dataset.load(self.cache_dir)
-        splits = split_indices(loaded.x.shape[0], task.splits.model_dump(), seed)
+        # a dataset may bring its own split (a LightningDataModule's train/val/test)
+        splits = getattr(loaded, "splits", None) or split_indices(loaded.x.shape[0], task.splits.model_dump(), seed)
         data = AuditData(task.display_name, loaded, splits)
-        factory = MODELS.create(task.model.name, **task.model.params)
+        features = precomputed_features(loaded, task.cut_points, with_model=task.model is not None)
+        if task.model is None:  # saved features audited without a model (audit/data/features.py)
+            return TaskState(key, data, None, None, model_free_summary(task, seed, key, data), features)
+        factory = given.get("model") or MODELS.create(task.model.name, **task.model.params)
         with torch.random.fork_rng(devices=[]):  # the initial weights depend on the seed only
             torch.manual_seed(stage_seed(seed, key, "init"))
             model = factory.build(data.input_shape, data.num_classes(data.primary))
@@ -276,7 +277,9 @@ class AuditRun:
             model.split(cut)  # raises naming the model's cut points on a typo
         path = self.cache_dir / "task_models" / f"{key}.pt"
         train = data.part("train")
-        if path.exists():
+        if task.training.epochs == 0:
+            log.info("%s/%s seed=%d: model audited as given (training.epochs: 0)", task.display_name, task.model_name, seed)
+        elif path.exists():
             try:
                 model.load_state_dict(torch.load(path, map_location="cpu", weights_only=True))
             except Exception as err:  # noqa: BLE001 - a tampered or foreign file: never unpickle it unsafely
@@ -284,11 +287,11 @@ class AuditRun:
                     f"cached task model {path} cannot be loaded safely ({type(err).__name__}: "
                     f"{str(err).splitlines()[0] if str(err) else ''}); delete it to retrain"
                 ) from None
-            log.info("%s/%s seed=%d: task model from cache %s", task.display_name, task.model.name, seed, path)
+            log.info("%s/%s seed=%d: task model from cache %s", task.display_name, task.model_name, seed, path)
         else:
             log.info(
                 "%s/%s seed=%d: training the task model (%d samples, %d epochs)",
-                task.display_name, task.model.name, seed, len(train), task.training.epochs,
+                task.display_name, task.model_name, seed, len(train), task.training.epochs,
             )
             tr = task.training
             fit_classifier(
@@ -309,7 +312,7 @@ class AuditRun:
         correct = (predict(model, test.x, device=self.device).argmax(1) == test.y).float()
         full_flops = flops_per_sample(model, test.x[:1])
         summary = {
-            "dataset": task.display_name, "model": task.model.name, "seed": seed,
+            "dataset": task.display_name, "model": task.model_name, "seed": seed,
             "primary": data.primary, "private": data.private,
             "classes": {name: loaded.classes[name] for name in [data.primary, *data.private]},
             "n": {name: len(idx) for name, idx in splits.items()},
@@ -318,11 +321,18 @@ class AuditRun:
             "stage_seeds": {"init": stage_seed(seed, key, "init"), "task": stage_seed(seed, key, "task")},
         }
         log.info("%s/%s seed=%d: primary accuracy %.3f on %d test samples",
-                 task.display_name, task.model.name, seed, summary["primary_accuracy"], len(test))
-        return TaskState(key, data, model, full_flops, summary)
+                 task.display_name, task.model_name, seed, summary["primary_accuracy"], len(test))
+        return TaskState(key, data, model, full_flops, summary, features)
 
     def extract_features(self, state: TaskState, cut: str) -> dict[str, str]:
-        """Edge features of every split at ``cut`` into the feature store (once); split -> file path."""
+        """Edge features of every split at ``cut`` into the feature store (once); split -> file path.
+        A feature dump's saved rows are used as they are."""
+        if state.features is not None:
+            saved = state.features[cut]
+            return {
+                part: str(self.features.put(state.key, cut, part, saved[state.data.splits[part]]))
+                for part in ("train", "aux", "test")
+            }
         edge, _ = state.model.split(cut)
         return {
             part: str(self.features.extract(state.key, cut, part, edge, state.data.part(part).x, self.device))
@@ -330,9 +340,10 @@ class AuditRun:
         }
 
     # -------------------------------------------------------------------- group
-    def stage_seeds(self, cell: Cell) -> dict[str, int]:
-        """The seeds of the stages behind a cell: defense fit and attack."""
-        key = task_key(self.config.tasks[cell.task], cell.seed)
+    def stage_seeds(self, cell: Cell, seed_key: str | None = None) -> dict[str, int]:
+        """The seeds of the stages behind a cell: defense fit and attack. ``seed_key``: the task
+        identity they derive from (default: the cell's task key; a feature dump replays its task's)."""
+        key = seed_key or task_key(self.config.tasks[cell.task], cell.seed)
         spec = self.config.defenses[cell.defense]
         base = (cell.seed, key, cell.cut_point, spec.name, self.defense_params[cell.defense])
         return {"defense": stage_seed(*base), "attack": stage_seed(*base, cell.attack)}
@@ -355,13 +366,18 @@ class AuditRun:
         emit = emit or self._commit
         spec = self.config.defenses[d]
         seed = cells[0].seed
-        edge, cloud = state.model.split(cut)
+        edge, cloud = state.model.split(cut) if state.model is not None else model_free_split(cut)
         data = state.data
-        compute = features or (lambda part: predict(edge, data.part(part).x, device=self.device))
+        if features is not None:
+            compute = features
+        elif state.features is not None:  # saved features (a features dataset)
+            compute = lambda part: state.features[cut][data.splits[part]]  # noqa: E731
+        else:
+            compute = lambda part: predict(edge, data.part(part).x, device=self.device)  # noqa: E731
         split = SplitPoint(cut, state.model, edge, cloud, compute_features=compute)
         scratch, max_ram = self.features.scratch(), self.features.max_ram_mb
         try:
-            fit_seed = self.stage_seeds(cells[0])["defense"]
+            fit_seed = self.stage_seeds(cells[0], state.seed_key)["defense"]
             L.seed_everything(fit_seed, verbose=False)
             defense = DEFENSES.create(spec.name, **spec.params)
             train = data.part("train")
@@ -372,19 +388,22 @@ class AuditRun:
             for name, z in (("aux", z_aux), ("test", z_test)):
                 if z.is_floating_point() and not all_finite(z):
                     raise ValueError(f"defense {spec.label()} released NaN/inf features for the {name} split at {cut}")
-            correct = (predict_all(defense, test.x, split.features("test")).argmax(1) == test.y).float()
-            utility = {
-                "primary_accuracy": float(correct.mean()),
-                "primary_accuracy_ci95": list(mean_ci(correct, seed=seed)),
-                "task_accuracy": state.summary["primary_accuracy"],
-                "n_eval": len(test),
-            }
-            cost = defense.cost(test.x[:32], state.full_flops)
+            if state.model is None:  # no cloud to measure utility with, no edge to time
+                utility, cost = model_free_measures(defense, z_test)
+            else:
+                correct = (predict_all(defense, test.x, split.features("test")).argmax(1) == test.y).float()
+                utility = {
+                    "primary_accuracy": float(correct.mean()),
+                    "primary_accuracy_ci95": list(mean_ci(correct, seed=seed)),
+                    "task_accuracy": state.summary["primary_accuracy"],
+                    "n_eval": len(test),
+                }
+                cost = defense.cost(test.x[:32], state.full_flops)
         except Exception as err:  # noqa: BLE001 - a failing defense fails its cells, the rest go on
             error = f"defense {spec.label()} failed: {type(err).__name__}: {err}"
             log.debug("%s", traceback.format_exc())
             for cell in cells:
-                emit(cell, [self._failed(cell, error)], 0.0)
+                emit(cell, [self._failed(cell, error, state.seed_key)], 0.0)
             return
         num_classes = {name: data.num_classes(name) for name in [data.primary, *data.private]}
         context = dict(
@@ -396,34 +415,35 @@ class AuditRun:
         for cell in cells:
             start = time.perf_counter()
             try:
-                attack_seed = self.stage_seeds(cell)["attack"]
+                attack_seed = self.stage_seeds(cell, state.seed_key)["attack"]
                 L.seed_everything(attack_seed, verbose=False)
                 ctx = AttackContext(**context, seed=attack_seed,
                                     artifact_dir=self.out_dir / "artifacts" / cell.id)
                 attack = ATTACKS.create(cell.attack, **self.config.attacks[cell.attack])
                 attack.fit(ctx)
                 scores = attack.score(ctx)
-                records = [self._record(cell, s, utility, cost) for s in scores]
+                records = [self._record(cell, s, utility, cost, state.seed_key) for s in scores]
             except Exception as err:  # noqa: BLE001
                 log.debug("%s", traceback.format_exc())
-                records = [self._failed(cell, f"attack {cell.attack} failed: {type(err).__name__}: {err}")]
+                records = [self._failed(cell, f"attack {cell.attack} failed: {type(err).__name__}: {err}",
+                                        state.seed_key)]
             emit(cell, records, time.perf_counter() - start)
 
-    def _base_record(self, cell: Cell) -> dict[str, Any]:
+    def _base_record(self, cell: Cell, seed_key: str | None = None) -> dict[str, Any]:
         task = self.config.tasks[cell.task]
         spec = self.config.defenses[cell.defense]
         return {
-            "dataset": task.display_name, "model": task.model.name, "cut_point": cell.cut_point,
+            "dataset": task.display_name, "model": task.model_name, "cut_point": cell.cut_point,
             "defense": spec.name, "defense_params": self.defense_params[cell.defense],
             "utility": {}, "cost": {},
             "attack": cell.attack, "attack_params": self.attack_params[cell.attack],
             "target": None, "metric": None, "value": None, "ci95": None, "chance": None, "advantage": None,
             "seed": cell.seed, "n_eval": None, "status": "ok", "error": None, "extra": {}, "cell_id": cell.id,
-            "stage_seeds": self.stage_seeds(cell),
+            "stage_seeds": self.stage_seeds(cell, seed_key),
         }
 
-    def _record(self, cell: Cell, score: Score, utility: dict, cost: dict) -> dict[str, Any]:
-        rec = self._base_record(cell)
+    def _record(self, cell: Cell, score: Score, utility: dict, cost: dict, seed_key: str | None = None) -> dict[str, Any]:
+        rec = self._base_record(cell, seed_key)
         rec.update(
             utility=utility, cost={k: _finite(v) for k, v in cost.items()},
             target=score.target, metric=score.metric, value=_finite(float(score.value)),
@@ -433,8 +453,8 @@ class AuditRun:
         )
         return rec
 
-    def _failed(self, cell: Cell, error: str) -> dict[str, Any]:
-        rec = self._base_record(cell)
+    def _failed(self, cell: Cell, error: str, seed_key: str | None = None) -> dict[str, Any]:
+        rec = self._base_record(cell, seed_key)
         rec.update(status="failed", error=error)
         return rec
 
