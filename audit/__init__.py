@@ -9,6 +9,9 @@ from typing import Any
 
 _EXPORTS = {
     "Audit": "audit.api",
+    "Report": "audit.api",
+    "TorchData": "audit.data.lightning_data",
+    "save_feature_dump": "audit.data.features",
     "AuditConfig": "audit.config",
     "build_config": "audit.config",
     "load_config": "audit.config",

@@ -1,25 +1,268 @@
 """The Python API; the CLI uses it too.
 
-    from audit import Audit, load_config
-    report = Audit(load_config("configs/utkface.yaml")).run("audit_out")
+Audit your own model and data::
+
+    from audit import Audit
+    report = Audit(model=my_module, cut_points=["layer2", "layer3"], data=my_datamodule,
+                   private=["race"], defenses=["none", {"name": "noise", "scale": 1.0}],
+                   attacks=["attribute"]).run(out="audit_out")
+    report["results"]          # the records of report.json
+    report.to_frame()          # a pandas DataFrame (when pandas is installed)
+
+or run a config (a YAML file, a mapping or an :class:`AuditConfig`)::
+
+    report = Audit("configs/utkface.yaml").run("audit_out")
+
+``model`` is any ``torch.nn.Module`` mapping inputs to primary-task logits,
+cut at named submodules (:mod:`audit.models.fx_split`) and audited as given
+(no task training) unless ``training`` asks for (fine-)tuning; or a
+registered model (``"small_cnn"``, ``{"name": "torchvision", "arch":
+"resnet50", "weights": "r50.pt"}``). ``data`` is a LightningDataModule, a
+torch Dataset or ``{"train", "val", "test"}`` Datasets whose samples carry
+private labels (:mod:`audit.data.lightning_data`), or a registered dataset
+(``{"name": "utkface", "root": ...}``, ``{"name": "features", "path":
+"dump.npz"}`` with ``model=None``). Python objects appear in the config and
+the report as the placeholders ``python`` (with their class and a hash of
+their weights / data), so an output folder resumes only for the same model and data.
 """
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any, Iterable
+from typing import TYPE_CHECKING, Any, Iterable, Mapping
 
-from audit.config import AuditConfig, build_config
-from audit.runner import AuditRun, LineProgress, RunCallback
+from audit.config import AuditConfig, build_config, load_config
+from audit.errors import AuditInputError
+from audit.runner import AuditRun, RunCallback
+
+if TYPE_CHECKING:  # pragma: no cover
+    from audit.executors import Executor
+
+
+def default_callbacks(config: AuditConfig, callbacks: Iterable[RunCallback] | None = None) -> list[RunCallback]:
+    """``callbacks`` (default: a progress bar / progress lines with time left), plus the W&B
+    tracker when ``config.tracking`` asks for one."""
+    from audit.progress import Progress
+    from audit.tracking import WandbTracker, tracker_for
+
+    out = [Progress()] if callbacks is None else list(callbacks)
+    tracker = tracker_for(config)
+    if tracker is not None and not any(isinstance(cb, WandbTracker) for cb in out):
+        out.append(tracker)
+    return out
+
+
+class Report(dict):
+    """The audit report (the content of report.json) with conveniences; ``report["results"]`` is the records."""
+
+    @property
+    def records(self) -> list[dict[str, Any]]:
+        return self["results"]
+
+    def to_frame(self):
+        """The records as a pandas DataFrame: one row per record, ``utility.*`` / ``cost.*`` /
+        ``ci95_low`` / ``ci95_high`` flattened (the columns of results.csv)."""
+        try:
+            import pandas as pd
+        except ImportError:
+            raise ImportError("Report.to_frame() needs pandas: pip install pandas") from None
+        rows = []
+        for r in self["results"]:
+            row = {k: v for k, v in r.items() if k not in ("utility", "cost", "ci95")}
+            low, high = r.get("ci95") or (None, None)
+            row.update(ci95_low=low, ci95_high=high)
+            row.update({f"utility.{k}": v for k, v in (r.get("utility") or {}).items()})
+            row.update({f"cost.{k}": v for k, v in (r.get("cost") or {}).items()})
+            rows.append(row)
+        return pd.DataFrame(rows)
+
+
+def _spec(value: Any, what: str) -> dict[str, Any]:
+    """A registered plugin given as "name" or {"name": ..., **params}."""
+    if isinstance(value, str):
+        return {"name": value}
+    if isinstance(value, Mapping) and "name" in value:
+        return dict(value)
+    raise AuditInputError(f"{what}: expected a registered name or {{'name': ..., **params}}, got {type(value).__name__}")
 
 
 class Audit:
-    """An audit defined by a config (an :class:`AuditConfig` or a plain mapping)."""
+    """An audit: a config, or a model, cut points and data given as Python objects (module docstring).
 
-    def __init__(self, config: AuditConfig | dict[str, Any], cache_dir: str | Path | None = None):
-        self.config = config if isinstance(config, AuditConfig) else build_config(config, "<dict>")
+    Keyword arguments (all but model/data/cut_points are optional):
+    cut_points: submodule names (or the cut points of a registered model);
+    private / primary: the private label names / the primary label's name of Python data;
+    defenses / attacks: as in YAML (["none", {"name": "noise", "scale": 1.0}], ["attribute"] or {"attribute": {...}});
+    training: task (fine-)tuning, e.g. {"epochs": 2, "lr": 1e-4} or 2 (default for a module: 0 = as given);
+    splits: "datamodule" / "pool" for Python data, or fractions {"train": .5, "aux": .25, "test": .25};
+    seeds, name, n_boot, trainer: as in YAML; model_name / data_name: names in the report;
+    cache_dir: trained task models (default $SPLITAUDIT_CACHE or ~/.cache/splitaudit).
+    """
+
+    def __init__(
+        self,
+        config: AuditConfig | Mapping[str, Any] | str | Path | None = None,
+        *,
+        model: Any = None,
+        data: Any = None,
+        cut_points: Iterable[str] | None = None,
+        private: list[str] | str | None = None,
+        primary: str | None = None,
+        defenses: Iterable[Any] = ("none",),
+        attacks: Iterable[Any] | Mapping[str, Any] = ("attribute",),
+        training: Mapping[str, Any] | int | None = None,
+        splits: str | Mapping[str, float] | None = None,
+        seeds: Iterable[int] = (0,),
+        name: str = "audit",
+        n_boot: int | None = None,
+        trainer: Mapping[str, Any] | None = None,
+        model_name: str | None = None,
+        data_name: str | None = None,
+        cache_dir: str | Path | None = None,
+    ):
         self.cache_dir = cache_dir
+        self.objects: dict[int, dict[str, Any]] = {}
+        self._config: AuditConfig | None = None
+        if config is not None:
+            if model is not None or data is not None or cut_points is not None:
+                raise AuditInputError("give either a config or model= / data= / cut_points=, not both")
+            if isinstance(config, AuditConfig):
+                self._config = config
+            elif isinstance(config, (str, Path)):
+                self._config = load_config(config)
+            else:
+                self._config = build_config(dict(config), "<dict>")
+            return
+        if data is None or not cut_points:
+            raise AuditInputError("an audit needs data= and cut_points= (and model=, unless data is a feature dump)")
+        self._raw: dict[str, Any] = {
+            "name": name, "seeds": list(seeds), "cut_points": list(cut_points), "defenses": list(defenses),
+            "attacks": dict(attacks) if isinstance(attacks, Mapping) else list(attacks),
+        }
+        if n_boot is not None:
+            self._raw["n_boot"] = n_boot
+        if trainer is not None:
+            self._raw["trainer"] = dict(trainer)
+        if data_name is not None:
+            self._raw["label"] = data_name
+        if model_name is not None:
+            self._raw["model_label"] = model_name
+        if isinstance(splits, Mapping):
+            self._raw["splits"] = dict(splits)
+        self._data = self._data_source(data, private, primary, splits)
+        self._model = model
+        if isinstance(training, int):
+            training = {"epochs": training}
+        if training is None and model is not None and not isinstance(model, (str, Mapping)):
+            training = {"epochs": 0}  # a user's module is audited as trained
+        if training is not None:
+            self._raw["training"] = dict(training)
 
-    def run(self, out: str | Path = "audit_out", callbacks: Iterable[RunCallback] | None = None) -> dict[str, Any]:
-        """Run (or resume) the audit into ``out``; returns the report (as in report.json)."""
-        callbacks = [LineProgress()] if callbacks is None else list(callbacks)
-        return AuditRun(self.config, out, callbacks, self.cache_dir).run()
+    # ------------------------------------------------------------------ inputs
+    @staticmethod
+    def _data_source(data: Any, private, primary, splits) -> Any:
+        from audit.data.lightning_data import TorchData
+
+        if isinstance(data, str) or (isinstance(data, Mapping) and "name" in data):
+            if private is not None or primary is not None:
+                raise AuditInputError("for a registered dataset give private / primary inside its spec, e.g. "
+                                      "data={'name': 'utkface', 'root': ..., 'private': ['race']}")
+            return _spec(data, "data")
+        if isinstance(data, TorchData):
+            return data
+        if private is None:
+            raise AuditInputError("name the private labels of your data: Audit(..., private=['race'])")
+        mode = splits if isinstance(splits, str) else ("pool" if isinstance(splits, Mapping) else "auto")
+        return TorchData(data, private, primary or "y", splits=mode)
+
+    @property
+    def config(self) -> AuditConfig:
+        """The audit's validated config (Python data is read here, once, to fingerprint it)."""
+        if self._config is None:
+            self._config = self._build_config()
+        return self._config
+
+    def _build_config(self) -> AuditConfig:
+        from audit.data.lightning_data import TorchData
+        from audit.models.fx_split import ModuleInstance, check_logits, module_fingerprint
+
+        raw = dict(self._raw)
+        given: dict[str, Any] = {}
+        if isinstance(self._data, TorchData):
+            loaded = self._data.load()
+            raw["dataset"] = {"name": "python", "object": self._data.name, "fingerprint": self._data.fingerprint()}
+            raw.setdefault("label", self._data.name)
+            given["dataset"] = self._data
+        else:
+            raw["dataset"] = self._data
+            loaded = None
+        model = self._model
+        if model is None:
+            pass
+        elif isinstance(model, (str, Mapping)):
+            raw["model"] = _spec(model, "model")
+        else:
+            from torch import nn
+
+            if not isinstance(model, nn.Module):
+                raise AuditInputError(f"model: expected a torch.nn.Module or a registered model, got {type(model).__name__}")
+            label = raw.get("model_label") or type(model).__name__
+            raw["model"] = {"name": "python", "object": f"{type(model).__module__}.{type(model).__qualname__}",
+                            "fingerprint": module_fingerprint(model)}
+            raw["model_label"] = label
+            given["model"] = ModuleInstance(model, label)
+            if loaded is not None:
+                check_logits(model, loaded.x[:2], len(loaded.classes[loaded.primary]), label)
+        config = build_config(raw, "<Audit(...)>")
+        if given:
+            self.objects = {0: given}
+        return config
+
+    # --------------------------------------------------------------------- run
+    def run(
+        self,
+        out: str | Path = "audit_out",
+        callbacks: Iterable[RunCallback] | None = None,
+        executor: "Executor | None" = None,
+        shard: tuple[int, int] | None = None,
+        resume: bool | None = None,
+    ) -> Report:
+        """Run (or resume) the audit into ``out``; returns the report (as in report.json, next to
+        results.csv and report.html). ``callbacks``: progress output (default: :class:`audit.progress.Progress`);
+        the W&B tracker is added when the config's ``tracking`` asks for it. ``executor``:
+        :func:`audit.executors.make_executor` (default: in this process; Python objects given as
+        ``model=`` / ``data=`` must be picklable for worker processes); ``shard``: (i, n) runs
+        shard i of n; ``resume``: see :class:`audit.store.ResultStore`."""
+        config = self.config
+        callbacks = default_callbacks(config, callbacks)
+        try:
+            return Report(AuditRun(config, out, callbacks, self.cache_dir, objects=self.objects,
+                                   executor=executor, shard=shard, resume=resume).run())
+        finally:
+            for cb in callbacks:
+                close = getattr(cb, "close", None)
+                if callable(close):
+                    close()
+
+    def dump_features(self, path: str | Path, seed: int | None = None, inputs: bool = False) -> Path:
+        """Save the edge features of every sample at every cut point of the (first) task, with its labels
+        (and inputs), as a feature dump (.npz or .pt) for ``{"name": "features", "path": ...}``.
+
+        The task model is trained (or loaded from the cache) exactly as :meth:`run` would; rows are in the
+        dataset's order, so an audit of the dump with the same seed sees the same train/aux/test rows.
+        """
+        from audit.data.features import extract_features, save_feature_dump
+
+        config = self.config
+        seed = config.seeds[0] if seed is None else seed
+        task = config.tasks[0]
+        if task.model is None:
+            raise AuditInputError("dump_features needs a model; this audit has none")
+        run = AuditRun(config, Path("."), (), self.cache_dir, objects=self.objects)
+        state = run.prepare_task(0, seed)
+        loaded = state.data.loaded
+        features = extract_features(state.model, loaded.x, task.cut_points)
+        meta = {
+            "primary": loaded.primary, "private": loaded.private, "classes": loaded.classes,
+            "dataset": task.display_name, "model": task.model_name, "seed": seed, "task_key": state.key,
+        }
+        return save_feature_dump(path, features, loaded.labels, x=loaded.x if inputs else None, meta=meta)

@@ -22,7 +22,7 @@ import hashlib
 import json
 from importlib.resources import files
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
@@ -31,7 +31,7 @@ from audit.errors import AuditInputError
 from audit.registry import PluginParamsError, Registry, UnknownPluginError
 from audit.training import TrainerSettings
 
-TASK_KEYS = ("dataset", "model", "cut_points", "training", "splits", "label")
+TASK_KEYS = ("dataset", "model", "cut_points", "training", "splits", "label", "model_label")
 
 
 class Strict(BaseModel):
@@ -57,7 +57,7 @@ class PluginSpec(BaseModel):
 class TrainingConfig(Strict):
     """Lightning training of the primary task."""
 
-    epochs: int = Field(5, ge=1)
+    epochs: int = Field(5, ge=0, description="0 = no task training: the model is audited as built / loaded (weights)")
     batch_size: int = Field(128, ge=1)
     lr: float = Field(1e-3, gt=0)
     weight_decay: float = Field(0.0, ge=0)
@@ -72,17 +72,53 @@ class SplitFractions(Strict):
     test: float = Field(0.25, gt=0)
 
 
+class MemoryConfig(Strict):
+    """Where large arrays live; never changes results (not part of the config hash)."""
+
+    feature_ram_mb: float = Field(
+        512, ge=0,
+        description="feature arrays (one cut point and split) larger than this (MB) are memory-mapped "
+        "from files under OUT/features instead of held in RAM",
+    )
+    keep_features: bool = Field(False, description="keep OUT/features when the run ends (else removed)")
+
+
 class TaskConfig(Strict):
     dataset: PluginSpec
-    model: PluginSpec
+    model: PluginSpec | None = Field(None, description="required unless the dataset holds saved features (features)")
     cut_points: list[str] = Field(min_length=1)
     training: TrainingConfig = TrainingConfig()
     splits: SplitFractions = SplitFractions()
     label: str | None = Field(None, description="name of this task in reports (default: the dataset name)")
+    model_label: str | None = Field(None, description="name of the model in reports (default: the model plugin's name)")
 
     @property
     def display_name(self) -> str:
         return self.label or self.dataset.name
+
+    @property
+    def model_name(self) -> str:
+        """The model's name in reports ("none" for a features dataset audited without a model)."""
+        return self.model_label or (self.model.name if self.model is not None else "none")
+
+
+class WandbSettings(Strict):
+    """``tracking.wandb``: where and how the audit's W&B run is recorded (see audit.tracking)."""
+
+    project: str = Field("splitaudit", description="W&B project")
+    entity: str | None = Field(None, description="W&B user or team (default: the API key's default entity)")
+    mode: Literal["online", "offline", "disabled"] = Field(
+        "online", description="online needs an API key and the server; offline writes OUT/wandb/ only; "
+                              "WANDB_MODE in the environment overrides online/offline")
+    tags: list[str] = Field(default_factory=list)
+    group: str | None = Field(None, description="groups runs in the W&B UI (e.g. a sweep or a CI pipeline)")
+    name: str | None = Field(None, description="run name (default: dataset/model/defense)")
+
+
+class TrackingConfig(Strict):
+    """``tracking:`` experiment trackers; they record results, never change them (not in the config hash)."""
+
+    wandb: WandbSettings | None = Field(None, description="W&B settings; absent = no W&B run")
 
 
 class AuditConfig(Strict):
@@ -94,6 +130,8 @@ class AuditConfig(Strict):
     n_boot: int = Field(500, ge=50, description="bootstrap resamples per confidence interval")
     trainer: TrainerSettings = TrainerSettings()
     cache_dir: Path | None = Field(None, description="trained task models and decoded data (default ~/.cache/splitaudit)")
+    tracking: TrackingConfig = TrackingConfig()
+    memory: MemoryConfig = MemoryConfig()
 
     @field_validator("defenses", mode="before")
     @classmethod
@@ -128,7 +166,13 @@ class AuditConfig(Strict):
 
         for i, task in enumerate(self.tasks):
             check(DATASETS, task.dataset.name, task.dataset.params, f"tasks.{i}.dataset")
-            check(MODELS, task.model.name, task.model.params, f"tasks.{i}.model")
+            if task.model is not None:
+                check(MODELS, task.model.name, task.model.params, f"tasks.{i}.model")
+            elif not getattr(DATASETS.get(task.dataset.name), "provides_features", False):
+                raise ValueError(
+                    f"tasks.{i}.model: required (only a dataset of saved features, e.g. "
+                    "{name: features, path: dump.npz}, can be audited without a model)"
+                )
         for i, spec in enumerate(self.defenses):
             check(DEFENSES, spec.name, spec.params, f"defenses.{i}")
         for name, params in self.attacks.items():
@@ -143,7 +187,12 @@ class AuditConfig(Strict):
 
     def config_hash(self) -> str:
         """Hash of everything that determines the audit's results."""
-        data = self.model_dump(mode="json", exclude={"cache_dir": True, "trainer": {"progress_bar"}})
+        data = self.model_dump(
+            mode="json", exclude={"cache_dir": True, "tracking": True, "memory": True, "trainer": {"progress_bar"}}
+        )
+        for task in data["tasks"]:  # unset display-only keys are left out, so earlier output folders still resume
+            if task.get("model_label") is None:
+                task.pop("model_label", None)
         return hashlib.sha256(json.dumps(data, sort_keys=True).encode()).hexdigest()[:16]
 
 
@@ -170,10 +219,7 @@ def parse_override(text: str) -> tuple[list[str], Any]:
     parts = key.strip().split(".")
     if not all(parts):
         raise AuditInputError(f"--set {text!r}: malformed key {key!r}")
-    try:
-        parsed = yaml.safe_load(value) if value.strip() else ""
-    except yaml.YAMLError as err:
-        raise AuditInputError(f"--set {text!r}: value is not valid YAML: {err}") from None
+    parsed = parse_yaml(value, f"--set {text!r}") if value.strip() else ""
     return parts, parsed
 
 
@@ -256,6 +302,45 @@ def build_config(raw: dict[str, Any], source: str = "<config>", overrides: list[
         raise AuditInputError(_format_errors(err, source, shorthand)) from None
 
 
+MAX_CONFIG_BYTES = 1 << 20  # a config is data of a few KB
+MAX_CONFIG_NODES = 100_000  # after YAML aliases are expanded (an alias bomb is refused, not expanded)
+
+
+def parse_yaml(text: str, source: str) -> Any:
+    """``yaml.safe_load`` of a config: plain data only (no tags that build Python objects), at most
+    ``MAX_CONFIG_BYTES`` of text and ``MAX_CONFIG_NODES`` values once aliases are expanded."""
+    if len(text.encode("utf-8", errors="replace")) > MAX_CONFIG_BYTES:
+        raise AuditInputError(f"{source}: {len(text)} characters; a config is at most {MAX_CONFIG_BYTES} bytes")
+    try:
+        raw = yaml.safe_load(text)
+    except yaml.constructor.ConstructorError as err:
+        raise AuditInputError(
+            f"{source}: not plain data ({err.problem}{', ' + str(err.problem_mark).strip() if err.problem_mark else ''}); "
+            "configs are data only: tags that build Python objects are refused"
+        ) from None
+    except yaml.YAMLError as err:
+        raise AuditInputError(f"{source}: not valid YAML: {err}") from None
+    budget = [MAX_CONFIG_NODES]
+
+    def count(node: Any, depth: int) -> None:
+        budget[0] -= 1
+        if budget[0] < 0 or depth > 64:
+            raise AuditInputError(
+                f"{source}: too large or too deeply nested once YAML aliases are expanded "
+                f"(more than {MAX_CONFIG_NODES} values or 64 levels); an alias bomb?"
+            )
+        if isinstance(node, dict):
+            for k, v in node.items():
+                count(k, depth + 1)
+                count(v, depth + 1)
+        elif isinstance(node, list):
+            for v in node:
+                count(v, depth + 1)
+
+    count(raw, 0)
+    return raw
+
+
 def load_config(path: str | Path | None = None, overrides: list[str] = ()) -> AuditConfig:
     """Read and validate a YAML config; ``None`` means the embedded default audit."""
     if path is None:
@@ -264,11 +349,11 @@ def load_config(path: str | Path | None = None, overrides: list[str] = ()) -> Au
         path = Path(path)
         if not path.is_file():
             raise AuditInputError(f"config file {str(path)!r} does not exist")
-        text, source = path.read_text(encoding="utf-8"), str(path)
-    try:
-        raw = yaml.safe_load(text)
-    except yaml.YAMLError as err:
-        raise AuditInputError(f"{source}: not valid YAML: {err}") from None
+        try:
+            text, source = path.read_text(encoding="utf-8"), str(path)
+        except UnicodeDecodeError as err:
+            raise AuditInputError(f"config file {str(path)!r} is not UTF-8 text ({err.reason})") from None
+    raw = parse_yaml(text, source)
     raw = raw if raw is not None else {}
     if path is not None and isinstance(raw, dict):
         resolve_relative_paths(raw, path.resolve().parent)

@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import csv
 import json
+import logging
 import platform
 from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
@@ -11,8 +12,11 @@ from typing import Any
 from audit.errors import AuditInputError
 from audit.store import write_json_atomic
 
+log = logging.getLogger("splitaudit")
+
 SCHEMA_VERSION = 1
-PACKAGES = ("splitaudit", "torch", "torchvision", "lightning", "torchmetrics", "scikit-learn", "numpy", "wandb", "pydantic")
+PACKAGES = ("splitaudit", "torch", "torchvision", "lightning", "torchmetrics", "scikit-learn", "numpy", "wandb", "pydantic",
+            "scipy", "pillow", "pyyaml", "tenseal", "ray")
 CSV_HEAD = [
     "dataset", "model", "cut_point", "defense", "defense_params", "attack", "attack_params", "target",
     "metric", "value", "ci95_low", "ci95_high", "chance", "advantage", "seed", "n_eval", "status", "error",
@@ -43,9 +47,20 @@ def environment(seeds: list[int], device: str) -> dict[str, Any]:
 
 
 def write_report(out_dir: Path, report: dict[str, Any]) -> None:
-    """Write report.json and results.csv into ``out_dir``."""
+    """Write report.json, results.csv and report.html (with figures/) into ``out_dir``.
+
+    report.json and results.csv come first: a failure while rendering the page is logged
+    and loses nothing computed."""
     write_json_atomic(Path(out_dir) / "report.json", report)
     write_results_csv(Path(out_dir) / "results.csv", report["results"])
+    from audit.html import write_html_report
+
+    try:
+        write_html_report(out_dir, report)
+    except Exception as err:  # noqa: BLE001 - the results are on disk; say what went wrong
+        log.error("could not write %s/report.html: %s: %s (report.json and results.csv are written)",
+                  out_dir, type(err).__name__, err)
+        log.debug("report.html", exc_info=True)
 
 
 def _flat(record: dict[str, Any], utility_keys: list[str], cost_keys: list[str]) -> list[Any]:

@@ -2,25 +2,33 @@
 
 Work is shared where it can be: per (task, seed) the data is split and the
 task model trained once (cached on disk by a hash of what determines it); per
-cut point the edge features are extracted once; per (cut point, defense) the
-defense is fitted and the aux/test features released once, then every attack
-runs on them. Every finished cell is committed to the results store, so a
-rerun skips it. Every stage is seeded from the audit seed and the stage's own
-identity, so a cell's values do not depend on which other cells ran before it.
+cut point the edge features are extracted once (into ``OUT/features``,
+memory-mapped when large, see :mod:`audit.features`); per (cut point,
+defense) *group* the defense is fitted and the aux/test features released
+once, then every attack runs on them. The driver does the shared steps and
+hands groups to an executor (:mod:`audit.executors`: in the driver, local
+worker processes, or Ray); finished cells come back to the driver, which
+commits each to the results store, so a rerun skips it. Every stage is seeded
+from the audit seed and the stage's own identity (initial weights, training,
+defense fit, attack), so a cell's values do not depend on which other cells
+ran before it, in which process, or in which order.
 """
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import logging
 import math
 import os
+import shutil
+import tempfile
 import time
 import traceback
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import Any, Iterable
+from typing import TYPE_CHECKING, Any, Callable, Iterable
 
 import lightning as L
 import torch
@@ -28,13 +36,18 @@ import torch
 from attacks import ATTACKS, AttackContext, AttackView, Score
 from audit.config import AuditConfig, PluginSpec, TaskConfig
 from audit.data import DATASETS, AuditData, split_indices
+from audit.data.features import model_free_measures, model_free_split, model_free_summary, precomputed_features
 from audit.errors import AuditInputError
+from audit.features import FeatureStore, map_batches
 from audit.models import MODELS, SplitModel, flops_per_sample
 from audit.report import SCHEMA_VERSION, environment, write_report
 from audit.stats import mean_ci
 from audit.store import ResultStore
 from audit.training import fit_classifier, inference_device, predict
 from defenses import DEFENSES, Defense, FitContext, SplitPoint
+
+if TYPE_CHECKING:  # pragma: no cover
+    from audit.executors import CellResult, Executor
 
 log = logging.getLogger("splitaudit")
 
@@ -97,15 +110,41 @@ def plan_cells(config: AuditConfig) -> list[Cell]:
     return cells
 
 
+def parse_shard(text: str) -> tuple[int, int]:
+    """``"i/n"`` -> (i, n) with 1 <= i <= n."""
+    try:
+        i, n = (int(v) for v in text.split("/"))
+    except ValueError:
+        raise AuditInputError(f"--shard {text!r}: expected I/N, e.g. --shard 1/2") from None
+    if not 1 <= i <= n:
+        raise AuditInputError(f"--shard {text!r}: need 1 <= I <= N")
+    return i, n
+
+
+def shard_cells(cells: list[Cell], index: int, count: int) -> list[Cell]:
+    """Shard ``index`` of ``count`` (1-based): every ``count``-th group of cells in plan order,
+    starting at the ``index``-th. Groups are never split (their cells share a defense fit), the
+    slices are disjoint, cover the grid, and depend on the config only."""
+    groups = list(dict.fromkeys(c.group for c in cells))
+    mine = {g for j, g in enumerate(groups) if j % count == index - 1}
+    return [c for c in cells if c.group in mine]
+
+
 @dataclass
 class TaskState:
     """A (task, seed) ready for cells: data split, trained model, summary figures."""
 
     key: str
     data: AuditData
-    model: SplitModel
-    full_flops: int
+    model: SplitModel | None  # None: saved features audited without a model
+    full_flops: int | None
     summary: dict[str, Any]
+    features: dict[str, torch.Tensor] | None = None  # saved edge features per cut point (N, ...), all rows
+    seed_key: str | None = None  # identity the defense / attack seeds derive from (default: key)
+
+    def __post_init__(self) -> None:
+        # a feature dump names the task it was taken from: its cells replay that task's seeds
+        self.seed_key = self.seed_key or self.data.loaded.meta.get("seed_key") or self.key
 
 
 class RunCallback:
@@ -114,21 +153,6 @@ class RunCallback:
     def on_plan(self, run: "AuditRun", cells: list[Cell], pending: list[Cell]) -> None: ...
     def on_cell_end(self, run: "AuditRun", cell: Cell, records: list[dict[str, Any]], seconds: float) -> None: ...
     def on_finish(self, run: "AuditRun", report: dict[str, Any]) -> None: ...
-
-
-class LineProgress(RunCallback):
-    """One progress line per finished cell (to the ``splitaudit`` logger)."""
-
-    def on_plan(self, run, cells, pending):
-        self.total, self.done = len(cells), len(cells) - len(pending)
-        skipped = f", {self.done} already done in {run.out_dir}" if self.done else ""
-        log.info("audit %r: %d cells%s", run.config.name, len(cells), skipped)
-
-    def on_cell_end(self, run, cell, records, seconds):
-        self.done += 1
-        width = len(str(self.total))
-        head = f"[{self.done:>{width}}/{self.total}] {run.describe(cell)}"
-        log.info("%s: %s (%.1fs)", head, summarize(records), seconds)
 
 
 def summarize(records: list[dict[str, Any]]) -> str:
@@ -156,9 +180,14 @@ def _batched(fn, x: torch.Tensor, features: torch.Tensor, batch_size: int) -> to
     return torch.cat([fn(x[i : i + batch_size], features[i : i + batch_size]) for i in range(0, x.shape[0], batch_size)])
 
 
-def release_all(defense: Defense, x: torch.Tensor, features: torch.Tensor, batch_size: int = 512) -> torch.Tensor:
-    """``defense.release`` over a whole split, in batches."""
-    return _batched(defense.release, x, features, batch_size)
+def release_all(
+    defense: Defense, x: torch.Tensor, features: torch.Tensor, batch_size: int = 512,
+    scratch_dir: Path | None = None, max_ram_mb: float = math.inf,
+) -> torch.Tensor:
+    """``defense.release`` over a whole split, in batches; with ``scratch_dir`` a result larger
+    than ``max_ram_mb`` is memory-mapped from a scratch file there instead of held in RAM."""
+    return map_batches(lambda a, b: defense.release(x[a:b], features[a:b]), x.shape[0], scratch_dir,
+                       max_ram_mb, batch_size)
 
 
 def predict_all(defense: Defense, x: torch.Tensor, features: torch.Tensor, batch_size: int = 512) -> torch.Tensor:
@@ -166,8 +195,28 @@ def predict_all(defense: Defense, x: torch.Tensor, features: torch.Tensor, batch
     return _batched(defense.predict, x, features, batch_size)
 
 
+@contextlib.contextmanager
+def torch_threads(threads: int | None):
+    """Run the block with ``threads`` torch intra-op threads (None: leave as is); restored after."""
+    if not threads:
+        yield
+        return
+    before = torch.get_num_threads()
+    torch.set_num_threads(threads)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(before)
+
+
 class AuditRun:
-    """Runs one audit into ``out_dir``; ``run()`` returns the report (also written to disk)."""
+    """Runs one audit into ``out_dir``; ``run()`` returns the report (also written to disk).
+
+    ``executor``: where groups of cells run (default: in this process, see
+    :mod:`audit.executors`); ``shard``: (i, n) to run only shard i of n;
+    ``resume``: None resumes a folder of the same audit and starts fresh otherwise,
+    True requires a folder to resume, False requires a fresh one (see :class:`ResultStore`).
+    """
 
     def __init__(
         self,
@@ -175,20 +224,31 @@ class AuditRun:
         out_dir: str | Path,
         callbacks: Iterable[RunCallback] = (),
         cache_dir: str | Path | None = None,
+        objects: dict[int, dict[str, Any]] | None = None,
+        executor: "Executor | None" = None,
+        shard: tuple[int, int] | None = None,
+        resume: bool | None = None,
     ):
         self.config = config
+        # task index -> {"dataset": obj with .load(cache_dir), "model": obj with .build(shape, classes)}:
+        # Python objects standing in for a task's plugins (the Python API, audit/api.py)
+        self.objects = objects or {}
         self.out_dir = Path(out_dir)
         self.callbacks = list(callbacks)
         self.cache_dir = Path(cache_dir or config.cache_dir or default_cache_dir()).expanduser()
         self.device = inference_device(config.trainer)
         self.defense_params = [_validated(DEFENSES, d.name, d.params) for d in config.defenses]
         self.attack_params = {a: _validated(ATTACKS, a, p) for a, p in config.attacks.items()}
+        self.executor = executor
+        self.shard = shard
+        self.resume = resume
+        self.features = FeatureStore(self.out_dir / "features", config.memory.feature_ram_mb)
 
     # ----------------------------------------------------------------- describe
     def describe(self, cell: Cell) -> str:
         task = self.config.tasks[cell.task]
         return (
-            f"{task.display_name}/{task.model.name} seed={cell.seed} cut={cell.cut_point} "
+            f"{task.display_name}/{task.model_name} seed={cell.seed} cut={cell.cut_point} "
             f"defense={self.config.defenses[cell.defense].label()} attack={cell.attack}"
         )
 
@@ -200,23 +260,38 @@ class AuditRun:
     def prepare_task(self, t: int, seed: int) -> TaskState:
         task = self.config.tasks[t]
         key = task_key(task, seed)
-        dataset = DATASETS.create(task.dataset.name, **task.dataset.params)
+        given = self.objects.get(t, {})
+        dataset = given.get("dataset") or DATASETS.create(task.dataset.name, **task.dataset.params)
         loaded = dataset.load(self.cache_dir)
-        splits = split_indices(loaded.x.shape[0], task.splits.model_dump(), seed)
+        # a dataset may bring its own split (a LightningDataModule's train/val/test)
+        splits = getattr(loaded, "splits", None) or split_indices(loaded.x.shape[0], task.splits.model_dump(), seed)
         data = AuditData(task.display_name, loaded, splits)
-        factory = MODELS.create(task.model.name, **task.model.params)
-        model = factory.build(data.input_shape, data.num_classes(data.primary))
+        features = precomputed_features(loaded, task.cut_points, with_model=task.model is not None)
+        if task.model is None:  # saved features audited without a model (audit/data/features.py)
+            return TaskState(key, data, None, None, model_free_summary(task, seed, key, data), features)
+        factory = given.get("model") or MODELS.create(task.model.name, **task.model.params)
+        with torch.random.fork_rng(devices=[]):  # the initial weights depend on the seed only
+            torch.manual_seed(stage_seed(seed, key, "init"))
+            model = factory.build(data.input_shape, data.num_classes(data.primary))
         for cut in task.cut_points:
             model.split(cut)  # raises naming the model's cut points on a typo
         path = self.cache_dir / "task_models" / f"{key}.pt"
         train = data.part("train")
-        if path.exists():
-            model.load_state_dict(torch.load(path, map_location="cpu", weights_only=True))
-            log.info("%s/%s seed=%d: task model from cache %s", task.display_name, task.model.name, seed, path)
+        if task.training.epochs == 0:
+            log.info("%s/%s seed=%d: model audited as given (training.epochs: 0)", task.display_name, task.model_name, seed)
+        elif path.exists():
+            try:
+                model.load_state_dict(torch.load(path, map_location="cpu", weights_only=True))
+            except Exception as err:  # noqa: BLE001 - a tampered or foreign file: never unpickle it unsafely
+                raise AuditInputError(
+                    f"cached task model {path} cannot be loaded safely ({type(err).__name__}: "
+                    f"{str(err).splitlines()[0] if str(err) else ''}); delete it to retrain"
+                ) from None
+            log.info("%s/%s seed=%d: task model from cache %s", task.display_name, task.model_name, seed, path)
         else:
             log.info(
                 "%s/%s seed=%d: training the task model (%d samples, %d epochs)",
-                task.display_name, task.model.name, seed, len(train), task.training.epochs,
+                task.display_name, task.model_name, seed, len(train), task.training.epochs,
             )
             tr = task.training
             fit_classifier(
@@ -225,59 +300,110 @@ class AuditRun:
                 seed=stage_seed(seed, key, "task"), hflip=tr.hflip,
             )
             path.parent.mkdir(parents=True, exist_ok=True)
-            tmp = path.with_suffix(".tmp")
-            torch.save(model.state_dict(), tmp)
-            tmp.replace(path)
+            fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+            os.close(fd)
+            try:
+                torch.save(model.state_dict(), tmp)
+                os.replace(tmp, path)
+            finally:
+                Path(tmp).unlink(missing_ok=True)
         model.eval()
         test = data.part("test")
         correct = (predict(model, test.x, device=self.device).argmax(1) == test.y).float()
         full_flops = flops_per_sample(model, test.x[:1])
         summary = {
-            "dataset": task.display_name, "model": task.model.name, "seed": seed,
+            "dataset": task.display_name, "model": task.model_name, "seed": seed,
             "primary": data.primary, "private": data.private,
             "classes": {name: loaded.classes[name] for name in [data.primary, *data.private]},
             "n": {name: len(idx) for name, idx in splits.items()},
             "primary_accuracy": float(correct.mean()), "primary_accuracy_ci95": list(mean_ci(correct, seed=seed)),
             "full_flops": full_flops, "cut_points": task.cut_points, "task_key": key,
+            "stage_seeds": {"init": stage_seed(seed, key, "init"), "task": stage_seed(seed, key, "task")},
         }
         log.info("%s/%s seed=%d: primary accuracy %.3f on %d test samples",
-                 task.display_name, task.model.name, seed, summary["primary_accuracy"], len(test))
-        return TaskState(key, data, model, full_flops, summary)
+                 task.display_name, task.model_name, seed, summary["primary_accuracy"], len(test))
+        return TaskState(key, data, model, full_flops, summary, features)
+
+    def extract_features(self, state: TaskState, cut: str) -> dict[str, str]:
+        """Edge features of every split at ``cut`` into the feature store (once); split -> file path.
+        A feature dump's saved rows are used as they are."""
+        if state.features is not None:
+            saved = state.features[cut]
+            return {
+                part: str(self.features.put(state.key, cut, part, saved[state.data.splits[part]]))
+                for part in ("train", "aux", "test")
+            }
+        edge, _ = state.model.split(cut)
+        return {
+            part: str(self.features.extract(state.key, cut, part, edge, state.data.part(part).x, self.device))
+            for part in ("train", "aux", "test")
+        }
 
     # -------------------------------------------------------------------- group
-    def run_group(self, state: TaskState, cut: str, d: int, cells: list[Cell]) -> None:
-        """Fit defense ``d`` at ``cut`` and run every attack cell of the group."""
+    def stage_seeds(self, cell: Cell, seed_key: str | None = None) -> dict[str, int]:
+        """The seeds of the stages behind a cell: defense fit and attack. ``seed_key``: the task
+        identity they derive from (default: the cell's task key; a feature dump replays its task's)."""
+        key = seed_key or task_key(self.config.tasks[cell.task], cell.seed)
+        spec = self.config.defenses[cell.defense]
+        base = (cell.seed, key, cell.cut_point, spec.name, self.defense_params[cell.defense])
+        return {"defense": stage_seed(*base), "attack": stage_seed(*base, cell.attack)}
+
+    def run_group(
+        self,
+        state: TaskState,
+        cut: str,
+        d: int,
+        cells: list[Cell],
+        features: Callable[[str], torch.Tensor] | None = None,
+        emit: Callable[[Cell, list[dict[str, Any]], float], None] | None = None,
+    ) -> None:
+        """Fit defense ``d`` at ``cut`` and run every attack cell of the group.
+
+        ``features(split)`` gives the edge features of a split (default: computed
+        here); ``emit(cell, records, seconds)`` receives each finished cell
+        (default: commit it to this run's store).
+        """
+        emit = emit or self._commit
         spec = self.config.defenses[d]
         seed = cells[0].seed
-        edge, cloud = state.model.split(cut)
+        edge, cloud = state.model.split(cut) if state.model is not None else model_free_split(cut)
         data = state.data
-        split = SplitPoint(cut, state.model, edge, cloud,
-                           compute_features=lambda part: predict(edge, data.part(part).x, device=self.device))
+        if features is not None:
+            compute = features
+        elif state.features is not None:  # saved features (a features dataset)
+            compute = lambda part: state.features[cut][data.splits[part]]  # noqa: E731
+        else:
+            compute = lambda part: predict(edge, data.part(part).x, device=self.device)  # noqa: E731
+        split = SplitPoint(cut, state.model, edge, cloud, compute_features=compute)
+        scratch, max_ram = self.features.scratch(), self.features.max_ram_mb
         try:
-            fit_seed = stage_seed(seed, state.key, cut, spec.name, self.defense_params[d])
+            fit_seed = self.stage_seeds(cells[0], state.seed_key)["defense"]
             L.seed_everything(fit_seed, verbose=False)
             defense = DEFENSES.create(spec.name, **spec.params)
             train = data.part("train")
             defense.fit(FitContext(split, train, data.num_classes(data.primary), self.config.trainer, fit_seed))
             aux, test = data.part("aux"), data.part("test")
-            z_aux = release_all(defense, aux.x, split.features("aux"))
-            z_test = release_all(defense, test.x, split.features("test"))
+            z_aux = release_all(defense, aux.x, split.features("aux"), scratch_dir=scratch, max_ram_mb=max_ram)
+            z_test = release_all(defense, test.x, split.features("test"), scratch_dir=scratch, max_ram_mb=max_ram)
             for name, z in (("aux", z_aux), ("test", z_test)):
-                if z.is_floating_point() and not torch.isfinite(z).all():
+                if z.is_floating_point() and not all_finite(z):
                     raise ValueError(f"defense {spec.label()} released NaN/inf features for the {name} split at {cut}")
-            correct = (predict_all(defense, test.x, split.features("test")).argmax(1) == test.y).float()
-            utility = {
-                "primary_accuracy": float(correct.mean()),
-                "primary_accuracy_ci95": list(mean_ci(correct, seed=seed)),
-                "task_accuracy": state.summary["primary_accuracy"],
-                "n_eval": len(test),
-            }
-            cost = defense.cost(test.x[:32], state.full_flops)
+            if state.model is None:  # no cloud to measure utility with, no edge to time
+                utility, cost = model_free_measures(defense, z_test)
+            else:
+                correct = (predict_all(defense, test.x, split.features("test")).argmax(1) == test.y).float()
+                utility = {
+                    "primary_accuracy": float(correct.mean()),
+                    "primary_accuracy_ci95": list(mean_ci(correct, seed=seed)),
+                    "task_accuracy": state.summary["primary_accuracy"],
+                    "n_eval": len(test),
+                }
+                cost = defense.cost(test.x[:32], state.full_flops)
         except Exception as err:  # noqa: BLE001 - a failing defense fails its cells, the rest go on
             error = f"defense {spec.label()} failed: {type(err).__name__}: {err}"
             log.debug("%s", traceback.format_exc())
             for cell in cells:
-                self._commit(cell, [self._failed(cell, error)], 0.0)
+                emit(cell, [self._failed(cell, error, state.seed_key)], 0.0)
             return
         num_classes = {name: data.num_classes(name) for name in [data.primary, *data.private]}
         context = dict(
@@ -289,33 +415,35 @@ class AuditRun:
         for cell in cells:
             start = time.perf_counter()
             try:
-                attack_seed = stage_seed(seed, state.key, cut, spec.name, self.defense_params[d], cell.attack)
+                attack_seed = self.stage_seeds(cell, state.seed_key)["attack"]
                 L.seed_everything(attack_seed, verbose=False)
                 ctx = AttackContext(**context, seed=attack_seed,
                                     artifact_dir=self.out_dir / "artifacts" / cell.id)
                 attack = ATTACKS.create(cell.attack, **self.config.attacks[cell.attack])
                 attack.fit(ctx)
                 scores = attack.score(ctx)
-                records = [self._record(cell, s, utility, cost) for s in scores]
+                records = [self._record(cell, s, utility, cost, state.seed_key) for s in scores]
             except Exception as err:  # noqa: BLE001
                 log.debug("%s", traceback.format_exc())
-                records = [self._failed(cell, f"attack {cell.attack} failed: {type(err).__name__}: {err}")]
-            self._commit(cell, records, time.perf_counter() - start)
+                records = [self._failed(cell, f"attack {cell.attack} failed: {type(err).__name__}: {err}",
+                                        state.seed_key)]
+            emit(cell, records, time.perf_counter() - start)
 
-    def _base_record(self, cell: Cell) -> dict[str, Any]:
+    def _base_record(self, cell: Cell, seed_key: str | None = None) -> dict[str, Any]:
         task = self.config.tasks[cell.task]
         spec = self.config.defenses[cell.defense]
         return {
-            "dataset": task.display_name, "model": task.model.name, "cut_point": cell.cut_point,
+            "dataset": task.display_name, "model": task.model_name, "cut_point": cell.cut_point,
             "defense": spec.name, "defense_params": self.defense_params[cell.defense],
             "utility": {}, "cost": {},
             "attack": cell.attack, "attack_params": self.attack_params[cell.attack],
             "target": None, "metric": None, "value": None, "ci95": None, "chance": None, "advantage": None,
             "seed": cell.seed, "n_eval": None, "status": "ok", "error": None, "extra": {}, "cell_id": cell.id,
+            "stage_seeds": self.stage_seeds(cell, seed_key),
         }
 
-    def _record(self, cell: Cell, score: Score, utility: dict, cost: dict) -> dict[str, Any]:
-        rec = self._base_record(cell)
+    def _record(self, cell: Cell, score: Score, utility: dict, cost: dict, seed_key: str | None = None) -> dict[str, Any]:
+        rec = self._base_record(cell, seed_key)
         rec.update(
             utility=utility, cost={k: _finite(v) for k, v in cost.items()},
             target=score.target, metric=score.metric, value=_finite(float(score.value)),
@@ -325,8 +453,8 @@ class AuditRun:
         )
         return rec
 
-    def _failed(self, cell: Cell, error: str) -> dict[str, Any]:
-        rec = self._base_record(cell)
+    def _failed(self, cell: Cell, error: str, seed_key: str | None = None) -> dict[str, Any]:
+        rec = self._base_record(cell, seed_key)
         rec.update(status="failed", error=error)
         return rec
 
@@ -334,37 +462,98 @@ class AuditRun:
         self.store.commit(cell.id, records)
         self._emit("on_cell_end", cell, records, seconds)
 
+    def _deliver(self, result: "CellResult") -> None:
+        """A finished cell from the executor (driver, main thread): artifacts, commit, callbacks."""
+        if result.artifacts:
+            folder = (self.out_dir / "artifacts" / result.cell.id).resolve()
+            for rel, data in result.artifacts.items():
+                target = (folder / rel).resolve()
+                if folder not in target.parents:
+                    raise RuntimeError(f"artifact path {rel!r} of cell {result.cell.id} leaves its folder")
+                target.parent.mkdir(parents=True, exist_ok=True)
+                target.write_bytes(data)
+        self._commit(result.cell, result.records, result.seconds)
+        key = (task_key(self.config.tasks[result.cell.task], result.cell.seed), result.cell.cut_point)
+        if key in self._cells_left:
+            self._cells_left[key] -= 1
+            if self._cells_left[key] == 0:  # every group of this cut point is done: free its features
+                del self._cells_left[key]
+                self.executor_in_use.release_features(*key)
+                if not self.config.memory.keep_features:
+                    shutil.rmtree(self.features.root / key[0] / key[1], ignore_errors=True)
+
     # ---------------------------------------------------------------------- run
+    def planned_cells(self) -> list[Cell]:
+        """The cells this run is responsible for (its shard of the grid)."""
+        cells = plan_cells(self.config)
+        return shard_cells(cells, *self.shard) if self.shard else cells
+
     def run(self) -> dict[str, Any]:
+        from audit.executors import GroupJob, SequentialExecutor
+
         config = self.config
-        cells = plan_cells(config)
-        self.store = ResultStore(self.out_dir, config.config_hash(), config.model_dump(mode="json"))
-        pending = [c for c in cells if not self.store.done(c.id)]
-        self._emit("on_plan", cells, pending)
-        groups: dict[tuple[int, int, str, int], list[Cell]] = {}
-        for cell in pending:
-            groups.setdefault(cell.group, []).append(cell)
-        by_task: dict[tuple[int, int], list[tuple[str, int]]] = {}
-        for t, seed, cut, d in groups:
-            by_task.setdefault((t, seed), []).append((cut, d))
-        for (t, seed), group_keys in by_task.items():
-            state = self.prepare_task(t, seed)
-            self.store.put_task(state.key, state.summary)
-            for cut, d in group_keys:
-                self.run_group(state, cut, d, groups[(t, seed, cut, d)])
-        report = self.build_report(cells)
-        write_report(self.out_dir, report)
+        cells = self.planned_cells()
+        executor = self.executor or SequentialExecutor()
+        with ResultStore(self.out_dir, config.config_hash(), config.model_dump(mode="json"),
+                         resume=self.resume, shard=self.shard) as store, torch_threads(executor.threads):
+            self.store = store
+            shutil.rmtree(self.features.scratch(), ignore_errors=True)  # left by a killed run
+            pending = [c for c in cells if not store.done(c.id)]
+            self._emit("on_plan", cells, pending)
+            groups: dict[tuple[int, int, str, int], list[Cell]] = {}
+            for cell in pending:
+                groups.setdefault(cell.group, []).append(cell)
+            by_task: dict[tuple[int, int], dict[str, list[int]]] = {}
+            for t, seed, cut, d in groups:
+                by_task.setdefault((t, seed), {}).setdefault(cut, []).append(d)
+            self._cells_left: dict[tuple[str, str], int] = {}
+            for cell in pending:
+                key = (task_key(config.tasks[cell.task], cell.seed), cell.cut_point)
+                self._cells_left[key] = self._cells_left.get(key, 0) + 1
+            self.executor_in_use = executor
+            executor.open(self, self._deliver)
+            try:
+                for (t, seed), cuts in by_task.items():
+                    state = self.prepare_task(t, seed)
+                    store.put_task(state.key, state.summary)
+                    executor.add_task(state)
+                    for cut, defenses in cuts.items():
+                        paths = self.extract_features(state, cut)
+                        executor.add_features(state.key, cut, paths)
+                        for d in defenses:
+                            executor.submit(GroupJob(t, seed, cut, d, state.key,
+                                                     tuple(groups[(t, seed, cut, d)]), paths))
+                            executor.poll()
+                    executor.task_done(state.key)
+                    del state
+                executor.join()
+            finally:
+                executor.close()
+            report = self.build_report(cells, executor)
+            write_report(self.out_dir, report)
+            if not config.memory.keep_features:
+                shutil.rmtree(self.features.root, ignore_errors=True)
         self._emit("on_finish", report)
         return report
 
-    def build_report(self, cells: list[Cell]) -> dict[str, Any]:
+    def build_report(self, cells: list[Cell], executor: "Executor | None" = None) -> dict[str, Any]:
         records = [r for c in cells for r in (self.store.load(c.id) or [])]
         keys = dict.fromkeys(task_key(self.config.tasks[c.task], c.seed) for c in cells)
+        env = environment(self.config.seeds, str(self.device))
+        if executor is not None:
+            env["executor"] = executor.describe()
+            env["torch_threads"] = executor.cell_threads()
+        env["shard"] = list(self.shard) if self.shard else None
         return {
             "schema_version": SCHEMA_VERSION,
             "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
             "config": self.config.model_dump(mode="json"),
-            "environment": environment(self.config.seeds, str(self.device)),
+            "environment": env,
             "tasks": [t for t in (self.store.task(k) for k in keys) if t is not None],
             "results": records,
         }
+
+
+def all_finite(z: torch.Tensor, batch: int = 4096) -> bool:
+    """``torch.isfinite(z).all()`` in row batches (no full-size temporary for large, mapped arrays)."""
+    return all(bool(torch.isfinite(z[i : i + batch]).all()) for i in range(0, z.shape[0], batch))

@@ -1,10 +1,22 @@
-"""``noise``: additive Gaussian or Laplace noise on the split feature (Osia et al.).
+"""``noise`` and ``pca_noise``: additive noise on the split feature (Osia et al.).
 
-The noise standard deviation is ``scale`` times the feature's standard
-deviation (one scalar over all elements, measured on the task-train split), for
-both distributions (Laplace with b = sigma / sqrt(2)). A copy of the cloud part
-is fine-tuned on noisy features so that utility is honest. Noise draws are the
-defense's secret: seeded per audit cell, fresh for every released sample.
+``noise``: the noise standard deviation is ``scale`` times the feature's
+standard deviation (one scalar over all elements, measured on the task-train
+split), for both distributions (Laplace with b = sigma / sqrt(2)). A copy of
+the cloud part is fine-tuned on noisy features so that utility is honest.
+Noise draws are the defense's secret: seeded per audit cell, fresh for every
+released sample.
+
+``pca_noise`` (Osia et al.'s embedding): the device projects the flattened
+feature on its top ``components`` principal directions (fitted on the
+task-train features) and adds noise of ``scale`` times the std of those
+coefficients; the cloud reconstructs the feature from the coefficients and
+runs a fine-tuned copy of its part. Sweeping ``scale`` gives Osia's noise-
+variance sweep.
+
+Reusable pieces: :class:`AddNoise`, :class:`PCAProjection` (randomised PCA
+without a centred copy of the features, so the 262,144-dim conv1 features of
+UTKFace fit), :func:`finetune_on_noise`.
 """
 from __future__ import annotations
 
@@ -16,7 +28,7 @@ import torch
 from pydantic import Field
 from torch import nn
 
-from audit.training import fit_classifier
+from audit.training import TrainerSettings, fit_classifier
 from defenses import register_defense
 from defenses.base import Defense, FitContext
 
@@ -30,17 +42,32 @@ class AddNoise(nn.Module):
         self.sigma, self.distribution, self.generator, self.always = sigma, distribution, generator, always
 
     def sample(self, shape: torch.Size, device: torch.device) -> torch.Tensor:
-        if self.distribution == "gaussian":
-            noise = torch.randn(shape, generator=self.generator)
-        else:  # Laplace by inverse CDF, std = sigma
-            u = torch.rand(shape, generator=self.generator) - 0.5
-            noise = -torch.sign(u) * torch.log1p(-2 * u.abs()) / math.sqrt(2)
-        return (self.sigma * noise).to(device)
+        return (self.sigma * unit_noise(shape, self.distribution, self.generator)).to(device)
 
     def forward(self, z: torch.Tensor) -> torch.Tensor:
         if self.sigma == 0 or not (self.training or self.always):
             return z
         return z + self.sample(z.shape, z.device)
+
+
+def unit_noise(shape: torch.Size | tuple[int, ...], distribution: str, generator: torch.Generator | None = None) -> torch.Tensor:
+    """Zero-mean, unit-std noise of ``shape``: Gaussian, or Laplace (b = 1/sqrt(2)) by inverse CDF."""
+    if distribution == "gaussian":
+        return torch.randn(shape, generator=generator)
+    u = torch.rand(shape, generator=generator) - 0.5
+    return -torch.sign(u) * torch.log1p(-2 * u.abs()) / math.sqrt(2)
+
+
+def finetune_on_noise(
+    cloud: nn.Module, features: torch.Tensor, y: torch.Tensor, num_classes: int, sigma: float, distribution: str,
+    *, settings: TrainerSettings, epochs: int, batch_size: int, lr: float, seed: int,
+) -> nn.Module:
+    """Fine-tune ``cloud`` (in place) on ``features`` plus fresh noise of std ``sigma`` each step."""
+    if epochs > 0:
+        noisy_cloud = nn.Sequential(AddNoise(sigma, distribution), cloud)
+        fit_classifier(noisy_cloud, features, y, num_classes, settings=settings, epochs=epochs,
+                       batch_size=batch_size, lr=lr, seed=seed)
+    return cloud.eval()
 
 
 @register_defense("noise")
@@ -60,17 +87,108 @@ class Noise(Defense):
         train_features = ctx.split.features("train")
         self.sigma = p.scale * float(train_features.std())
         self.cloud = copy.deepcopy(ctx.split.cloud)
-        if p.finetune_epochs > 0 and self.sigma > 0:
-            noisy_cloud = nn.Sequential(AddNoise(self.sigma, p.distribution), self.cloud)
-            fit_classifier(
-                noisy_cloud, train_features, ctx.train.y, ctx.num_classes,
-                settings=ctx.settings, epochs=p.finetune_epochs, batch_size=p.batch_size,
-                lr=p.lr, seed=ctx.seed,
-            )
-        self.cloud.eval()
+        finetune_on_noise(
+            self.cloud, train_features, ctx.train.y, ctx.num_classes, self.sigma, p.distribution,
+            settings=ctx.settings, epochs=p.finetune_epochs if self.sigma > 0 else 0,
+            batch_size=p.batch_size, lr=p.lr, seed=ctx.seed,
+        )
         self.noise = AddNoise(self.sigma, p.distribution, torch.Generator().manual_seed(ctx.seed), always=True)
 
     @torch.no_grad()
     def release(self, x: torch.Tensor, features: torch.Tensor | None = None) -> torch.Tensor:
         z = features if features is not None else self.edge(x)
         return self.noise(z)
+
+
+class PCAProjection(nn.Module):
+    """Projection of flattened features (N, *shape) on ``basis`` (D, q) after removing ``mean`` (D,):
+    ``forward`` gives the (N, q) coefficients, ``inverse`` the (N, *shape) reconstruction."""
+
+    def __init__(self, mean: torch.Tensor, basis: torch.Tensor, shape: tuple[int, ...]):
+        super().__init__()
+        self.shape = tuple(shape)
+        self.register_buffer("mean", mean)
+        self.register_buffer("basis", basis)
+
+    @classmethod
+    def fit(cls, z: torch.Tensor, components: int, seed: int = 0, niter: int = 2) -> "PCAProjection":
+        """Top ``components`` principal directions of the rows of ``z`` (capped at N - 1 and D)."""
+        mean, basis = pca_basis(z.flatten(1), components, seed=seed, niter=niter)
+        return cls(mean, basis, tuple(z.shape[1:]))
+
+    @property
+    def components(self) -> int:
+        return int(self.basis.shape[1])
+
+    def forward(self, z: torch.Tensor) -> torch.Tensor:
+        return (z.flatten(1) - self.mean) @ self.basis
+
+    def inverse(self, c: torch.Tensor) -> torch.Tensor:
+        return (c @ self.basis.T + self.mean).reshape(-1, *self.shape)
+
+
+class PCAReconstruct(nn.Module):
+    """The cloud's first step under a PCA embedding: coefficients (N, q) -> features (N, *shape)."""
+
+    def __init__(self, pca: PCAProjection):
+        super().__init__()
+        self.pca = pca
+
+    def forward(self, c: torch.Tensor) -> torch.Tensor:
+        return self.pca.inverse(c)
+
+
+@torch.no_grad()
+def pca_basis(flat: torch.Tensor, components: int, seed: int = 0, niter: int = 2) -> tuple[torch.Tensor, torch.Tensor]:
+    """(mean (D,), basis (D, q)) of the rows of ``flat`` (N, D) by randomised SVD (Halko et al. 2011)
+    with ``niter`` power iterations, never forming the centred (N, D) copy; q = min(components, N - 1, D)."""
+    n, d = flat.shape
+    q = min(components, n - 1, d)
+    if q < 1:
+        raise ValueError(f"PCA needs at least 2 samples, got {n}")
+    flat = flat.float()
+    mean = flat.mean(dim=0)
+    width = min(q + 10, n, d)
+
+    def centred_times(m: torch.Tensor) -> torch.Tensor:  # (A - 1 mean^T) m, m: (D, w)
+        return flat @ m - (mean @ m)[None, :]
+
+    def centred_t_times(m: torch.Tensor) -> torch.Tensor:  # (A - 1 mean^T)^T m, m: (N, w)
+        return flat.T @ m - mean[:, None] * m.sum(dim=0)[None, :]
+
+    omega = torch.randn(d, width, generator=torch.Generator().manual_seed(seed))
+    basis_n, _ = torch.linalg.qr(centred_times(omega))
+    for _ in range(niter):
+        basis_d, _ = torch.linalg.qr(centred_t_times(basis_n))
+        basis_n, _ = torch.linalg.qr(centred_times(basis_d))
+    small = centred_t_times(basis_n).T  # (w, D) = Q^T (A - 1 mean^T)
+    _, _, vh = torch.linalg.svd(small, full_matrices=False)
+    return mean, vh[:q].T.contiguous()
+
+
+@register_defense("pca_noise")
+class PCANoise(Noise):
+    """Osia et al.'s embedding: PCA to `components` dims, then noise of scale x coefficient std; cloud fine-tuned."""
+
+    class Params(Noise.Params):
+        components: int = Field(64, ge=1, description="principal components kept (capped at N - 1 and the feature size)")
+
+    def fit(self, ctx: FitContext) -> None:
+        p = self.params
+        self.edge = ctx.split.edge.eval()
+        train_features = ctx.split.features("train")
+        self.pca = PCAProjection.fit(train_features, p.components, seed=ctx.seed)
+        coefficients = self.pca(train_features)
+        self.sigma = p.scale * float(coefficients.std())
+        # the reconstruction alone changes the cloud's input: fine-tune even without noise
+        self.cloud = nn.Sequential(PCAReconstruct(self.pca), copy.deepcopy(ctx.split.cloud))
+        finetune_on_noise(
+            self.cloud, coefficients, ctx.train.y, ctx.num_classes, self.sigma, p.distribution,
+            settings=ctx.settings, epochs=p.finetune_epochs, batch_size=p.batch_size, lr=p.lr, seed=ctx.seed,
+        )
+        self.noise = AddNoise(self.sigma, p.distribution, torch.Generator().manual_seed(ctx.seed), always=True)
+
+    @torch.no_grad()
+    def release(self, x: torch.Tensor, features: torch.Tensor | None = None) -> torch.Tensor:
+        z = features if features is not None else self.edge(x)
+        return self.noise(self.pca(z))

@@ -41,3 +41,22 @@ def tiny_config() -> dict:
 
 def requires_utkface():
     return pytest.mark.skipif(not UTKFACE.is_dir(), reason=f"UTKFace development split not found at {UTKFACE}")
+
+
+# A tiny grid of 8 cells (2 cut points x 2 defenses x 2 attacks) for executor, shard and resume tests.
+# Explicit trainer settings (the defaults' values) let tests see that workers receive them.
+GRID = {**TINY, "attacks": {"attribute": {"epochs": 3}, "test_probe": {}},
+        "trainer": {"accelerator": "cpu", "precision": "32-true"}}
+
+
+@pytest.fixture(scope="session")
+def grid_reference(tmp_path_factory, _private_cache):
+    """GRID run once in this process, cells with 1 torch thread: (out folder, report)."""
+    from audit import Audit, build_config
+    from audit.executors import SequentialExecutor
+    from tests.worker_plugins import register
+
+    register()
+    out = tmp_path_factory.mktemp("grid-reference")
+    report = Audit(build_config(GRID)).run(out, callbacks=[], executor=SequentialExecutor(threads=1))
+    return out, report

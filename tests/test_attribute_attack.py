@@ -50,7 +50,9 @@ def test_huge_noise_drives_the_attack_to_chance(planted):
     ctx = attack_context(data, net, "conv1", defense="noise", scale=100.0, finetune_epochs=0)
     s = scores_by_metric(run_attack("attribute", ctx, epochs=8))
     lo, hi = s[("secret", "balanced_accuracy")].ci95
-    assert lo <= 0.5 <= hi and hi < 0.62
+    # at chance the 95% CI still misses 0.5 one time in twenty (any change of the noise stream
+    # redraws it), so allow a sliver below; the planted attribute's CI starts above 0.75 without noise
+    assert lo <= 0.52 and 0.5 <= hi < 0.62
 
 
 def test_unknown_target_is_refused(planted):

@@ -7,7 +7,7 @@ from audit.models import MODELS
 SHAPES = {"small_cnn": (3, 32, 32), "mlp": (20,), "resnet18": (3, 64, 64), "vgg11": (3, 32, 32)}
 
 
-@pytest.mark.parametrize("name", MODELS.list())
+@pytest.mark.parametrize("name", [n for n in MODELS.list() if n != "python"])  # python: an object given to Audit()
 def test_every_cut_point_splits_exactly(name):
     torch.manual_seed(0)
     shape = SHAPES.get(name, (3, 32, 32))

@@ -1,4 +1,4 @@
-"""``splitaudit run [CONFIG] [--out DIR] [--set key=value ...]``."""
+"""``splitaudit run [CONFIG] [--out DIR] [--set key=value ...] [--executor local|ray] [--workers N] [--shard I/N]``."""
 from __future__ import annotations
 
 import argparse
@@ -9,26 +9,78 @@ log = logging.getLogger("splitaudit")
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("run", help="run an audit (the embedded default when no CONFIG is given)",
-                       description="Run an audit and write report.json and results.csv into --out.")
+                       description="Run an audit and write report.json, results.csv and report.html into --out.")
     p.add_argument("config", nargs="?", help="YAML config (default: the embedded default audit)")
-    p.add_argument("--out", default="audit_out", help="output folder (default: %(default)s); a rerun resumes it")
+    p.add_argument("--out", default="audit_out",
+                   help="output folder (default: %(default)s); a folder of the same audit is resumed")
     p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
                    help="override a config value, e.g. --set dataset.root=/data/utkface (repeatable)")
     p.add_argument("--cache-dir", help="task-model and data cache (default: $SPLITAUDIT_CACHE or ~/.cache/splitaudit)")
-    p.add_argument("-q", "--quiet", action="store_true", help="only warnings and errors")
+    wandb = p.add_mutually_exclusive_group()
+    wandb.add_argument("--wandb", dest="wandb", action="store_true", default=None,
+                       help="record the audit as a W&B run (tracking.wandb settings, or project 'splitaudit'; "
+                            "WANDB_MODE=offline needs no server or API key)")
+    wandb.add_argument("--no-wandb", dest="wandb", action="store_false", help="no W&B run, whatever the config says")
+    p.add_argument("-q", "--quiet", action="store_true", help="only warnings and errors (no progress output)")
     p.add_argument("-v", "--verbose", action="store_true", help="debug output (tracebacks of failed cells)")
+    add_execution_arguments(p)
     p.set_defaults(handler=main)
+
+
+def add_execution_arguments(p: argparse.ArgumentParser) -> None:
+    """Where cells run, which slice of the grid, and whether --out is resumed."""
+    g = p.add_argument_group("execution")
+    g.add_argument("--executor", choices=["local", "ray"], default="local",
+                   help="local: this machine (default); ray: Ray tasks on a cluster (see --address)")
+    g.add_argument("--workers", type=int, default=1,
+                   help="local worker processes (default 1: cells run in this process)")
+    g.add_argument("--address", help="Ray cluster address (default: $RAY_ADDRESS, a running local cluster, "
+                   "or a new local instance)")
+    g.add_argument("--cpus-per-task", type=float, default=1, help="CPUs per Ray task (default %(default)s)")
+    g.add_argument("--threads", type=int, default=None,
+                   help="torch threads per worker (default: cores / workers; in-process: torch's default). "
+                   "Results are bit-identical only between runs with the same thread count")
+    g.add_argument("--shard", metavar="I/N", help="run only shard I of N of the grid (merge with `splitaudit merge`)")
+    resume = g.add_mutually_exclusive_group()
+    resume.add_argument("--resume", dest="resume", action="store_true", default=None,
+                        help="require --out to hold this audit and continue it")
+    resume.add_argument("--no-resume", dest="resume", action="store_false",
+                        help="require a new or empty --out (never continue earlier results)")
+
+
+def executor_from_args(args: argparse.Namespace):
+    from audit.errors import AuditInputError
+    from audit.executors import make_executor
+
+    if args.workers < 1:
+        raise AuditInputError(f"--workers must be at least 1, got {args.workers}")
+    if args.threads is not None and args.threads < 1:
+        raise AuditInputError(f"--threads must be at least 1, got {args.threads}")
+    if args.executor != "ray" and args.address:
+        raise AuditInputError("--address is for --executor ray")
+    return make_executor(args.executor, workers=args.workers, address=args.address, threads=args.threads,
+                         cpus_per_task=args.cpus_per_task)
 
 
 def main(args: argparse.Namespace) -> int:
     from audit.api import Audit
     from audit.cli import EXIT_FAILED, EXIT_OK
     from audit.config import load_config
+    from audit.runner import parse_shard
 
     config = load_config(args.config, args.overrides)
-    report = Audit(config, cache_dir=args.cache_dir).run(args.out)
+    shard = parse_shard(args.shard) if args.shard else None
+    executor = executor_from_args(args)
+    if args.wandb is not None:
+        from audit.config import TrackingConfig, WandbSettings
+
+        wandb = (config.tracking.wandb or WandbSettings()) if args.wandb else None
+        if wandb is not None and wandb.mode == "disabled":  # --wandb overrides a disabled config
+            wandb = wandb.model_copy(update={"mode": "online"})
+        config = config.model_copy(update={"tracking": TrackingConfig(wandb=wandb)})
+    report = Audit(config, cache_dir=args.cache_dir).run(args.out, executor=executor, shard=shard, resume=args.resume)
     failed = [r for r in report["results"] if r["status"] != "ok"]
-    log.info("wrote %s/report.json and results.csv (%d records)", args.out, len(report["results"]))
+    log.info("wrote %s/report.json, results.csv and report.html (%d records)", args.out, len(report["results"]))
     if failed:
         cells = {r["cell_id"] for r in failed}
         log.warning("%d cell(s) failed; see 'error' in report.json (rerun to retry them)", len(cells))

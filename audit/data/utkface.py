@@ -1,8 +1,11 @@
 """UTKFace (cropped faces): gender primary; race and age bucket private.
 
 File names are ``AGE_GENDER_RACE_DATETIME.jpg.chip.jpg`` (Zhang et al., CVPR 2017).
-Malformed names, unreadable or oversized images, and links that point outside
-the folder are skipped with a warning naming the file; labels are never guessed.
+Malformed names, links that point outside the folder, entries that are not
+regular files (folders, pipes, devices), files that are not images, truncated
+images and images larger than ``max_pixels`` (decompression bombs: the size is
+read from the header before anything is decoded) are skipped with a warning
+naming the file and the reason; labels are never guessed.
 Decoded images are cached (uint8) under the cache folder, keyed by the file
 list, sizes, modification times and the image size.
 """
@@ -56,13 +59,16 @@ def age_bucket_names(bins: list[int]) -> list[str]:
     return names + [f"{bins[-1]}+"]
 
 
-def _decode(path: Path, size: int) -> torch.Tensor | str:
+def _decode(path: Path, size: int, max_pixels: int) -> torch.Tensor | str:
     from PIL import Image
 
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("error", Image.DecompressionBombWarning)
             with Image.open(path) as img:
+                width, height = img.size
+                if width * height > max_pixels:
+                    return f"image of {width}x{height} pixels is larger than max_pixels={max_pixels} (decompression bomb?)"
                 img = img.convert("RGB").resize((size, size), Image.BILINEAR)
                 data = torch.frombuffer(bytearray(img.tobytes()), dtype=torch.uint8)
     except Exception as err:  # noqa: BLE001 - any decoding problem skips the file
@@ -83,6 +89,9 @@ class UTKFace(Dataset):
         max_samples: int | None = Field(None, ge=10, description="keep a seeded random subset of this size")
         subset_seed: int = 0
         workers: int = Field(2, ge=1, description="decoding threads")
+        max_pixels: int = Field(
+            4096 * 4096, ge=1, description="skip images with more pixels than this (read from the header)"
+        )
 
     def _files(self) -> list[tuple[Path, tuple[int, int, int]]]:
         root = self.params.root.expanduser()
@@ -101,6 +110,9 @@ class UTKFace(Dataset):
             except ValueError:
                 warnings.warn(f"UTKFace: skipping {path.name}: it links outside {root}", stacklevel=2)
                 continue
+            if not path.is_file():  # a folder, pipe, socket or device named like an image; or a dangling link
+                warnings.warn(f"UTKFace: skipping {path.name}: not a regular file", stacklevel=2)
+                continue
             parsed = parse_name(path.name)
             if isinstance(parsed, str):
                 warnings.warn(f"UTKFace: skipping malformed file name {path.name}: {parsed}", stacklevel=2)
@@ -117,19 +129,23 @@ class UTKFace(Dataset):
     def load(self, cache_dir: Path) -> LoadedData:
         p = self.params
         files = self._files()
-        key = hashlib.sha256(
-            json.dumps(
-                [p.image_size, [(f.name, f.stat().st_size, f.stat().st_mtime_ns) for f, _ in files]]
-            ).encode()
-        ).hexdigest()[:20]
+        identity = [p.image_size, [(f.name, f.stat().st_size, f.stat().st_mtime_ns) for f, _ in files]]
+        if p.max_pixels != self.Params.model_fields["max_pixels"].default:
+            identity.append(p.max_pixels)  # (the default keeps the keys of caches made before this field)
+        key = hashlib.sha256(json.dumps(identity).encode()).hexdigest()[:20]
         cache = Path(cache_dir) / "datasets" / f"utkface-{key}.pt"
         if cache.exists():
-            stored = torch.load(cache, weights_only=True)
-            images, keep = stored["images"], stored["keep"]
+            try:
+                stored = torch.load(cache, weights_only=True)
+                images, keep = stored["images"], stored["keep"]
+            except Exception as err:  # noqa: BLE001 - never unpickle a foreign file unsafely
+                raise AuditInputError(
+                    f"cached UTKFace images {cache} cannot be loaded safely ({type(err).__name__}); delete the file"
+                ) from None
         else:
             log.info("UTKFace: decoding %d images at %dx%d from %s", len(files), p.image_size, p.image_size, p.root)
             with ThreadPoolExecutor(p.workers) as pool:
-                decoded = list(pool.map(lambda f: _decode(f[0], p.image_size), files))
+                decoded = list(pool.map(lambda f: _decode(f[0], p.image_size, p.max_pixels), files))
             keep = []
             for i, (result, (path, _)) in enumerate(zip(decoded, files)):
                 if isinstance(result, str):

@@ -1,0 +1,56 @@
+"""``splitaudit check REPORT.json --policy POLICY.yaml [--baseline OLD.json] [--junit OUT.xml] [--strict]``:
+the CI gate. Exit 0 when every bound holds (and nothing regressed against the baseline),
+1 on a violation, 2 on bad input (missing file, other schema version, invalid policy;
+with --strict also a rule whose selector matches nothing)."""
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+
+def add_parser(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser(
+        "check", help="CI gate: check a report against a leakage policy (and a baseline report)",
+        description="Check REPORT.json against the bounds of a policy YAML; with --baseline also flag leakage "
+                    "that rose beyond the combined confidence intervals plus the policy's tolerance. "
+                    "Exit 0 pass, 1 violation, 2 bad input.")
+    p.add_argument("report", help="report.json of an audit")
+    p.add_argument("--policy", required=True, help="policy YAML (see configs/policy.example.yaml)")
+    p.add_argument("--baseline", help="an earlier report.json to check for regressions against")
+    p.add_argument("--junit", metavar="OUT.xml", help="also write JUnit XML (one test case per rule x cell)")
+    p.add_argument("--strict", action="store_true", help="a rule whose selector matches nothing is an error (exit 2)")
+    p.add_argument("-q", "--quiet", action="store_true", help="print failures only")
+    p.set_defaults(handler=main)
+
+
+def main(args: argparse.Namespace) -> int:
+    from audit.cli import EXIT_BAD_INPUT, EXIT_FAILED, EXIT_OK
+    from audit.errors import AuditInputError
+    from audit.gate import evaluate, junit_xml, load_policy
+    from audit.report import read_report
+
+    policy = load_policy(args.policy)
+    report = read_report(args.report)
+    baseline = read_report(args.baseline) if args.baseline else None
+    result = evaluate(report, policy, baseline)
+    for warning in result.warnings:
+        print(f"splitaudit check: warning: {warning}", file=sys.stderr)
+    if args.junit:
+        path = Path(args.junit)
+        if path.parent and not path.parent.is_dir():
+            raise AuditInputError(f"--junit {args.junit!r}: folder {str(path.parent)!r} does not exist")
+        path.write_text(junit_xml(result), encoding="utf-8")
+    for o in result.outcomes:
+        if not o.passed:
+            print(f"FAIL [{o.suite}] {o.message}")
+        elif not args.quiet:
+            print(f"ok   [{o.suite}] {o.message}")
+    n_fail = len(result.failures)
+    print(f"splitaudit check: {len(result.outcomes)} checks, {n_fail} failed"
+          + (f", {len(result.unmatched)} rule(s) matched nothing" if result.unmatched else "")
+          + f" ({args.report} against {args.policy}{' and baseline ' + args.baseline if args.baseline else ''})")
+    if args.strict and result.unmatched:
+        print(f"splitaudit: error: --strict: nothing matched by {', '.join(result.unmatched)}", file=sys.stderr)
+        return EXIT_BAD_INPUT
+    return EXIT_FAILED if n_fail else EXIT_OK

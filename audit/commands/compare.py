@@ -1,0 +1,81 @@
+"""``splitaudit compare A.json B.json``: what changed from report A to report B, with the gate's
+CI-aware rule (a change counts only beyond the combined 95% CIs plus a tolerance)."""
+from __future__ import annotations
+
+import argparse
+import csv
+import sys
+
+ORDER = {"regressed": 0, "improved": 1, "failed": 2, "added": 3, "removed": 4, "unchanged": 5}
+HEAD = ["status", "dataset", "model", "seed", "cut", "defense", "attack", "target", "metric", "A", "B", "change", "margin"]
+
+
+def add_parser(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser(
+        "compare", help="table of what changed between two reports (CI-aware)",
+        description="Pair the measurements of two reports (by dataset, model, seed, cut point, defense, attack, "
+                    "target, metric) and show which rose or fell beyond the combined 95%% CIs plus a tolerance; "
+                    "also the primary accuracy per cut point and defense.")
+    p.add_argument("a", metavar="A.json", help="the earlier report")
+    p.add_argument("b", metavar="B.json", help="the later report")
+    p.add_argument("--tolerance", type=float, default=None, help="added to the combined CI (default: the policy's, else 0)")
+    p.add_argument("--policy", help="take tolerances (regression section) from this policy YAML")
+    p.add_argument("--all", action="store_true", help="also list unchanged measurements")
+    p.add_argument("--format", choices=["text", "markdown", "csv"], default="text")
+    p.add_argument("--fail-on-regression", action="store_true", help="exit 1 when some leakage rose or accuracy fell")
+    p.set_defaults(handler=main)
+
+
+def rows(changes, labels) -> list[list[str]]:
+    from audit.gate import defense_key, fmt_ci, unit_of
+
+    out = []
+    for c in sorted(changes, key=lambda c: ORDER[c.status]):
+        rec = c.new or c.old
+        unit = unit_of(rec)
+        side = lambda r: fmt_ci(r["value"], r.get("ci95"), unit) if r is not None and r.get("value") is not None else "-"
+        out.append([
+            c.status if c.kind == "leakage" else f"{c.status} (utility)",
+            rec["dataset"], rec["model"], str(rec["seed"]), rec["cut_point"], labels.get(defense_key(rec), rec["defense"]),
+            rec["attack"], str(rec.get("target")), str(rec.get("metric")), side(c.old), side(c.new),
+            "" if c.rise is None else f"{c.rise:+.4g}", "" if c.margin is None else f"{c.margin:.4g}",
+        ])
+    return out
+
+
+def render(table: list[list[str]], fmt: str) -> str:
+    if fmt == "markdown":
+        lines = ["| " + " | ".join(HEAD) + " |", "|" + "---|" * len(HEAD)]
+        lines += ["| " + " | ".join(c.replace("|", "\\|") for c in row) + " |" for row in table]
+        return "\n".join(lines)
+    widths = [max(len(h), *(len(r[i]) for r in table)) for i, h in enumerate(HEAD)]
+    line = lambda cells: "  ".join(c.ljust(w) for c, w in zip(cells, widths)).rstrip()
+    return "\n".join([line(HEAD), line(["-" * w for w in widths])] + [line(r) for r in table])
+
+
+def main(args: argparse.Namespace) -> int:
+    from audit.cli import EXIT_FAILED, EXIT_OK
+    from audit.gate import Regression, compare_records, defense_labels, load_policy, utility_changes
+    from audit.report import read_report
+
+    a, b = read_report(args.a), read_report(args.b)
+    regression = load_policy(args.policy).regression if args.policy else Regression()
+    if args.tolerance is not None:
+        regression = regression.model_copy(update={"tolerance": args.tolerance, "tolerances": {}})
+    changes = compare_records(a["results"], b["results"], regression)
+    changes += utility_changes(a["results"], b["results"], regression.tolerance_for("primary_accuracy"))
+    counts = {s: sum(c.status == s for c in changes) for s in ORDER}
+    shown = [c for c in changes if args.all or c.status != "unchanged"]
+    labels = defense_labels(a["results"] + b["results"])
+    table = rows(shown, labels)
+    if args.format == "csv":
+        writer = csv.writer(sys.stdout)
+        writer.writerow(HEAD)
+        writer.writerows(table)
+    else:
+        if table:
+            print(render(table, args.format))
+        summary = ", ".join(f"{n} {s}" for s, n in counts.items() if n)
+        print(f"\n{args.a} -> {args.b}: {summary or 'nothing to compare'}"
+              + ("" if args.all or not counts["unchanged"] else " (--all lists the unchanged ones)"))
+    return EXIT_FAILED if args.fail_on_regression and counts["regressed"] else EXIT_OK

@@ -1,0 +1,172 @@
+"""Feature arrays on disk: extracted once, memory-mapped when large.
+
+Edge features of one (task, cut point, split) are computed once by the driver
+and written as a ``.npy`` file (float32, shape (N, ...)) under the run's
+``features/`` folder, via a temporary file and a rename, so a killed run never
+leaves half a file behind. Every process that needs them opens the same file:
+arrays up to ``max_ram_mb`` are read into RAM, larger ones are memory-mapped
+(copy-on-write: a plugin may write into its tensor without touching the file
+or other processes), so the operating system keeps in memory only the pages
+in use and processes on one machine share them through the page cache.
+
+Released features of a (cut point, defense) group are written the same way
+into a scratch file that is unlinked as soon as it is mapped, so it
+disappears with the last tensor that uses it.
+"""
+from __future__ import annotations
+
+import os
+import tempfile
+from pathlib import Path
+from typing import Callable
+
+import numpy as np
+import torch
+
+MB = 1 << 20
+
+_NUMPY_DTYPES = {
+    torch.float32: np.float32, torch.float64: np.float64, torch.float16: np.float16,
+    torch.int64: np.int64, torch.int32: np.int32, torch.int16: np.int16, torch.int8: np.int8,
+    torch.uint8: np.uint8, torch.bool: np.bool_,
+}
+
+
+def numpy_dtype(dtype: torch.dtype) -> np.dtype:
+    try:
+        return np.dtype(_NUMPY_DTYPES[dtype])
+    except KeyError:
+        raise TypeError(f"cannot store {dtype} tensors on disk (supported: {sorted(map(str, _NUMPY_DTYPES))})") from None
+
+
+def open_array(path: Path, max_ram_mb: float) -> torch.Tensor:
+    """The ``.npy`` file at ``path`` as a tensor: read into RAM when at most ``max_ram_mb``,
+    else memory-mapped copy-on-write."""
+    path = Path(path)
+    if path.stat().st_size <= max_ram_mb * MB:
+        return torch.from_numpy(np.load(path, allow_pickle=False))
+    return torch.from_numpy(np.load(path, mmap_mode="c", allow_pickle=False))
+
+
+def is_mapped(t: torch.Tensor) -> bool:
+    """True when ``t``'s memory is a file mapping (Linux ``/proc/self/maps``), not process memory."""
+    address = t.data_ptr()
+    with open("/proc/self/maps") as fh:
+        for line in fh:
+            fields = line.split(maxsplit=5)
+            lo, hi = (int(v, 16) for v in fields[0].split("-"))
+            if lo <= address < hi:
+                return len(fields) == 6 and fields[5].startswith("/")
+    return False
+
+
+def write_batches(
+    fn: Callable[[int, int], torch.Tensor], n: int, path: Path, batch_size: int = 256
+) -> Path:
+    """Write ``fn(start, stop)`` for consecutive batches of ``n`` rows into the ``.npy`` file ``path``
+    (atomically: temporary file, then rename). Peak memory is one batch."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    os.close(fd)
+    try:
+        out = None
+        for start in range(0, n, batch_size):
+            stop = min(n, start + batch_size)
+            batch = fn(start, stop).detach().cpu()
+            if out is None:
+                out = np.lib.format.open_memmap(tmp, mode="w+", dtype=numpy_dtype(batch.dtype), shape=(n, *batch.shape[1:]))
+            out[start:stop] = batch.numpy()
+        if out is None:
+            raise ValueError("no rows to write")
+        out.flush()
+        del out
+        with open(tmp, "rb+") as fh:
+            os.fsync(fh.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+    return path
+
+
+def map_batches(
+    fn: Callable[[int, int], torch.Tensor], n: int, scratch_dir: Path | None, max_ram_mb: float,
+    batch_size: int = 512,
+) -> torch.Tensor:
+    """``torch.cat([fn(a, b) for each batch])`` without holding the result in RAM when it is large.
+
+    The first batch fixes dtype and shape. When the whole result is larger than
+    ``max_ram_mb`` and ``scratch_dir`` is given, it is written into an unlinked
+    scratch file under ``scratch_dir`` and returned memory-mapped; otherwise in RAM.
+    """
+    first = fn(0, min(n, batch_size)).detach().cpu()
+    total = first.element_size() * first[0].numel() * n if first.shape[0] else 0
+    if scratch_dir is None or total <= max_ram_mb * MB:
+        rest = [fn(s, min(n, s + batch_size)).detach().cpu() for s in range(batch_size, n, batch_size)]
+        return torch.cat([first, *rest]) if rest else first
+    scratch_dir = Path(scratch_dir)
+    scratch_dir.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=scratch_dir, prefix=".released.", suffix=".npy")
+    os.close(fd)
+    try:
+        out = np.lib.format.open_memmap(tmp, mode="w+", dtype=numpy_dtype(first.dtype), shape=(n, *first.shape[1:]))
+        out[: first.shape[0]] = first.numpy()
+        for start in range(batch_size, n, batch_size):
+            stop = min(n, start + batch_size)
+            out[start:stop] = fn(start, stop).detach().cpu().numpy()
+    finally:
+        Path(tmp).unlink(missing_ok=True)  # the mapping stays valid; the space is freed with the tensor
+    return torch.from_numpy(out)
+
+
+class FeatureStore:
+    """Edge features per (task key, cut point, split) under ``root/<task key>/<cut>/<split>.npy``."""
+
+    def __init__(self, root: Path, max_ram_mb: float):
+        self.root = Path(root)
+        self.max_ram_mb = max_ram_mb
+
+    def path(self, key: str, cut: str, part: str) -> Path:
+        return self.root / key / cut / f"{part}.npy"
+
+    def has(self, key: str, cut: str, part: str) -> bool:
+        return self.path(key, cut, part).is_file()
+
+    def extract(
+        self, key: str, cut: str, part: str, edge: torch.nn.Module, x: torch.Tensor,
+        device: torch.device | None = None, batch_size: int = 256,
+    ) -> Path:
+        """Compute ``edge(x)`` in batches (eval mode, no grad) into the file for (key, cut, part),
+        unless it is already there (a resumed run reuses it)."""
+        path = self.path(key, cut, part)
+        if path.is_file():
+            return path
+        device = device or torch.device("cpu")
+        was_training = edge.training
+        edge.eval().to(device)
+
+        @torch.no_grad()
+        def batch(start: int, stop: int) -> torch.Tensor:
+            return edge(x[start:stop].to(device))
+
+        try:
+            write_batches(batch, x.shape[0], path, batch_size)
+        finally:
+            edge.train(was_training)
+            if device.type != "cpu":
+                edge.cpu()
+        return path
+
+    def put(self, key: str, cut: str, part: str, values: torch.Tensor) -> Path:
+        """Store given features (e.g. a feature dump's rows) as the file for (key, cut, part)."""
+        path = self.path(key, cut, part)
+        if not path.is_file():
+            write_batches(lambda start, stop: values[start:stop], values.shape[0], path)
+        return path
+
+    def load(self, key: str, cut: str, part: str) -> torch.Tensor:
+        return open_array(self.path(key, cut, part), self.max_ram_mb)
+
+    def scratch(self) -> Path:
+        return self.root / "scratch"

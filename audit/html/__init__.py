@@ -1,0 +1,109 @@
+"""report.html: one self-contained page per audit (inline CSS, figures as base64 PNG, no
+network references) rendered with jinja2 from report.json's content.
+
+    from audit.html import write_html_report
+    write_html_report("audit_out", report)      # -> audit_out/report.html (+ figures/*.png)
+
+The figures are also saved as ``OUT/figures/<name>.png`` with ``figures.json`` (title and
+caption of each), which the W&B tracker logs.
+"""
+from __future__ import annotations
+
+import base64
+import json
+from importlib.resources import files
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+FIGURES_DIR = "figures"
+
+
+def _task_infos(report: dict[str, Any]) -> list[dict[str, str]]:
+    from audit.gate import fmt_ci
+    from audit.html.tables import human_count
+
+    rows = []
+    for t in report.get("tasks") or []:
+        n = t.get("n") or {}
+        rows.append({
+            "dataset": t.get("dataset"), "model": t.get("model"), "seed": t.get("seed"), "primary": t.get("primary"),
+            "private": ", ".join(t.get("private") or []),
+            "splits": " / ".join(str(n.get(k, "?")) for k in ("train", "aux", "test")),
+            "accuracy": fmt_ci(t.get("primary_accuracy"), t.get("primary_accuracy_ci95")),
+            "flops": human_count(t.get("full_flops"), "FLOP"),
+        })
+    return rows
+
+
+def render_html(report: dict[str, Any], out_dir: str | Path, figures: list | None = None) -> str:
+    """The page for ``report``; ``out_dir`` is where relative artifact paths (grids) point.
+    ``figures`` (from :func:`audit.html.figures.all_figures`) are rendered when not given."""
+    from jinja2 import Environment, FileSystemLoader, select_autoescape
+    from markupsafe import Markup
+
+    from audit.html.figures import all_figures
+    from audit.html.tables import all_labels, cost_rows, failed_rows, grids, summary, tasks_of
+
+    out_dir = Path(out_dir)
+    labels = all_labels(report)
+    tasks = tasks_of(report)
+    figures = all_figures(tasks, labels) if figures is None else figures
+    uri = lambda f: {"title": f.title, "caption": f.caption,
+                     "src": "data:image/png;base64," + base64.b64encode(f.png).decode("ascii")}
+    views = []
+    for task in tasks:
+        mine = [f for f in figures if f.task == task.title]
+        views.append({
+            "title": task.title,
+            "summary": summary(task, labels),
+            "frontier": [uri(f) for f in mine if f.kind == "frontier"],
+            "leakage": [uri(f) for f in mine if f.kind == "leakage"],
+            "cost": cost_rows(task, labels),
+            "grids": grids(task, labels, out_dir),
+        })
+    templates = files("audit").joinpath("templates")
+    env = Environment(loader=FileSystemLoader(str(templates)), autoescape=select_autoescape(["html", "j2"]))
+    results = report["results"]
+    failed = failed_rows(report, labels)
+    config = report.get("config") or {}
+    return env.get_template("report.html.j2").render(
+        name=config.get("name", "audit"), created=report.get("created", ""), schema_version=report.get("schema_version"),
+        n_cells=len({r.get("cell_id") for r in results}), n_records=len(results), n_failed=len(failed),
+        seeds=", ".join(str(s) for s in (report.get("environment") or {}).get("seeds", [])),
+        device=(report.get("environment") or {}).get("device", "?"),
+        tasks=views, has_grids=any(v["grids"] for v in views), failed=failed, task_infos=_task_infos(report),
+        threat_model=Markup(templates.joinpath("threat_model.html").read_text(encoding="utf-8")),
+        config_yaml=yaml.safe_dump(config, sort_keys=False, default_flow_style=None, width=100),
+        environment_yaml=yaml.safe_dump(report.get("environment") or {}, sort_keys=False, width=100),
+    )
+
+
+def write_figures(out_dir: Path, figures: list) -> None:
+    """PNG files and an index (``figures.json``: file, title, caption, kind, task) under OUT/figures/."""
+    folder = out_dir / FIGURES_DIR
+    folder.mkdir(parents=True, exist_ok=True)
+    for old in folder.glob("*.png"):
+        old.unlink()
+    index = []
+    for f in figures:
+        (folder / f"{f.name}.png").write_bytes(f.png)
+        index.append({"file": f"{f.name}.png", "title": f.title, "caption": f.caption, "kind": f.kind, "task": f.task})
+    (folder / "figures.json").write_text(json.dumps(index, indent=1), encoding="utf-8")
+
+
+def write_html_report(out_dir: str | Path, report: dict[str, Any]) -> Path:
+    """Render ``report`` into ``out_dir/report.html`` (atomically) and save its figures; returns the path."""
+    from audit.html.figures import all_figures
+    from audit.html.tables import all_labels, tasks_of
+
+    out_dir = Path(out_dir)
+    figures = all_figures(tasks_of(report), all_labels(report))
+    page = render_html(report, out_dir, figures)
+    write_figures(out_dir, figures)
+    path = out_dir / "report.html"
+    tmp = path.with_suffix(".html.tmp")
+    tmp.write_text(page, encoding="utf-8")
+    tmp.replace(path)
+    return path

@@ -1,0 +1,233 @@
+"""What the HTML report shows, as plain data (no HTML, no plotting): the records grouped
+by task, aggregated over seeds, the worst leakage per defense, the cost table and
+the reconstruction grids."""
+from __future__ import annotations
+
+import base64
+import math
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from audit.gate import Record, defense_key, defense_labels, fmt, fmt_ci, leakage, orientation, unit_of
+
+
+@dataclass
+class Point:
+    """One measurement aggregated over seeds: ``value`` is the mean of the per-seed estimates,
+    (``low``, ``high``) the envelope of their 95% CIs; ``records`` are the per-seed records."""
+
+    value: float
+    low: float
+    high: float
+    chance: float | None
+    records: list[Record]
+
+    @property
+    def seeds(self) -> list[int]:
+        return sorted({r["seed"] for r in self.records})
+
+    @property
+    def n_eval(self) -> list[int]:
+        return sorted({r["n_eval"] for r in self.records if r.get("n_eval") is not None})
+
+
+def aggregate(records: list[Record]) -> Point:
+    values = [r["value"] for r in records]
+    lows = [(r.get("ci95") or [None])[0] for r in records]
+    highs = [(r.get("ci95") or [None, None])[1] for r in records]
+    chances = [r["chance"] for r in records if r.get("chance") is not None]
+    return Point(
+        value=sum(values) / len(values),
+        low=min(v if lo is None else lo for v, lo in zip(values, lows)),
+        high=max(v if hi is None else hi for v, hi in zip(values, highs)),
+        chance=sum(chances) / len(chances) if chances else None,
+        records=records,
+    )
+
+
+@dataclass
+class Task:
+    """The ok records of one (dataset, model), in the order a reader expects."""
+
+    dataset: str
+    model: str
+    records: list[Record]
+    cut_points: list[str]
+    defenses: list[tuple[str, str]]  # defense keys, in order of appearance
+    measures: list[tuple[str, str, str]]  # (attack, target, metric)
+    info: list[dict[str, Any]] = field(default_factory=list)  # report["tasks"] entries (one per seed)
+
+    @property
+    def title(self) -> str:
+        return f"{self.dataset} / {self.model}"
+
+    @property
+    def seeds(self) -> list[int]:
+        return sorted({r["seed"] for r in self.records})
+
+    def targets(self) -> list[tuple[str, str]]:
+        """(target, metric) pairs, in order of appearance."""
+        return list(dict.fromkeys((t, m) for _, t, m in self.measures))
+
+    def select(self, **fields: Any) -> list[Record]:
+        out = self.records
+        for key, value in fields.items():
+            if key == "defense":
+                out = [r for r in out if defense_key(r) == value]
+            else:
+                out = [r for r in out if r.get(key) == value]
+        return out
+
+
+def tasks_of(report: dict[str, Any]) -> list[Task]:
+    ok = [r for r in report["results"] if r.get("status") == "ok" and r.get("value") is not None]
+    infos = report.get("tasks") or []
+    tasks: dict[tuple[str, str], Task] = {}
+    for r in ok:
+        key = (r["dataset"], r["model"])
+        if key not in tasks:
+            info = [t for t in infos if t.get("dataset") == key[0] and t.get("model") == key[1]]
+            declared = next((t.get("cut_points") for t in info if t.get("cut_points")), [])
+            tasks[key] = Task(key[0], key[1], [], list(declared), [], [], info)
+        task = tasks[key]
+        task.records.append(r)
+        if r["cut_point"] not in task.cut_points:
+            task.cut_points.append(r["cut_point"])
+        if defense_key(r) not in task.defenses:
+            task.defenses.append(defense_key(r))
+        if (r["attack"], r["target"], r["metric"]) not in task.measures:
+            task.measures.append((r["attack"], r["target"], r["metric"]))
+    for task in tasks.values():  # keep only cut points that were measured, in the model's order
+        task.cut_points = [c for c in task.cut_points if any(r["cut_point"] == c for r in task.records)]
+    return list(tasks.values())
+
+
+def worst(records: list[Record]) -> Record | None:
+    """The record with the most leakage (oriented; see audit.gate.orientation)."""
+    scored = [(leakage(r), r) for r in records]
+    scored = [(s, r) for s, r in scored if s is not None and math.isfinite(s[0])]
+    return max(scored, key=lambda sr: sr[0][0])[1] if scored else None
+
+
+def verdict(record: Record) -> str:
+    """``leak`` when the 95% CI lies beyond chance (beyond 0 for a metric without a chance level)
+    in the leaky direction, ``chance`` when it covers chance, ``""`` when it cannot be told."""
+    ci = record.get("ci95") or [None, None]
+    if None in ci[:2] or record.get("value") is None:
+        return ""
+    reference = record.get("chance")
+    if reference is None:
+        if unit_of(record) != "nats":
+            return ""
+        reference = 0.0
+    lo, hi = ci[:2]
+    beyond = lo > reference if orientation(record) > 0 else hi < reference
+    return "leak" if beyond else "chance"
+
+
+def summary(task: Task, labels: dict) -> dict[str, Any]:
+    """Worst leakage per defense: one row per defense, one column per (target, metric), each
+    cell the worst record over cut points, attacks and seeds."""
+    columns = task.targets()
+    rows = []
+    for dkey in task.defenses:
+        recs = task.select(defense=dkey)
+        accs = sorted({r["utility"].get("primary_accuracy") for r in recs if (r.get("utility") or {}).get("primary_accuracy") is not None})
+        cells = []
+        for target, metric in columns:
+            w = worst([r for r in recs if r["target"] == target and r["metric"] == metric])
+            if w is None:
+                cells.append(None)
+                continue
+            cells.append({
+                "value": fmt_ci(w["value"], w.get("ci95"), unit_of(w)),
+                "chance": fmt(w.get("chance")),
+                "advantage": None if w.get("advantage") is None else f"{w['advantage']:+.3f}",
+                "where": f"{w['cut_point']} · {w['attack']} · seed {w['seed']} · n={w.get('n_eval')}",
+                "verdict": verdict(w),
+            })
+        acc = "n/a" if not accs else (f"{accs[0]:.3f}" if len(accs) == 1 else f"{accs[0]:.3f}–{accs[-1]:.3f}")
+        rows.append({"defense": labels[dkey], "accuracy": acc, "cells": cells})
+    return {"columns": [{"target": t, "metric": m} for t, m in columns], "rows": rows}
+
+
+def human_count(value: float | None, unit: str) -> str:
+    if value is None:
+        return "n/a"
+    for scale, prefix in ((1e12, "T"), (1e9, "G"), (1e6, "M"), (1e3, "k")):
+        if abs(value) >= scale:
+            return f"{value / scale:.3g} {prefix}{unit}"
+    return f"{value:.3g} {unit}"
+
+
+def cost_rows(task: Task, labels: dict) -> list[dict[str, Any]]:
+    """One row per (cut point, defense, seed): utility and the defense's cost per sample."""
+    rows = []
+    for cut in task.cut_points:
+        for dkey in task.defenses:
+            for seed in task.seeds:
+                recs = task.select(cut_point=cut, defense=dkey, seed=seed)
+                if not recs:
+                    continue
+                cost, utility = recs[0].get("cost") or {}, recs[0].get("utility") or {}
+                frac = cost.get("edge_flops_fraction")
+                rows.append({
+                    "cut": cut, "defense": labels[dkey], "seed": seed,
+                    "accuracy": fmt_ci(utility.get("primary_accuracy"), utility.get("primary_accuracy_ci95")),
+                    "edge_flops": human_count(cost.get("edge_flops"), "FLOP"),
+                    "fraction": "n/a" if frac is None else f"{100 * frac:.1f}%",
+                    "bytes": human_count(cost.get("bytes_sent"), "B"),
+                    "edge_ms": fmt(cost.get("edge_latency_ms")),
+                    "cloud_ms": fmt(cost.get("cloud_latency_ms")),
+                    "rounds": cost.get("rounds", "n/a"),
+                    "n_eval": utility.get("n_eval"),
+                })
+    return rows
+
+
+def _inline_png(out_dir: Path, relative: str) -> str | None:
+    """``data:`` URI of a PNG under ``out_dir`` (None when missing or outside the folder)."""
+    root = out_dir.resolve()
+    path = (root / relative).resolve()
+    if not path.is_relative_to(root) or path.suffix.lower() != ".png" or not path.is_file():
+        return None
+    return "data:image/png;base64," + base64.b64encode(path.read_bytes()).decode("ascii")
+
+
+def grids(task: Task, labels: dict, out_dir: Path) -> list[dict[str, Any]]:
+    """Reconstruction grids (``extra.grid``, a PNG path relative to the output folder), one per
+    cell, with that cell's figures (e.g. PSNR and SSIM) as the caption."""
+    by_cell: dict[tuple[str, str], list[Record]] = {}
+    for r in task.records:
+        grid = (r.get("extra") or {}).get("grid")
+        if isinstance(grid, str) and grid:
+            by_cell.setdefault((r["cell_id"], grid), []).append(r)
+    out = []
+    for (cell_id, grid), recs in by_cell.items():
+        r = recs[0]
+        scores = "; ".join(f"{x['metric']} {fmt_ci(x['value'], x.get('ci95'), unit_of(x))}"
+                           + (f" (chance {fmt(x['chance'])})" if x.get("chance") is not None else "") for x in recs)
+        out.append({
+            "title": f"{r['cut_point']} · {labels[defense_key(r)]} · {r['attack']}",
+            "caption": f"{scores}. Top row: inputs; bottom row: reconstructions. Seed {r['seed']}, n_eval={r.get('n_eval')}.",
+            "src": _inline_png(out_dir, grid), "path": grid,
+            "attack": r["attack"], "cut": r["cut_point"], "defense": labels[defense_key(r)],
+        })
+    return out
+
+
+def failed_rows(report: dict[str, Any], labels: dict) -> list[dict[str, str]]:
+    seen, rows = set(), []
+    for r in report["results"]:
+        if r.get("status") == "ok" or r.get("cell_id") in seen:
+            continue
+        seen.add(r.get("cell_id"))
+        rows.append({"cell": f"{r['dataset']}/{r['model']} seed={r['seed']} cut={r['cut_point']} "
+                             f"defense={labels.get(defense_key(r), r['defense'])} attack={r['attack']}",
+                     "error": r.get("error") or ""})
+    return rows
+
+
+def all_labels(report: dict[str, Any]) -> dict:
+    return defense_labels(report["results"])

@@ -1,0 +1,145 @@
+"""Executors, shards and merge: every way of running the grid gives the single run's report values."""
+import json
+import os
+import signal
+
+import pytest
+
+from audit import Audit, build_config
+from audit.cli import main
+from audit.errors import AuditInputError
+from audit.executors import ProcessExecutor, RayExecutor, SequentialExecutor
+from audit.merge import merge_outputs, report_values, strip_timing
+from audit.runner import parse_shard, plan_cells, shard_cells
+from tests.conftest import GRID, TINY
+from tests.worker_plugins import DRIVER_PID_ENV, probe_file, register
+
+
+@pytest.fixture(autouse=True)
+def _plugins():
+    register()
+
+
+def _by_cell(report):
+    out = {}
+    for r in report["results"]:
+        out.setdefault(r["cell_id"], []).append(r)
+    return out
+
+
+def test_report_values_leave_out_only_time_and_place():
+    report = {"schema_version": 1, "created": "x", "config": {"a": 1}, "tasks": [],
+              "environment": {"seeds": [0], "packages": {"torch": "2"}, "platform": "p", "torch_threads": 2},
+              "results": [{"value": 0.5, "cost": {"edge_flops": 3, "edge_latency_ms": 1.0}, "extra": {"fit_seconds": 2}}]}
+    values = report_values(report)
+    assert values["results"] == [{"value": 0.5, "cost": {"edge_flops": 3}, "extra": {}}]
+    assert values["environment"] == {"seeds": [0], "packages": {"torch": "2"}}
+    other = json.loads(json.dumps(report))
+    other["results"][0]["value"] = 0.5000001
+    assert report_values(other) != values
+    assert strip_timing({"a_ms": 1, "b": [{"c_seconds": 2, "d": 3}]}) == {"b": [{"d": 3}]}
+
+
+def test_process_pool_gives_the_reference_records(grid_reference, tmp_path):
+    _, reference = grid_reference
+    report = Audit(build_config(GRID)).run(
+        tmp_path, callbacks=[], executor=ProcessExecutor(2, threads=1, worker_setup=register))
+    assert report_values(report) == report_values(reference)
+    probes = [r for r in report["results"] if r["attack"] == "test_probe"]
+    assert all(r["extra"]["threads"] == 1 for r in probes)
+    # workers use the config's Lightning trainer settings
+    assert all(r["extra"]["settings"]["precision"] == "32-true" for r in probes)
+    assert all(r["extra"]["settings"] == report["config"]["trainer"] for r in probes)
+    for r in probes:  # artifacts written by workers land in the output folder
+        value, pid, _ = probe_file(tmp_path, r)
+        assert value == repr(r["value"]) and pid != os.getpid()
+    assert report["environment"]["executor"] == {"name": "local", "workers": 2, "threads": 1}
+    assert not (tmp_path / "features").exists()  # scratch features are removed at the end
+
+
+def test_shards_are_disjoint_cover_the_grid_and_keep_groups_whole():
+    cells = plan_cells(build_config(GRID))
+    shards = [shard_cells(cells, i, 3) for i in (1, 2, 3)]
+    ids = [c.id for s in shards for c in s]
+    assert sorted(ids) == sorted(c.id for c in cells) and len(set(ids)) == len(ids)
+    for s in shards:
+        others = [c for t in shards if t is not s for c in t]
+        assert not {c.group for c in s} & {c.group for c in others}
+    assert [c.id for c in shard_cells(cells, 2, 3)] == [c.id for c in shards[1]]
+    for bad in ("0/2", "3/2", "1-2", "a/b"):
+        with pytest.raises(AuditInputError, match="--shard"):
+            parse_shard(bad)
+
+
+def test_shards_merged_equal_the_single_run(grid_reference, tmp_path, capsys):
+    ref_dir, reference = grid_reference
+    path = tmp_path / "grid.yaml"
+    import yaml
+
+    path.write_text(yaml.safe_dump(GRID))
+    for i in (1, 2):
+        report = Audit(build_config(GRID)).run(tmp_path / f"s{i}", callbacks=[], shard=(i, 2),
+                                               executor=SequentialExecutor(threads=1))
+        assert 0 < len(_by_cell(report)) < 8
+    with pytest.raises(AuditInputError, match=r"cells are in none of the folders.*missing: 2/2"):
+        merge_outputs([tmp_path / "s1"], tmp_path / "partial")
+    assert main(["merge", str(tmp_path / "s1"), str(tmp_path / "s2"), "--out", str(tmp_path / "merged")]) == 0
+    merged = json.loads((tmp_path / "merged" / "report.json").read_text())
+    assert report_values(merged) == report_values(reference)
+    assert (tmp_path / "merged" / "results.csv").read_text().count("\n") == len(reference["results"]) + 1
+    for cell_id in _by_cell(merged):
+        if any(r["attack"] == "test_probe" for r in _by_cell(merged)[cell_id]):
+            assert (tmp_path / "merged" / "artifacts" / cell_id / "probe.txt").is_file()
+    # a shard folder refuses the other shard, and merge refuses another audit's folder
+    with pytest.raises(AuditInputError, match="holds shard 1/2 of this audit"):
+        Audit(build_config(GRID)).run(tmp_path / "s1", callbacks=[], shard=(2, 2))
+    other = Audit(build_config({**TINY, "seeds": [3], "cut_points": ["fc1"], "defenses": ["none"],
+                                "attacks": {"test_probe": {}}})).run(tmp_path / "other", callbacks=[])
+    assert other["results"]
+    assert main(["merge", str(tmp_path / "s1"), str(tmp_path / "other"), "--out", str(tmp_path / "m2")]) == 2
+    assert "holds another audit" in capsys.readouterr().err and "seeds" in capsys.readouterr().err + "seeds"
+
+
+def test_a_worker_killed_by_the_os_fails_only_its_group(tmp_path, monkeypatch):
+    monkeypatch.setenv(DRIVER_PID_ENV, str(os.getpid()))
+    cfg = build_config({**GRID, "cut_points": ["fc1"], "defenses": ["none", "test_kill_worker"],
+                        "attacks": {"test_probe": {}}})
+    report = Audit(cfg).run(tmp_path, callbacks=[], executor=ProcessExecutor(2, threads=1, worker_setup=register))
+    by_defense = {r["defense"]: r for r in report["results"]}
+    assert by_defense["none"]["status"] == "ok"
+    assert by_defense["test_kill_worker"]["status"] == "failed"
+    assert f"killed by signal {int(signal.SIGKILL)}" in by_defense["test_kill_worker"]["error"]
+
+
+@pytest.fixture(scope="module")
+def ray_local():
+    ray = pytest.importorskip("ray")
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    path = os.pathsep.join(p for p in [root, os.environ.get("PYTHONPATH", "")] if p)
+    ray.init(num_cpus=2, include_dashboard=False, logging_level="ERROR", log_to_driver=False,
+             runtime_env={"env_vars": {"PYTHONPATH": path, "SPLITAUDIT_CACHE": os.environ["SPLITAUDIT_CACHE"]}})
+    yield ray
+    ray.shutdown()
+
+
+def test_ray_executor_gives_the_reference_records(grid_reference, ray_local, tmp_path):
+    _, reference = grid_reference
+    report = Audit(build_config(GRID)).run(tmp_path, callbacks=[], executor=RayExecutor(threads=1, worker_setup=register))
+    assert report_values(report) == report_values(reference)
+    probes = [r for r in report["results"] if r["attack"] == "test_probe"]
+    for r in probes:  # artifacts come back through Ray, written by the driver
+        value, pid, _ = probe_file(tmp_path, r)
+        assert value == repr(r["value"]) and pid != os.getpid() and r["extra"]["threads"] == 1
+    assert report["environment"]["executor"]["name"] == "ray"
+
+
+@pytest.mark.slow
+def test_ray_runs_the_default_audit_like_local(ray_local, tmp_path):
+    """The embedded default audit (24 cells) on a local Ray instance equals the in-process run."""
+    from audit.config import load_config
+
+    local = Audit(load_config()).run(tmp_path / "local", callbacks=[], executor=SequentialExecutor(threads=1))
+    on_ray = Audit(load_config()).run(tmp_path / "ray", callbacks=[], executor=RayExecutor(threads=1))
+    assert len(local["results"]) >= 24 * 3
+    assert all(r["status"] == "ok" for r in local["results"])
+    assert report_values(on_ray) == report_values(local)

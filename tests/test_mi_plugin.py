@@ -1,0 +1,77 @@
+"""The ``mi`` attack on the planted synthetic task.
+
+Truth: the input x = signal T[y] + strength P[s] + noise with P orthogonal to T, so
+I(X; S) is the MI of a two-Gaussian mixture along P_1 - P_0 with separation
+strength ||P_1 - P_0|| / noise (computed by quadrature), and by data processing
+I(Z; S) <= I(X; S) for every released feature Z. With strength 0, I(Z; S) = 0.
+"""
+import pytest
+
+from attacks import ATTACKS
+from attacks.mi.synthetic import mixture_mi
+from audit.data import DATASETS
+from audit.data.synthetic import planted_patterns
+from audit.registry import PluginParamsError
+from tests.helpers import attack_context, prepared_task, run_attack, scores_by_metric
+
+MODEL = {"name": "small_cnn", "widths": [8], "fc": [16]}
+
+
+def planted_mi(strength: float) -> float:
+    p = DATASETS.validate_params("synthetic", {"n": 1200, "image_size": 8, "strength": strength})
+    _, pat = planted_patterns(p.primary_classes, p.private_classes, p.channels, p.image_size, p.generator_seed)
+    sep = strength * float((pat[1] - pat[0]).norm()) / p.noise
+    return mixture_mi(2, sep)
+
+
+@pytest.fixture(scope="module")
+def planted():
+    return prepared_task({"name": "synthetic", "n": 1200, "image_size": 8, "strength": 0.25}, MODEL)
+
+
+@pytest.fixture(scope="module")
+def absent():
+    return prepared_task({"name": "synthetic", "n": 1200, "image_size": 8, "strength": 0.0}, MODEL)
+
+
+def test_planted_attribute_has_positive_mi_below_the_input_mi(planted):
+    data, net = planted
+    bound = planted_mi(0.25)  # I(X; S) in nats, about 0.4
+    assert 0.2 < bound < 0.69
+    s = scores_by_metric(run_attack("mi", attack_context(data, net, "conv1")))
+    clf, ksg = s[("secret", "mi_classifier")], s[("secret", "mi_ksg")]
+    assert clf.ci95[0] > 0.05 and ksg.ci95[0] > 0.02, (clf, ksg)
+    assert clf.ci95[0] <= bound, (clf, bound)  # a lower bound cannot beat I(X; S)
+    assert clf.chance == 0.0 and clf.advantage == clf.value and clf.n_eval == len(data.part("test"))
+    assert clf.extra["kind"] == "lower" and clf.extra["unit"] == "nats" and ksg.extra["kind"] == "point"
+
+
+def test_absent_attribute_reads_zero(absent):
+    data, net = absent
+    s = scores_by_metric(run_attack("mi", attack_context(data, net, "conv1")))
+    for key in [("secret", "mi_classifier"), ("secret", "mi_ksg")]:
+        lo, hi = s[key].ci95
+        assert lo <= 0.0 <= hi or lo <= 0.05, s[key]
+
+
+def test_spatial_features_are_pooled_and_methods_configurable(planted):
+    data, net = planted
+    ctx = attack_context(data, net, "conv1")
+    assert ctx.test.z.ndim == 4
+    scores = run_attack("mi", ctx, methods=["ksg"], pool=2, pca=None, method_params={"ksg": {"k": 5}})
+    (score,) = scores
+    assert score.metric == "mi_ksg" and score.extra["k"] == 5
+    assert score.extra["feature_dim"] == ctx.test.z.shape[1] * 4 == score.extra["dim"]
+
+
+def test_bad_params_are_named():
+    with pytest.raises(PluginParamsError, match="unknown MI estimator 'kgs'"):
+        ATTACKS.create("mi", methods=["kgs"])
+    with pytest.raises(PluginParamsError, match="bad parameters for MI estimator 'ksg'"):
+        ATTACKS.create("mi", method_params={"ksg": {"neighbours": 3}})
+
+
+def test_unknown_target_is_refused(planted):
+    data, net = planted
+    with pytest.raises(ValueError, match="unknown targets"):
+        run_attack("mi", attack_context(data, net, "fc1"), targets=["race"], methods=["ksg"])

@@ -1,0 +1,65 @@
+"""Progress over cells: time-left estimate, line mode for logs, tqdm bar on request, --quiet."""
+import logging
+from types import SimpleNamespace
+
+import pytest
+
+from audit.progress import Progress, eta_text, time_left
+
+
+def test_time_left_and_its_format():
+    assert time_left(30.0, 3, 9) == pytest.approx(90.0)
+    assert time_left(5.0, 0, 9) is None
+    assert eta_text(65.4) == "1:05" and eta_text(3725) == "1:02:05" and eta_text(-1) == "0:00"
+
+
+def fake_run():
+    """What Progress reads from an AuditRun: the config's name, the output folder, describe(cell)."""
+    return SimpleNamespace(config=SimpleNamespace(name="t"), out_dir="out", describe=lambda cell: f"cell {cell}")
+
+
+def records(value):
+    return [{"status": "ok", "target": "race", "metric": "balanced_accuracy", "value": value, "ci95": [value - 0.1, value + 0.1],
+             "chance": 0.2, "error": None}]
+
+
+@pytest.fixture
+def logger(monkeypatch):
+    from audit.cli import setup_logging
+
+    setup_logging()
+    yield logging.getLogger("splitaudit")
+    setup_logging()
+
+
+def test_lines_say_the_time_left(logger, capsys, monkeypatch):
+    clock = iter([0.0, 10.0, 20.0, 40.0, 41.0])
+    monkeypatch.setattr("audit.progress.time.perf_counter", lambda: next(clock))
+    p, run = Progress(bar=False), fake_run()
+    p.on_plan(run, [1, 2, 3, 4], [2, 3, 4])  # one cell already done
+    p.on_cell_end(run, 2, records(0.5), 9.0)
+    p.on_cell_end(run, 3, records(0.4), 9.5)
+    p.on_cell_end(run, 4, records(0.3), 19.0)
+    p.on_finish(run, {})
+    err = capsys.readouterr().err.splitlines()
+    assert err[0] == "audit 't': 4 cells, 1 already done in out"
+    assert err[1] == "[2/4] cell 2: race balanced_accuracy 0.500 [0.400, 0.600] chance 0.2 (9.0s, ~0:20 left)"
+    assert err[2].endswith("(9.5s, ~0:10 left)")  # 20 s for 2 cells, 1 to go
+    assert err[3].endswith("(19.0s)")
+    assert err[4] == "audit 't' finished: 4 cells (3 run now) in 0:41"
+
+
+def test_bar_counts_cells_and_quiet_silences_everything(logger, capsys):
+    p, run = Progress(bar=True), fake_run()
+    p.on_plan(run, [1, 2], [1, 2])
+    p.on_cell_end(run, 1, records(0.5), 1.0)
+    p.on_cell_end(run, 2, records(0.5), 1.0)
+    p.on_finish(run, {})
+    err = capsys.readouterr().err
+    assert "2/2" in err and "[2/2] cell 2:" in err and ("cell/s" in err or "s/cell" in err)
+    logger.setLevel(logging.WARNING)  # --quiet
+    p = Progress(bar=True)
+    p.on_plan(run, [1], [1])
+    p.on_cell_end(run, 1, records(0.5), 1.0)
+    p.on_finish(run, {})
+    assert capsys.readouterr().err == ""
