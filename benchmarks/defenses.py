@@ -33,7 +33,8 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from audit.config import AuditConfig, PluginSpec, build_config, load_config  # noqa: E402
-from audit.runner import AuditRun, LineProgress, TaskState, task_key  # noqa: E402
+from audit.progress import Progress  # noqa: E402
+from audit.runner import AuditRun, TaskState, task_key  # noqa: E402
 from defenses import DEFENSES  # noqa: E402
 
 log = logging.getLogger("splitaudit")
@@ -93,7 +94,7 @@ def run_all(config: AuditConfig, specs: list[PluginSpec], cuts: list[str], out: 
             folder = out / slug(spec.label()) / cut
             start = time.perf_counter()
             log.info("== %s at %s -> %s", spec.label(), cut, folder)
-            SharedTaskRun(cell_config(config, spec, cut), folder, [LineProgress()]).run()
+            SharedTaskRun(cell_config(config, spec, cut), folder, [Progress(bar=False)]).run()
             log.info("== %s at %s: %.0f s", spec.label(), cut, time.perf_counter() - start)
 
 
