@@ -298,6 +298,7 @@ class AuditRun:
                 model, train.x, train.y, data.num_classes(data.primary), settings=self.config.trainer,
                 epochs=tr.epochs, batch_size=tr.batch_size, lr=tr.lr, weight_decay=tr.weight_decay,
                 seed=stage_seed(seed, key, "task"), hflip=tr.hflip,
+                log_epochs=f"{task.display_name}/{task.model_name} seed={seed} task training",
             )
             path.parent.mkdir(parents=True, exist_ok=True)
             fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")

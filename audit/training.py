@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import copy
 import logging
+import time
 import warnings
 from typing import Any, Literal
 
@@ -18,6 +19,8 @@ from pydantic import BaseModel, ConfigDict
 from torch import nn
 from torch.utils.data import DataLoader, TensorDataset
 from torchmetrics.classification import MulticlassAccuracy
+
+log = logging.getLogger("splitaudit")
 
 
 class TrainerSettings(BaseModel):
@@ -161,6 +164,25 @@ class KeepBest(L.Callback):
             pl_module.load_state_dict(self.state)
 
 
+class EpochLog(L.Callback):
+    """One INFO line per finished training epoch (long trainings are not silent when bars are off)."""
+
+    def __init__(self, label: str):
+        self.label = label
+        self.start = 0.0
+
+    def on_train_start(self, trainer, pl_module):
+        self.start = time.perf_counter()
+
+    def on_train_epoch_end(self, trainer, pl_module):
+        loss = trainer.callback_metrics.get("train_loss")
+        done, total = trainer.current_epoch + 1, trainer.max_epochs
+        elapsed = time.perf_counter() - self.start
+        left = elapsed / done * (total - done)
+        loss_text = f", last batch loss {float(loss):.3f}" if loss is not None else ""
+        log.info("%s: epoch %d/%d%s (%.0fs, ~%.0fs left)", self.label, done, total, loss_text, elapsed, left)
+
+
 def fit_classifier(
     net: nn.Module,
     x: torch.Tensor,
@@ -176,12 +198,14 @@ def fit_classifier(
     balanced: bool = False,
     hflip: bool = False,
     val: tuple[torch.Tensor, torch.Tensor] | None = None,
+    log_epochs: str | None = None,
 ) -> nn.Module:
     """Train ``net`` (in place) to predict ``y`` from ``x`` with Lightning.
 
     With ``val`` the weights of the epoch with the best validation balanced
     accuracy are kept (early model selection on held-out data, never on test).
     With ``balanced`` the loss is weighted by inverse class frequency.
+    With ``log_epochs`` (a label) every finished epoch logs a line with the time left.
     """
     L.seed_everything(seed, verbose=False)
     net.train()
@@ -190,6 +214,8 @@ def fit_classifier(
         weights=class_weights(y, num_classes) if balanced else None, hflip=hflip,
     )
     callbacks = [KeepBest("val_bacc")] if val is not None else []
+    if log_epochs:
+        callbacks.append(EpochLog(log_epochs))
     trainer = make_trainer(settings, epochs, callbacks)
     train_loader = tensor_loader(x, y, batch_size=batch_size, shuffle=True, seed=seed)
     val_loader = tensor_loader(*val, batch_size=512, shuffle=False) if val is not None else None
