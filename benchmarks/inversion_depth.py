@@ -82,16 +82,19 @@ def run_task(name: str, args, out: Path) -> list[dict]:
     test_private = {k: v[test_idx] for k, v in full_test.private.items()}
     rows = []
     defenses = list(config.defenses) + [
-        type(config.defenses[0])(name="noise", scale=s) for s in HEAVY_REID_SCALES
+        type(config.defenses[0])(name="noise", scale=s) for s in (HEAVY_REID_SCALES if args.heavy_reid else ())
     ]
-    for cut in task.cut_points:
+    if args.scales is not None:  # keep `none` and the noise levels asked for
+        defenses = [d for d in defenses if d.name != "noise" or d.params.get("scale") in args.scales]
+    cuts = [c for c in task.cut_points if args.cut_points is None or c in args.cut_points]
+    for cut in cuts:
         edge, cloud = state.model.split(cut)
         for spec in defenses:
             params = dict(spec.params)
             if spec.name == "noise":
                 params["finetune_epochs"] = 0
             heavy = spec.name == "noise" and params.get("scale") in HEAVY_REID_SCALES
-            attacks = ["reidentify"] if heavy else list(ATTACK_PARAMS[name])
+            attacks = ["reidentify"] if heavy else [a for a in ATTACK_PARAMS[name] if a in args.attacks]
             parts = {"train": train.x[sigma_idx], "aux": aux.x, "test": x_test}
             split = SplitPoint(cut, state.model, edge, cloud,
                                compute_features=lambda part, parts=parts: predict(edge, parts[part]))
@@ -201,6 +204,11 @@ def main() -> None:
     parser.add_argument("--n-test", type=int, default=512, help="test images scored (seeded subset)")
     parser.add_argument("--rmle-n", type=int, default=16, help="test images inverted by rMLE")
     parser.add_argument("--sigma-samples", type=int, default=1024, help="train images for the noise sigma")
+    parser.add_argument("--cut-points", nargs="+", default=None, help="subset of the task's cut points")
+    parser.add_argument("--scales", nargs="+", type=float, default=None, help="noise scales kept (default: the config's)")
+    parser.add_argument("--attacks", nargs="+", default=["inversion", "inversion_rmle", "reidentify"])
+    parser.add_argument("--no-heavy-reid", dest="heavy_reid", action="store_false",
+                        help=f"skip the re-identification-only noise scales {HEAVY_REID_SCALES}")
     parser.add_argument("--denoise-ablation", action="store_true", help="only the denoise ablation")
     parser.add_argument("--seeds", type=int, default=4, help="seeds of the denoise ablation")
     args = parser.parse_args()
