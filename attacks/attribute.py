@@ -4,7 +4,13 @@
 class-balanced loss; the epoch is chosen on a held-out part of that split):
 - ``cnn`` head for spatial features (N, C, H, W): strided 3x3 convs down to
   8x8 or less, then a conv, 2x2 average pooling and a linear layer;
-- ``mlp`` head on the flattened feature; ``auto`` picks cnn for spatial features.
+- ``mlp`` head on the flattened feature;
+- ``auto``: mlp for flat features; for spatial ones both heads are trained when the
+  flattened feature has at most ``auto_mlp_max_dim`` elements, and the one with the
+  higher balanced accuracy on the held-out part of the aux split is kept (cnn alone
+  above that size). On UTKFace pool3 (128x8x8) the mlp head found more race
+  leakage than the cnn head (0.493 vs 0.448 balanced accuracy): a fixed choice
+  under-reports.
 
 ``attribute_linear``: the classic linear probe, multinomial logistic regression
 (scikit-learn, L2 strength chosen by 5-fold cross-validation on the aux split)
@@ -24,6 +30,12 @@ from attacks import register_attack
 from attacks.base import Attack, AttackContext, Score
 from attacks.metrics import classification_scores
 from audit.training import fit_classifier, predict
+
+def balanced_accuracy(pred: torch.Tensor, target: torch.Tensor, k: int) -> float:
+    """Mean per-class recall over the classes present in ``target``."""
+    recalls = [float((pred[target == c] == c).float().mean()) for c in range(k) if bool((target == c).any())]
+    return sum(recalls) / len(recalls)
+
 
 Predictor = Callable[[torch.Tensor], torch.Tensor]  # released features (N, ...) -> class probabilities (N, K)
 
@@ -85,7 +97,10 @@ class _AttributeBase(Attack):
 
     def fit(self, ctx: AttackContext) -> None:
         z = ctx.aux.z.float()
-        self.predictors = {t: self.fit_target(z, ctx.aux.private[t], ctx.num_classes[t], ctx) for t in self.targets(ctx)}
+        self.predictors, self.models = {}, {}
+        for t in self.targets(ctx):
+            self.predictors[t] = self.fit_target(z, ctx.aux.private[t], ctx.num_classes[t], ctx)
+            self.models[t] = self.describe_model()  # what was fitted for this target
 
     def score(self, ctx: AttackContext) -> list[Score]:
         z = ctx.test.z.float()
@@ -93,7 +108,7 @@ class _AttributeBase(Attack):
         for target, predictor in self.predictors.items():
             scores += classification_scores(
                 target, predictor(z), ctx.test.private[target], ctx.num_classes[target],
-                n_boot=ctx.n_boot, seed=ctx.seed, extra=self.describe_model(),
+                n_boot=ctx.n_boot, seed=ctx.seed, extra=dict(self.models.get(target, {})),
             )
         return scores
 
@@ -107,6 +122,7 @@ class AttributeAttack(_AttributeBase):
 
     class Params(Attack.Params):
         head: Literal["auto", "cnn", "mlp"] = "auto"
+        auto_mlp_max_dim: int = Field(16384, ge=0, description="auto: also try the mlp head up to this flattened size")
         targets: list[str] | None = Field(None, description="private attributes to attack (default: all)")
         epochs: int = Field(15, ge=1)
         batch_size: int = Field(128, ge=1)
@@ -115,31 +131,42 @@ class AttributeAttack(_AttributeBase):
         width: int = Field(128, ge=1, description="hidden width of the head")
         val_fraction: float = Field(0.15, gt=0, lt=0.5, description="part of the aux split for epoch selection")
 
-    def head_name(self, z: torch.Tensor) -> str:
+    def head_names(self, z: torch.Tensor) -> list[str]:
+        """The heads to train (the best on validation is kept)."""
         if self.params.head == "auto":
-            return "cnn" if z.ndim == 4 else "mlp"
+            if z.ndim != 4:
+                return ["mlp"]
+            return ["cnn", "mlp"] if z[0].numel() <= self.params.auto_mlp_max_dim else ["cnn"]
         if self.params.head == "cnn" and z.ndim != 4:
             raise ValueError(f"the cnn head needs spatial features (N, C, H, W), got shape {tuple(z.shape)}")
-        return self.params.head
+        return [self.params.head]
 
     def fit_target(self, z: torch.Tensor, s: torch.Tensor, k: int, ctx: AttackContext) -> Predictor:
         p = self.params
-        self.head = self.head_name(z)
         perm = torch.randperm(z.shape[0], generator=torch.Generator().manual_seed(ctx.seed))
         n_val = max(1, int(z.shape[0] * p.val_fraction))
         val, train = perm[:n_val], perm[n_val:]
-        standardize = Standardize(z[train], spatial=self.head == "cnn")
-        shape = standardize(z[:1]).shape[1:]
-        head = cnn_head(tuple(shape), k, p.width) if self.head == "cnn" else mlp_head(shape.numel(), k, p.width)
-        net = nn.Sequential(standardize, head)
-        fit_classifier(
-            net, z[train], s[train], k, settings=ctx.settings, epochs=p.epochs, batch_size=p.batch_size,
-            lr=p.lr, weight_decay=p.weight_decay, seed=ctx.seed, balanced=True, val=(z[val], s[val]),
-        )
+        best: tuple[float, str, nn.Module] | None = None
+        self.val_bacc: dict[str, float] = {}
+        for name in self.head_names(z):
+            standardize = Standardize(z[train], spatial=name == "cnn")
+            shape = standardize(z[:1]).shape[1:]
+            head = cnn_head(tuple(shape), k, p.width) if name == "cnn" else mlp_head(shape.numel(), k, p.width)
+            net = nn.Sequential(standardize, head)
+            fit_classifier(
+                net, z[train], s[train], k, settings=ctx.settings, epochs=p.epochs, batch_size=p.batch_size,
+                lr=p.lr, weight_decay=p.weight_decay, seed=ctx.seed, balanced=True, val=(z[val], s[val]),
+            )
+            score = balanced_accuracy(predict(net, z[val]).argmax(1), s[val], k)
+            self.val_bacc[name] = round(score, 4)
+            if best is None or score > best[0]:
+                best = (score, name, net)
+        assert best is not None
+        self.head, net = best[1], best[2]
         return lambda zt: predict(net, zt).softmax(dim=1)
 
     def describe_model(self) -> dict:
-        return {"head": self.head}
+        return {"head": self.head, "val_balanced_accuracy": self.val_bacc}
 
 
 @register_attack("attribute_linear")
