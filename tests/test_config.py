@@ -7,7 +7,9 @@ from audit.errors import AuditInputError
 def test_embedded_default_is_valid_and_small():
     cfg = load_config(None)
     assert {t.dataset.name for t in cfg.tasks} == {"synthetic", "digits"}
-    assert all(len(t.cut_points) >= 3 for t in cfg.tasks)
+    planted = [t for t in cfg.tasks if t.dataset.params.get("strength") != 0]  # the null task is a control
+    assert len(planted) == 2 and all(len(t.cut_points) >= 3 for t in planted)
+    assert any(t.dataset.params.get("strength") == 0 for t in cfg.tasks)
     assert [d.name for d in cfg.defenses].count("noise") >= 2 and cfg.defenses[0].name == "none"
     assert "attribute" in cfg.attacks
 

@@ -140,8 +140,10 @@ def test_user_module_through_api_and_entry_points_gives_the_same_records(user_pa
         assert a["utility"]["task_accuracy"] == y["utility"]["task_accuracy"]
         if a["defense"] == "none":  # nothing random between the model and the figure: identical
             assert a["value"] == y["value"] and a["utility"] == y["utility"]
-        else:  # the noise draws are seeded from the task's spec (python object vs entry point)
-            assert y["ci95"][0] <= a["value"] <= y["ci95"][1]
+        else:  # the noise draws are seeded from the task's spec (python object vs entry point): two
+            # independent estimates of one figure, so their 95% CIs must overlap (a point inside the
+            # other's CI is too strict: it failed at 0.593 vs [.., 0.590])
+            assert a["ci95"][0] <= y["ci95"][1] and y["ci95"][0] <= a["ci95"][1], (a["ci95"], y["ci95"])
     planted = [r for r in api["results"] if r["defense"] == "none" and r["metric"] == "balanced_accuracy"]
     assert min(r["ci95"][0] for r in planted) > 0.6  # the user's secret is found at both cuts
 
