@@ -53,3 +53,16 @@ def run_attack(name: str, ctx: AttackContext, **params):
 
 def torch_seed(seed: int = 0) -> None:
     torch.manual_seed(seed)
+
+
+PLANTED = {"name": "synthetic", "n": 1200, "image_size": 8, "strength": 0.25}  # Bayes-optimal ~1.0
+TINY_CNN = {"name": "small_cnn", "widths": [8], "fc": [16]}
+
+
+def planted_task(strength: float = 0.25, seed: int = 0):
+    """The tests' planted synthetic task (``strength`` 0: nothing planted) with a trained tiny CNN; the
+    task model's initial weights are fixed by ``seed``, not by whichever tests ran before."""
+    import lightning as L
+
+    L.seed_everything(seed, verbose=False)
+    return prepared_task({**PLANTED, "strength": strength}, TINY_CNN)

@@ -3,19 +3,18 @@ huge noise drives the attack to chance, and no attack beats the Bayes-optimal ac
 import pytest
 
 from audit.data.synthetic import bayes_private_accuracy
-from tests.helpers import attack_context, prepared_task, run_attack, scores_by_metric
+from tests.helpers import PLANTED, attack_context, planted_task, run_attack, scores_by_metric
 
-MODEL = {"name": "small_cnn", "widths": [8], "fc": [16]}
 
 
 @pytest.fixture(scope="module")
 def planted():
-    return prepared_task({"name": "synthetic", "n": 1200, "image_size": 8, "strength": 0.25}, MODEL)
+    return planted_task(0.25)
 
 
 @pytest.fixture(scope="module")
 def absent():
-    return prepared_task({"name": "synthetic", "n": 1200, "image_size": 8, "strength": 0.0}, MODEL)
+    return planted_task(0.0)
 
 
 @pytest.mark.parametrize("attack", ["attribute", "attribute_linear"])
@@ -29,7 +28,7 @@ def test_planted_attribute_is_found_and_bounded_by_bayes(planted, attack):
     assert bacc.ci95[0] <= bacc.value <= bacc.ci95[1] and bacc.n_eval == len(data.part("test"))
     from audit.data import DATASETS
 
-    params = DATASETS.validate_params("synthetic", {"n": 1200, "image_size": 8, "strength": 0.25})
+    params = DATASETS.validate_params("synthetic", {k: v for k, v in PLANTED.items() if k != "name"})
     test = data.part("test")
     bayes = bayes_private_accuracy(test.x, test.private["secret"], params)
     assert s[("secret", "accuracy")].ci95[0] <= bayes + 0.01  # nothing beats Bayes-optimal

@@ -6,16 +6,14 @@ import pytest
 
 from attacks import ATTACKS
 from audit.training import predict
-from tests.helpers import attack_context, prepared_task, run_attack, scores_by_metric
+from tests.helpers import attack_context, planted_task, run_attack, scores_by_metric
 
 ATTRIBUTE = {"epochs": 8}
 
 
 @pytest.fixture(scope="module")
 def planted():
-    L.seed_everything(0, verbose=False)  # the helper initialises the task model from the global RNG
-    return prepared_task({"name": "synthetic", "n": 1200, "image_size": 8, "strength": 0.25},
-                         {"name": "small_cnn", "widths": [8], "fc": [16]})
+    return planted_task(0.25)
 
 
 def test_denoise_beats_the_plain_attribute_attack_under_moderate_noise(planted):

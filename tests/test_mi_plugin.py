@@ -12,9 +12,8 @@ from attacks.mi.synthetic import mixture_mi
 from audit.data import DATASETS
 from audit.data.synthetic import planted_patterns
 from audit.registry import PluginParamsError
-from tests.helpers import attack_context, prepared_task, run_attack, scores_by_metric
+from tests.helpers import attack_context, planted_task, run_attack, scores_by_metric
 
-MODEL = {"name": "small_cnn", "widths": [8], "fc": [16]}
 
 
 def planted_mi(strength: float) -> float:
@@ -26,12 +25,12 @@ def planted_mi(strength: float) -> float:
 
 @pytest.fixture(scope="module")
 def planted():
-    return prepared_task({"name": "synthetic", "n": 1200, "image_size": 8, "strength": 0.25}, MODEL)
+    return planted_task(0.25)
 
 
 @pytest.fixture(scope="module")
 def absent():
-    return prepared_task({"name": "synthetic", "n": 1200, "image_size": 8, "strength": 0.0}, MODEL)
+    return planted_task(0.0)
 
 
 def test_planted_attribute_has_positive_mi_below_the_input_mi(planted):
