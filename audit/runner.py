@@ -369,12 +369,7 @@ class AuditRun:
         seed = cells[0].seed
         edge, cloud = state.model.split(cut) if state.model is not None else model_free_split(cut)
         data = state.data
-        if features is not None:
-            compute = features
-        elif state.features is not None:  # saved features (a features dataset)
-            compute = lambda part: state.features[cut][data.splits[part]]  # noqa: E731
-        else:
-            compute = lambda part: predict(edge, data.part(part).x, device=self.device)  # noqa: E731
+        compute = features or (lambda part: predict(edge, data.part(part).x, device=self.device))
         split = SplitPoint(cut, state.model, edge, cloud, compute_features=compute)
         scratch, max_ram = self.features.scratch(), self.features.max_ram_mb
         try:
