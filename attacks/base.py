@@ -7,6 +7,7 @@ the released features of both splits, the auxiliary split's inputs and labels
 """
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, ClassVar
@@ -44,6 +45,8 @@ class AttackContext:
     seed: int
     n_boot: int = 500
     artifact_dir: Path | None = None  # where an attack may save files (image grids, ...)
+    scratch_dir: Path | None = None  # where an attack may memory-map large intermediate arrays
+    max_ram_mb: float = math.inf  # arrays larger than this go to scratch_dir (audit.features.map_batches)
 
 
 @dataclass

@@ -35,8 +35,10 @@ reports the mean cosine similarity of recovered and true test features
 from __future__ import annotations
 
 import inspect
+import math
 import warnings
 from dataclasses import replace
+from pathlib import Path
 from typing import Any, Literal
 
 import numpy as np
@@ -45,6 +47,7 @@ from pydantic import Field
 
 from attacks import ATTACKS, register_attack
 from attacks.base import Attack, AttackContext, AttackView, Score
+from audit.features import map_batches
 from audit.stats import mean_ci
 
 Method = Literal["ica", "nonneg"]
@@ -134,9 +137,13 @@ def align(recovered: torch.Tensor, clean: torch.Tensor) -> torch.Tensor:
     return perm
 
 
-def cosine(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
-    """Row-wise cosine similarity of (N, ...) tensors -> (N,)."""
-    return torch.nn.functional.cosine_similarity(a.flatten(1).double(), b.flatten(1).double(), dim=1)
+def cosine(a: torch.Tensor, b: torch.Tensor, chunk: int = 64) -> torch.Tensor:
+    """Row-wise cosine similarity of (N, ...) tensors -> (N,) float64, ``chunk`` rows at a time
+    (float64 copies of whole conv features would double their memory)."""
+    parts = [torch.nn.functional.cosine_similarity(a[i : i + chunk].flatten(1).double(),
+                                                   b[i : i + chunk].flatten(1).double(), dim=1)
+             for i in range(0, a.shape[0], chunk)]
+    return torch.cat(parts) if parts else torch.empty(0, dtype=torch.float64)
 
 
 @register_attack("datamix_unmix")
@@ -148,6 +155,7 @@ class DataMixUnmix(Attack):
         method: Literal["auto", "ica", "nonneg"] = Field("auto", description="auto: best recovery on the attacker's aux split")
         k: int | None = Field(None, ge=1, le=8, description="group size (default: the defense's public k, else 1)")
         clusters: int = Field(8, ge=1, description="k-means centroids of clean aux features (ICA sign/scale)")
+        cluster_rows: int = Field(1024, ge=1, description="clean aux rows the k-means centroids are fitted on")
         ica_samples: int = Field(20000, ge=100, description="feature elements used to estimate each group's unmixing")
         ica_max_iter: int = Field(400, ge=10)
         select_rows: int = Field(512, ge=2, description="aux rows on which `auto` compares the methods")
@@ -167,15 +175,38 @@ class DataMixUnmix(Attack):
             return [self.params.method]
         return ["ica", "nonneg"] if k == 2 else ["ica"]
 
-    def unmix(self, z: torch.Tensor, clean: torch.Tensor, k: int, method: str, seed: int) -> torch.Tensor:
-        """Recovered features (N, ...), each group's rows matched to its samples by ``clean``."""
-        flat = z.flatten(1).float()
+    def unmix(
+        self, z: torch.Tensor, clean: torch.Tensor, k: int, method: str, seed: int,
+        scratch_dir: Path | None = None, max_ram_mb: float = math.inf,
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """Recovered features (N, ...), each group's rows matched to its samples by ``clean``, and
+        their cosine similarity to ``clean`` (N,) float64.
+
+        Works one release call (``request_rows()`` rows, a whole number of groups) at a time, so
+        the temporaries are bounded by one call's rows; a result larger than ``max_ram_mb`` is
+        memory-mapped from an unlinked scratch file under ``scratch_dir`` (UTKFace conv1: 1 MB
+        per sample).
+        """
+        call = request_rows()
+        sims = torch.empty(z.shape[0], dtype=torch.float64)
+
+        def block(start: int, stop: int) -> torch.Tensor:
+            first_group = len(group_slices(start, k, call))  # groups before this call: seeds as one pass
+            rows = self.unmix_rows(z[start:stop].flatten(1).float(), clean[start:stop].flatten(1).float(),
+                                   k, method, seed + first_group)
+            sims[start:stop] = cosine(rows, clean[start:stop])
+            return rows.reshape(stop - start, *z.shape[1:])
+
+        return map_batches(block, z.shape[0], scratch_dir, max_ram_mb, batch_size=call), sims
+
+    def unmix_rows(self, flat: torch.Tensor, clean: torch.Tensor, k: int, method: str, seed: int) -> torch.Tensor:
+        """Un-mix the rows (n, D) of at most one release call; ``clean`` (n, D) orders each group."""
         out = flat.clone()
-        groups = group_slices(flat.shape[0], k, request_rows())
+        groups = group_slices(flat.shape[0], k, flat.shape[0])
         if k > 1 and method == "nonneg":
             full = [g for g in groups if g.stop - g.start == 2]
-            for c in range(0, len(full), 64):  # chunks of groups bound the float64 temporaries
-                idx = torch.stack([torch.arange(g.start, g.stop) for g in full[c : c + 64]])  # (G, 2)
+            for c in range(0, len(full), 16):  # chunks of groups bound the float64 temporaries
+                idx = torch.stack([torch.arange(g.start, g.stop) for g in full[c : c + 16]])  # (G, 2)
                 out[idx] = unmix_nonneg(flat[idx])
         elif k > 1:
             for i, g in enumerate(groups):
@@ -184,11 +215,10 @@ class DataMixUnmix(Attack):
                     sources = torch.from_numpy(unmix_ica(rows.numpy(), seed + i, self.params.ica_samples,
                                                          self.params.ica_max_iter))
                     out[g] = resolve_sign_scale(sources, self.centroids)
-        clean_flat = clean.flatten(1).float()
         for g in groups:
             if g.stop - g.start > 1:
-                out[g] = out[g][align(out[g], clean_flat[g])]
-        return out.reshape(z.shape)
+                out[g] = out[g][align(out[g], clean[g])]
+        return out
 
     # -------------------------------------------------------------- attack
     def fit(self, ctx: AttackContext) -> None:
@@ -201,25 +231,28 @@ class DataMixUnmix(Attack):
         quality = {}
         n_select = min(len(ctx.aux), p.select_rows)
         for method in methods:  # chosen on the aux split's first rows: the attacker's own data
-            recovered = self.unmix(ctx.aux.z[:n_select], clean_aux[:n_select], self.k, method, ctx.seed)
-            quality[method] = float(cosine(recovered, clean_aux[:n_select]).mean())
+            _, sims = self.unmix(ctx.aux.z[:n_select], clean_aux[:n_select], self.k, method, ctx.seed)
+            quality[method] = float(sims.mean())
         self.method = max(quality, key=quality.get)
         self.aux_quality = quality
-        recovered = self.unmix(ctx.aux.z, clean_aux, self.k, self.method, ctx.seed)
+        recovered, _ = self.unmix(ctx.aux.z, clean_aux, self.k, self.method, ctx.seed, ctx.scratch_dir, ctx.max_ram_mb)
         self.inner = ATTACKS.create(p.attack, **p.attack_params)
         self.inner.fit(replace(ctx, aux=replace(ctx.aux, z=recovered)))
 
     def _centroids(self, flat: torch.Tensor, seed: int) -> torch.Tensor:
         from sklearn.cluster import KMeans
 
+        if flat.shape[0] > self.params.cluster_rows:  # a row subset bounds k-means' copy of the features
+            rows = np.sort(np.random.default_rng(seed).choice(flat.shape[0], self.params.cluster_rows, replace=False))
+            flat = flat[torch.from_numpy(rows)]
         n = min(self.params.clusters, flat.shape[0])
         km = KMeans(n_clusters=n, n_init=1, max_iter=100, random_state=seed).fit(flat.numpy())
         return torch.as_tensor(km.cluster_centers_, dtype=torch.float32)
 
     def score(self, ctx: AttackContext) -> list[Score]:
         clean_test = ctx.split.features("test")
-        recovered = self.unmix(ctx.test.z, clean_test, self.k, self.method, ctx.seed + 1)
-        sims = cosine(recovered, clean_test)
+        recovered, sims = self.unmix(ctx.test.z, clean_test, self.k, self.method, ctx.seed + 1,
+                                     ctx.scratch_dir, ctx.max_ram_mb)
         released = cosine(ctx.test.z, clean_test)
         extra = {
             "unmix_method": self.method, "k": self.k, "inner_attack": self.params.attack,

@@ -91,6 +91,8 @@ class TaskConfig(Strict):
     splits: SplitFractions = SplitFractions()
     label: str | None = Field(None, description="name of this task in reports (default: the dataset name)")
     model_label: str | None = Field(None, description="name of the model in reports (default: the model plugin's name)")
+    attacks: list[str] | None = Field(
+        None, min_length=1, description="the audit's attacks run on this task, by name (default: all of them)")
 
     @property
     def display_name(self) -> str:
@@ -177,6 +179,11 @@ class AuditConfig(Strict):
             check(DEFENSES, spec.name, spec.params, f"defenses.{i}")
         for name, params in self.attacks.items():
             check(ATTACKS, name, params, f"attacks.{name}")
+        for i, task in enumerate(self.tasks):
+            unknown = [a for a in task.attacks or [] if a not in self.attacks]
+            if unknown:
+                raise ValueError(f"tasks.{i}.attacks: {', '.join(unknown)} not among the audit's attacks "
+                                 f"({', '.join(self.attacks)})")
         seen = set()
         for spec in self.defenses:
             key = spec.label()
@@ -191,8 +198,9 @@ class AuditConfig(Strict):
             mode="json", exclude={"cache_dir": True, "tracking": True, "memory": True, "trainer": {"progress_bar"}}
         )
         for task in data["tasks"]:  # unset display-only keys are left out, so earlier output folders still resume
-            if task.get("model_label") is None:
-                task.pop("model_label", None)
+            for key in ("model_label", "attacks"):
+                if task.get(key) is None:
+                    task.pop(key, None)
         return hashlib.sha256(json.dumps(data, sort_keys=True).encode()).hexdigest()[:16]
 
 

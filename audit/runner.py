@@ -89,7 +89,7 @@ def _validated(registry, spec_name: str, params: dict[str, Any]) -> dict[str, An
 
 def task_key(task: TaskConfig, seed: int) -> str:
     """Identity of a trained task model: dataset, model, training, splits and seed."""
-    return stable_hash(CACHE_VERSION, task.model_dump(mode="json", exclude={"label", "cut_points"}), seed)
+    return stable_hash(CACHE_VERSION, task.model_dump(mode="json", exclude={"label", "cut_points", "attacks"}), seed)
 
 
 def plan_cells(config: AuditConfig) -> list[Cell]:
@@ -101,7 +101,7 @@ def plan_cells(config: AuditConfig) -> list[Cell]:
         for seed in config.seeds:
             for cut in task.cut_points:
                 for d, spec in enumerate(config.defenses):
-                    for attack in config.attacks:
+                    for attack in task.attacks or config.attacks:
                         cid = stable_hash(
                             task_key(task, seed), cut, spec.name, defense_params[d],
                             attack, attack_params[attack], config.n_boot,
@@ -406,7 +406,7 @@ class AuditRun:
             aux=AttackView(z_aux, aux.x, aux.y, aux.private),
             test=AttackView(z_test, test.x, test.y, test.private),
             num_classes=num_classes, primary=data.primary, defense=defense, split=split,
-            settings=self.config.trainer, n_boot=self.config.n_boot,
+            settings=self.config.trainer, n_boot=self.config.n_boot, scratch_dir=scratch, max_ram_mb=max_ram,
         )
         for cell in cells:
             start = time.perf_counter()

@@ -88,3 +88,22 @@ def test_config_hash_ignores_cache_dir(tiny_config):
     b = build_config({**tiny_config, "cache_dir": "/tmp/x"})
     c = build_config(tiny_config, overrides=["seeds=[3]"])
     assert a.config_hash() == b.config_hash() != c.config_hash()
+
+
+def test_a_task_runs_a_subset_of_the_audits_attacks(tiny_config):
+    from audit.runner import plan_cells, task_key
+
+    tiny_config["attacks"] = {"attribute": {"epochs": 1}, "mi": {}}
+    full = build_config(tiny_config)
+    tasks = {"tasks": [{k: tiny_config.pop(k) for k in list(tiny_config) if k in
+                        ("dataset", "model", "cut_points", "training")}]}
+    tasks["tasks"].append({**tasks["tasks"][0], "label": "control", "attacks": ["mi"]})
+    cfg = build_config({**tiny_config, **tasks})
+    cells = plan_cells(cfg)
+    assert {c.attack for c in cells if c.task == 1} == {"mi"}
+    assert {c.attack for c in cells if c.task == 0} == {"attribute", "mi"}
+    assert len(cells) == len(plan_cells(full)) * 3 // 2
+    assert task_key(cfg.tasks[1], 0) == task_key(full.tasks[0], 0)  # same trained model, whatever it is attacked with
+    tasks["tasks"][1]["attacks"] = ["mi", "atribute"]
+    with pytest.raises(AuditInputError, match=r"tasks\.1\.attacks: atribute not among the audit's attacks \(attribute, mi\)"):
+        build_config({**tiny_config, **tasks})

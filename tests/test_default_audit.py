@@ -29,6 +29,7 @@ def test_default_audit_meets_its_known_truths(tmp_path):
         assert abs(r["value"] - r["chance"]) <= 0.05, (cut, r["value"], r["ci95"])
     null = [r for r in records if r["dataset"] == "synthetic_null" and r["attack"] == "attribute"
             and r["metric"] == "balanced_accuracy"]
-    assert len(null) == 2 * 4  # 2 cut points x 4 defenses
+    assert len(null) == 2 * 3  # 2 cut points x 3 defenses
+    assert {r["attack"] for r in records if r["dataset"] == "synthetic_null"} == {"attribute", "mi"}
     for r in null:
         assert abs(r["value"] - r["chance"]) <= 0.05, (r["cut_point"], r["defense"], r["value"], r["ci95"])

@@ -135,7 +135,7 @@ def test_ray_executor_gives_the_reference_records(grid_reference, ray_local, tmp
 
 @pytest.mark.slow
 def test_ray_runs_the_default_audit_like_local(ray_local, tmp_path):
-    """The embedded default audit (24 cells) on a local Ray instance equals the in-process run."""
+    """The embedded default audit (every cell of it) on a local Ray instance equals the in-process run."""
     from audit.config import load_config
 
     local = Audit(load_config()).run(tmp_path / "local", callbacks=[], executor=SequentialExecutor(threads=1))
