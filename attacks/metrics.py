@@ -1,19 +1,28 @@
 """Classification leakage figures with bootstrap CIs (torchmetrics functional)."""
 from __future__ import annotations
 
+import warnings
+
 import torch
-from torchmetrics.functional.classification import multiclass_accuracy, multiclass_auroc
+from torchmetrics.functional.classification import binary_auroc, multiclass_accuracy, multiclass_auroc
 
 from attacks.base import Score
 from audit.stats import bootstrap_ci
 
 
 def _auroc(probs: torch.Tensor, y: torch.Tensor, k: int) -> torch.Tensor:
-    if k == 2:  # binary: AUROC of the positive-class score
-        from torchmetrics.functional.classification import binary_auroc
-
+    """Macro one-vs-rest AUROC over the classes present in ``y`` (binary: of the positive-class
+    score); NaN with fewer than two classes present. torchmetrics' macro average would count an
+    absent class as AUROC 0 (and warn), dragging small test sets and bootstrap resamples down."""
+    present = torch.bincount(y, minlength=k) > 0
+    if int(present.sum()) < 2:
+        return torch.tensor(float("nan"))
+    if k == 2:
         return binary_auroc(probs[:, 1], y)
-    return multiclass_auroc(probs, y, num_classes=k, average="macro")
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message="No positive samples")
+        per_class = multiclass_auroc(probs, y, num_classes=k, average=None)
+    return per_class[present].mean()
 
 
 def classification_scores(

@@ -1,6 +1,7 @@
 """The attribute attack against known truths: a planted attribute is found, an absent one is not,
 huge noise drives the attack to chance, and no attack beats the Bayes-optimal accuracy."""
 import pytest
+import torch
 
 from audit.data.synthetic import bayes_private_accuracy
 from tests.helpers import PLANTED, attack_context, planted_task, run_attack, scores_by_metric
@@ -58,3 +59,24 @@ def test_unknown_target_is_refused(planted):
     data, net = planted
     with pytest.raises(ValueError, match="unknown targets"):
         run_attack("attribute", attack_context(data, net, "fc1"), targets=["race"])
+
+
+def test_auroc_averages_over_the_classes_present_and_is_undefined_with_one():
+    """torchmetrics' macro AUROC counts a class absent from the labels as 0 (a 3-class test set
+    holding two classes read 0.35 where the two present classes average 0.53)."""
+    import warnings
+
+    from torchmetrics.functional.classification import binary_auroc
+
+    from attacks.metrics import _auroc, classification_scores
+
+    gen = torch.Generator().manual_seed(0)
+    probs = torch.softmax(torch.randn(200, 3, generator=gen), dim=1)
+    y = torch.randint(0, 2, (200,), generator=gen)  # class 2 never occurs
+    one_vs_rest = [float(binary_auroc(probs[:, c], (y == c).long())) for c in (0, 1)]
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # and no "No positive samples" warning
+        assert float(_auroc(probs, y, 3)) == pytest.approx(sum(one_vs_rest) / 2, abs=1e-6)
+        assert torch.isnan(_auroc(probs, torch.zeros(200, dtype=torch.long), 3))
+        auroc = [s for s in classification_scores("t", probs, y, 3, n_boot=50, seed=0) if s.metric == "auroc"][0]
+    assert 0.4 < auroc.value < 0.6 and auroc.ci95[0] < auroc.value < auroc.ci95[1]
