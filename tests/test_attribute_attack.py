@@ -80,3 +80,21 @@ def test_auroc_averages_over_the_classes_present_and_is_undefined_with_one():
         assert torch.isnan(_auroc(probs, torch.zeros(200, dtype=torch.long), 3))
         auroc = [s for s in classification_scores("t", probs, y, 3, n_boot=50, seed=0) if s.metric == "auroc"][0]
     assert 0.4 < auroc.value < 0.6 and auroc.ci95[0] < auroc.value < auroc.ci95[1]
+
+
+def test_standardize_in_chunks_equals_the_formula_and_keeps_the_top_components():
+    from attacks.attribute import Standardize
+
+    gen = torch.Generator().manual_seed(0)
+    basis = torch.linalg.qr(torch.randn(40, 3, generator=gen))[0]  # 3 strong directions in 40-D
+    z = (torch.randn(600, 3, generator=gen) * torch.tensor([9.0, 6.0, 4.0])) @ basis.T
+    z = (z + 0.1 * torch.randn(600, 40, generator=gen)).reshape(600, 4, 10) * 3.0 + 5.0
+    plain = Standardize(z, spatial=False)
+    flat = z.flatten(1)
+    assert torch.allclose(plain(z), (flat - flat.mean(0)) / flat.std(0), atol=1e-5)  # 600 rows: 3 chunks
+    torch.manual_seed(0)
+    pca = Standardize(z, spatial=False, pca_components=3)
+    x = plain(z)
+    kept = (pca(z) ** 2).sum() / (x**2).sum()
+    top3 = torch.linalg.svdvals(x)[:3].pow(2).sum() / (x**2).sum()
+    assert pca(z).shape == (600, 3) and float(kept) == pytest.approx(float(top3), rel=1e-3)
