@@ -15,7 +15,6 @@ from audit.registry import PluginParamsError
 from tests.helpers import attack_context, planted_task, run_attack, scores_by_metric
 
 
-
 def planted_mi(strength: float) -> float:
     p = DATASETS.validate_params("synthetic", {"n": 1200, "image_size": 8, "strength": strength})
     _, pat = planted_patterns(p.primary_classes, p.private_classes, p.channels, p.image_size, p.generator_seed)
