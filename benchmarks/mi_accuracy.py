@@ -113,8 +113,8 @@ def table(path: Path) -> str:
     groups: dict[tuple, dict[str, list]] = defaultdict(lambda: defaultdict(list))
     for r in recs:
         groups[(r["task"], r["dim"], r["truth"], r["n"])][r["method"]].append(r)
-    lines = ["| task | d | true I | n | " + " | ".join(f"{m} ({kinds[m]})" for m in methods) + " |",
-             "|---|---|---|---|" + "---|" * len(methods)]
+    lines = ["| task | d | true I | n | seeds | " + " | ".join(f"{m} ({kinds[m]})" for m in methods) + " |",
+             "|---|---|---|---|---|" + "---|" * len(methods)]
     for (task, dim, truth, n) in sorted(groups, key=lambda g: (g[0] != "gauss", g[3], g[1], g[2])):
         row = groups[(task, dim, truth, n)]
         cells = []
@@ -122,8 +122,8 @@ def table(path: Path) -> str:
             ok = [r["value"] for r in row.get(m, []) if r["value"] is not None and math.isfinite(r["value"])]
             failed = len(row.get(m, [])) - len(ok)
             cells.append(_fmt(ok, truth) + (f" ({failed} failed)" if failed else ""))
-        seeds = max(len(v) for v in row.values())
-        lines.append(f"| {task} | {dim} | {truth:g} | {n} | " + " | ".join(cells) + f" |" + ("" if seeds == 5 else ""))
+        seeds = len({r["seed"] for runs in row.values() for r in runs})
+        lines.append(f"| {task} | {dim} | {truth:g} | {n} | {seeds} | " + " | ".join(cells) + " |")
     # honesty and cost per estimator
     lines += ["", "| estimator | kind | runs | truth inside CI | lower bound above truth beyond its CI "
               "| mean CI width | mean wall s (n=1000 / 10000) | mean CPU s (n=1000 / 10000) |",
