@@ -12,7 +12,14 @@ import pytest
 import torch
 
 from attacks.mi import MIInputError, estimate_mi, list_methods
-from attacks.mi.synthetic import correlated_gaussian, gaussian_mi, gaussian_mixture, mixture_club, mixture_mi
+from attacks.mi.synthetic import (
+    correlated_gaussian,
+    gaussian_club,
+    gaussian_mi,
+    gaussian_mixture,
+    mixture_club,
+    mixture_mi,
+)
 from audit.registry import PluginParamsError, UnknownPluginError
 
 TEST_STEPS = {"steps": 200, "val_every": 50, "hidden": 64}
@@ -34,6 +41,12 @@ def test_analytic_truths():
     assert mixture_mi(2, 0.0) == pytest.approx(0.0, abs=1e-9)
     assert mixture_mi(4, 50.0) == pytest.approx(math.log(4), abs=1e-6)  # separated: I = H(S)
     assert mixture_club(2, 0.0) == pytest.approx(0.0, abs=1e-9) and mixture_club(4, 1.5) > mixture_mi(4, 1.5)
+    # CLUB's Gaussian value, by Monte Carlo with the exact conditional: E_joint log q - E_shuffled log q
+    z, s = correlated_gaussian(200_000, 2, 1.0, seed=3)
+    rho = math.sqrt(-math.expm1(-2 * 1.0 / 2))
+    log_q = lambda zz, ss: -((ss - rho * zz) ** 2).sum(1).double() / (2 * (1 - rho**2))  # noqa: E731
+    monte_carlo = float(log_q(z, s).mean() - log_q(z, s[torch.randperm(len(s), generator=torch.Generator().manual_seed(0))]).mean())
+    assert monte_carlo == pytest.approx(gaussian_club(1.0, 2), rel=0.02) and gaussian_club(1.0, 2) == pytest.approx(3.4366, abs=1e-3)
     # Monte Carlo with the exact posterior agrees with the quadrature
     z, s = gaussian_mixture(200_000, 4, 3, 1.5, seed=2)
     mc, se = mixture_oracle(z, s, 3, torch.arange(200_000))
@@ -67,8 +80,7 @@ def test_neural_on_correlated_gaussian(method):
     r = run(method, z, s)
     assert r.n == 900 and r.method == method
     if r.kind == "upper":
-        rho2 = -math.expm1(-2 * truth / 2)
-        club_value = 2 * rho2 / (1 - rho2)
+        club_value = gaussian_club(truth, 2)
         assert r.ci95[1] >= truth and abs(r.nats - club_value) < 0.1 * club_value, (r, club_value)
     else:
         assert abs(r.nats - truth) < 0.15, r

@@ -37,6 +37,12 @@ def correlated_gaussian(n: int, dim: int, mi: float, seed: int = 0) -> tuple[tor
     return z.float(), s.float()
 
 
+def gaussian_club(mi: float, dim: int = 1) -> float:
+    """The value CLUB converges to on ``correlated_gaussian`` with the exact conditional
+    q(s | z) = N(rho z, (1 - rho^2) I): d rho^2 / (1 - rho^2) = d (exp(2 I / d) - 1) nats (>= I)."""
+    return dim * math.expm1(2.0 * mi / dim)
+
+
 def _rotation(dim: int, seed: int) -> torch.Tensor:
     q, r = torch.linalg.qr(torch.randn(dim, dim, generator=torch.Generator().manual_seed(seed), dtype=torch.float64))
     return q * torch.sign(torch.diagonal(r))
