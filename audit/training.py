@@ -127,7 +127,7 @@ class ClassifierModule(L.LightningModule):
             flip = torch.rand(x.shape[0], device=x.device) < 0.5
             x = torch.where(flip[:, None, None, None], x.flip(-1), x)
         loss = F.cross_entropy(self.net(x), y, weight=self.weights)
-        self.log("train_loss", loss, prog_bar=True)
+        self.log("train_loss", loss, prog_bar=True, on_step=False, on_epoch=True)  # epoch mean
         return loss
 
     def validation_step(self, batch, batch_idx):
@@ -165,22 +165,23 @@ class KeepBest(L.Callback):
 
 
 class EpochLog(L.Callback):
-    """One INFO line per finished training epoch (long trainings are not silent when bars are off)."""
+    """One INFO line per finished training epoch (long trainings are not silent when bars are off):
+    the logged ``metrics`` found in ``trainer.callback_metrics``, time taken and time left."""
 
-    def __init__(self, label: str):
-        self.label = label
+    def __init__(self, label: str, metrics: tuple[str, ...] = ("train_loss",)):
+        self.label, self.metrics = label, metrics
         self.start = 0.0
 
     def on_train_start(self, trainer, pl_module):
         self.start = time.perf_counter()
 
     def on_train_epoch_end(self, trainer, pl_module):
-        loss = trainer.callback_metrics.get("train_loss")
         done, total = trainer.current_epoch + 1, trainer.max_epochs
         elapsed = time.perf_counter() - self.start
         left = elapsed / done * (total - done)
-        loss_text = f", last batch loss {float(loss):.3f}" if loss is not None else ""
-        log.info("%s: epoch %d/%d%s (%.0fs, ~%.0fs left)", self.label, done, total, loss_text, elapsed, left)
+        values = {m: trainer.callback_metrics[m] for m in self.metrics if m in trainer.callback_metrics}
+        text = "".join(f", {m} {float(v):.3f}" for m, v in values.items())
+        log.info("%s: epoch %d/%d%s (%.0fs, ~%.0fs left)", self.label, done, total, text, elapsed, left)
 
 
 def fit_classifier(

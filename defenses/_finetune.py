@@ -10,6 +10,7 @@ deep cut points affordable on a CPU.
 """
 from __future__ import annotations
 
+import warnings
 from typing import Callable
 
 import lightning as L
@@ -17,7 +18,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from audit.training import TrainerSettings, make_trainer, predict, tensor_loader
+from audit.training import EpochLog, TrainerSettings, make_trainer, predict, tensor_loader
 
 Penalty = Callable[[torch.Tensor, torch.Tensor, torch.Tensor], torch.Tensor]  # (x, z, y) -> scalar
 
@@ -36,8 +37,8 @@ class PenalisedSplit(L.LightningModule):
         z = self.edge(h)
         task = F.cross_entropy(self.cloud(z), y)
         penalty = self.penalty(x, z, y)
-        self.log("task_loss", task, prog_bar=True)
-        self.log("penalty", penalty, prog_bar=True)
+        self.log("task_loss", task, prog_bar=True, on_step=False, on_epoch=True)  # epoch means
+        self.log("penalty", penalty, prog_bar=True, on_step=False, on_epoch=True)
         return task + self.weight * penalty
 
     def configure_optimizers(self):
@@ -59,18 +60,22 @@ def split_trainable(edge: nn.Module, trainable_stages: int | None) -> tuple[nn.M
 def finetune_split(
     edge: nn.Module, cloud: nn.Module, x: torch.Tensor, y: torch.Tensor, penalty: Penalty, *,
     weight: float, settings: TrainerSettings, epochs: int, batch_size: int, lr: float, seed: int,
-    trainable_stages: int | None = None,
+    trainable_stages: int | None = None, label: str = "defense fine-tuning",
 ) -> tuple[nn.Module, nn.Module]:
     """Fine-tune ``edge`` and ``cloud`` in place (pass copies); returns them in eval mode on the CPU.
-    With ``trainable_stages`` the edge's front stays frozen (weights and batch-norm statistics)."""
+    Every module stays in eval mode: weights are fine-tuned, batch-norm statistics and dropout are not
+    (the task model's statistics are kept). With ``trainable_stages`` the edge's front stays frozen.
+    Every epoch logs a line (``label``, mean task loss and penalty, time left)."""
     edge.eval()
     if epochs > 0:
         L.seed_everything(seed, verbose=False)
         front, back = split_trainable(edge, trainable_stages)
         h = x if front is None else predict(front.requires_grad_(False), x)
         module = PenalisedSplit(back, cloud, penalty, weight, lr)
-        trainer = make_trainer(settings, epochs)
-        trainer.fit(module, tensor_loader(x, h, y, batch_size=batch_size, shuffle=True, seed=seed))
+        trainer = make_trainer(settings, epochs, [EpochLog(label, ("task_loss", "penalty"))])
+        with warnings.catch_warnings():  # eval mode is deliberate: batch-norm statistics stay fixed
+            warnings.filterwarnings("ignore", ".*module\\(s\\) in eval mode at the start of training.*")
+            trainer.fit(module, tensor_loader(x, h, y, batch_size=batch_size, shuffle=True, seed=seed))
     return edge.cpu().eval(), cloud.cpu().eval()
 
 

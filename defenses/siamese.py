@@ -72,6 +72,7 @@ class Siamese(Defense):
         self.edge, cloud = finetune_split(
             edge, cloud, ctx.train.x, ctx.train.y, penalty, weight=p.weight, settings=ctx.settings,
             epochs=p.epochs, batch_size=p.batch_size, lr=p.lr, seed=ctx.seed, trainable_stages=p.trainable_stages,
+            label=f"siamese fine-tuning at {ctx.split.cut_point} (seed {ctx.seed})",
         )
         self.pca: PCAProjection | None = None
         self.noise = AddNoise(0.0, "gaussian")
