@@ -19,6 +19,7 @@ from attacks.mi.synthetic import (
     gaussian_mixture,
     mixture_club,
     mixture_mi,
+    rho_for_mi,
 )
 from audit.registry import PluginParamsError, UnknownPluginError
 
@@ -43,7 +44,7 @@ def test_analytic_truths():
     assert mixture_club(2, 0.0) == pytest.approx(0.0, abs=1e-9) and mixture_club(4, 1.5) > mixture_mi(4, 1.5)
     # CLUB's Gaussian value, by Monte Carlo with the exact conditional: E_joint log q - E_shuffled log q
     z, s = correlated_gaussian(200_000, 2, 1.0, seed=3)
-    rho = math.sqrt(-math.expm1(-2 * 1.0 / 2))
+    rho = rho_for_mi(1.0, 2)
     log_q = lambda zz, ss: -((ss - rho * zz) ** 2).sum(1).double() / (2 * (1 - rho**2))  # noqa: E731
     monte_carlo = float(log_q(z, s).mean() - log_q(z, s[torch.randperm(len(s), generator=torch.Generator().manual_seed(0))]).mean())
     assert monte_carlo == pytest.approx(gaussian_club(1.0, 2), rel=0.02) and gaussian_club(1.0, 2) == pytest.approx(3.4366, abs=1e-3)
