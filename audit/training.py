@@ -44,6 +44,8 @@ def _quiet_lightning() -> None:
     warnings.filterwarnings("ignore", ".*GPU available but not used.*")
     warnings.filterwarnings("ignore", ".*defined a `validation_step` but have no `val_dataloader`.*")
     warnings.filterwarnings("ignore", ".*isinstance\\(treespec, LeafSpec\\)` is deprecated.*")
+    # defenses train with frozen parts (and batch-norm statistics) in eval mode on purpose
+    warnings.filterwarnings("ignore", ".*module\\(s\\) in eval mode at the start of training.*")
 
 
 def make_trainer(settings: TrainerSettings, max_epochs: int, callbacks: list[L.Callback] | None = None) -> L.Trainer:

@@ -10,7 +10,6 @@ deep cut points affordable on a CPU.
 """
 from __future__ import annotations
 
-import warnings
 from typing import Callable
 
 import lightning as L
@@ -73,9 +72,7 @@ def finetune_split(
         h = x if front is None else predict(front.requires_grad_(False), x)
         module = PenalisedSplit(back, cloud, penalty, weight, lr)
         trainer = make_trainer(settings, epochs, [EpochLog(label, ("task_loss", "penalty"))])
-        with warnings.catch_warnings():  # eval mode is deliberate: batch-norm statistics stay fixed
-            warnings.filterwarnings("ignore", ".*module\\(s\\) in eval mode at the start of training.*")
-            trainer.fit(module, tensor_loader(x, h, y, batch_size=batch_size, shuffle=True, seed=seed))
+        trainer.fit(module, tensor_loader(x, h, y, batch_size=batch_size, shuffle=True, seed=seed))
     return edge.cpu().eval(), cloud.cpu().eval()
 
 

@@ -52,6 +52,10 @@ class FitContext:
     settings: TrainerSettings
     seed: int
 
+    def label(self, what: str) -> str:
+        """``what`` at this cut point and seed, for progress lines: 'siamese fine-tuning at pool3 (seed 0)'."""
+        return f"{what} at {self.split.cut_point} (seed {self.seed})"
+
 
 class Defense:
     """Base class: the identity defense (releases the raw split feature)."""

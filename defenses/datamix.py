@@ -33,7 +33,7 @@ from pydantic import Field
 from torch import nn
 
 from audit.models import SplitModel, flops_per_sample
-from audit.training import make_trainer, tensor_loader
+from audit.training import EpochLog, make_trainer, tensor_loader
 from defenses import register_defense
 from defenses._finetune import train_inputs
 from defenses.base import Defense, FitContext, _median_ms
@@ -116,10 +116,10 @@ class MixingAwareCloud(L.LightningModule):
         m = draw_mixing(n // self.k, self.k, self.generator, self.max_condition).to(z.device)
         out = self.cloud(mix(z, m))
         loss = F.cross_entropy(demix(out, m), y)
-        self.log("demixed_ce", loss, prog_bar=True)
+        self.log("demixed_ce", loss, prog_bar=True, on_step=False, on_epoch=True)  # epoch means
         if self.linear_weight > 0:
             linearity = (out - mix(self.cloud(z), m)).pow(2).mean()
-            self.log("linearity", linearity)
+            self.log("linearity", linearity, on_step=False, on_epoch=True)
             loss = loss + self.linear_weight * linearity
         return loss
 
@@ -150,7 +150,9 @@ class DataMix(Defense):
             batch = max(p.k, p.batch_size - p.batch_size % p.k)
             inputs, pre = train_inputs(ctx.split, ctx.train.x)
             module = MixingAwareCloud(self.cloud, p.k, p.max_condition, p.lr, p.linear_weight, ctx.seed, pre)
-            make_trainer(ctx.settings, p.epochs).fit(
+            trainer = make_trainer(ctx.settings, p.epochs,
+                                   [EpochLog(ctx.label("datamix mixing-aware cloud training"), ("demixed_ce", "linearity"))])
+            trainer.fit(
                 module, tensor_loader(inputs, ctx.train.y, batch_size=batch, shuffle=True, seed=ctx.seed))
             pre.cpu()
         self.edge.cpu().eval()

@@ -24,7 +24,7 @@ import torch.nn.functional as F
 from pydantic import Field, model_validator
 from torch import nn
 
-from audit.training import make_trainer, tensor_loader
+from audit.training import EpochLog, make_trainer, tensor_loader
 from defenses import register_defense
 from defenses._finetune import train_inputs
 from defenses.base import Defense, FitContext
@@ -69,8 +69,8 @@ class NoiseLearner(L.LightningModule):
         self.cloud.eval()  # frozen: batch-norm statistics stay those of the task model
         task = F.cross_entropy(self.cloud(self.noise(self.pre(z))), y)
         magnitude = (self.noise.log_sigma.clamp(max=self.noise.max_log_sigma) - self.log_reference).mean()
-        self.log("task_loss", task, prog_bar=True)
-        self.log("log_noise_scale", magnitude, prog_bar=True)
+        self.log("task_loss", task, prog_bar=True, on_step=False, on_epoch=True)  # epoch means
+        self.log("log_noise_scale", magnitude, prog_bar=True, on_step=False, on_epoch=True)
         return task - self.weight * magnitude
 
     def configure_optimizers(self):
@@ -110,7 +110,9 @@ class LearnedNoise(Defense):
         if p.epochs > 0:
             L.seed_everything(ctx.seed, verbose=False)
             learner = NoiseLearner(self.noise, cloud, p.weight, self.reference, p.lr, pre)
-            make_trainer(ctx.settings, p.epochs).fit(
+            trainer = make_trainer(ctx.settings, p.epochs,
+                                   [EpochLog(ctx.label("learned_noise scale training"), ("task_loss", "log_noise_scale"))])
+            trainer.fit(
                 learner, tensor_loader(inputs, ctx.train.y, batch_size=p.batch_size, shuffle=True, seed=ctx.seed))
             for param in cloud.parameters():
                 param.requires_grad_(True)
@@ -119,7 +121,7 @@ class LearnedNoise(Defense):
             noisy_cloud = nn.Sequential(pre, self.noise, cloud)  # only the cloud has trainable weights
             finetune_on_noise(noisy_cloud, inputs, ctx.train.y, ctx.num_classes, 0.0, p.distribution,
                               settings=ctx.settings, epochs=p.finetune_epochs, batch_size=p.batch_size,
-                              lr=p.finetune_lr, seed=ctx.seed)
+                              lr=p.finetune_lr, seed=ctx.seed, label=ctx.label("learned_noise cloud fine-tuning"))
         pre.cpu()
         self.edge.eval()
         self.cloud = cloud.cpu().eval()

@@ -61,12 +61,14 @@ def unit_noise(shape: torch.Size | tuple[int, ...], distribution: str, generator
 def finetune_on_noise(
     cloud: nn.Module, features: torch.Tensor, y: torch.Tensor, num_classes: int, sigma: float, distribution: str,
     *, settings: TrainerSettings, epochs: int, batch_size: int, lr: float, seed: int,
+    label: str = "cloud fine-tuning on noise",
 ) -> nn.Module:
-    """Fine-tune ``cloud`` (in place) on ``features`` plus fresh noise of std ``sigma`` each step."""
+    """Fine-tune ``cloud`` (in place) on ``features`` plus fresh noise of std ``sigma`` each step;
+    every epoch logs a line (``label``, mean training loss, time left)."""
     if epochs > 0:
         noisy_cloud = nn.Sequential(AddNoise(sigma, distribution), cloud)
         fit_classifier(noisy_cloud, features, y, num_classes, settings=settings, epochs=epochs,
-                       batch_size=batch_size, lr=lr, seed=seed)
+                       batch_size=batch_size, lr=lr, seed=seed, log_epochs=label)
     return cloud.eval()
 
 
@@ -91,6 +93,7 @@ class Noise(Defense):
             self.cloud, train_features, ctx.train.y, ctx.num_classes, self.sigma, p.distribution,
             settings=ctx.settings, epochs=p.finetune_epochs if self.sigma > 0 else 0,
             batch_size=p.batch_size, lr=p.lr, seed=ctx.seed,
+            label=ctx.label("noise cloud fine-tuning"),
         )
         self.noise = AddNoise(self.sigma, p.distribution, torch.Generator().manual_seed(ctx.seed), always=True)
 
@@ -185,6 +188,7 @@ class PCANoise(Noise):
         finetune_on_noise(
             self.cloud, coefficients, ctx.train.y, ctx.num_classes, self.sigma, p.distribution,
             settings=ctx.settings, epochs=p.finetune_epochs, batch_size=p.batch_size, lr=p.lr, seed=ctx.seed,
+            label=ctx.label("pca_noise cloud fine-tuning"),
         )
         self.noise = AddNoise(self.sigma, p.distribution, torch.Generator().manual_seed(ctx.seed), always=True)
 

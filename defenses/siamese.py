@@ -74,7 +74,7 @@ class Siamese(Defense):
         self.edge, cloud = finetune_split(
             edge, cloud, ctx.train.x, ctx.train.y, penalty, weight=p.weight, settings=ctx.settings,
             epochs=p.epochs, batch_size=p.batch_size, lr=p.lr, seed=ctx.seed, trainable_stages=p.trainable_stages,
-            label=f"siamese fine-tuning at {ctx.split.cut_point} (seed {ctx.seed})",
+            label=ctx.label("siamese fine-tuning"),
         )
         self.pca: PCAProjection | None = None
         self.noise = AddNoise(0.0, "gaussian")
@@ -90,6 +90,7 @@ class Siamese(Defense):
         self.cloud = finetune_on_noise(
             cloud, released, ctx.train.y, ctx.num_classes, sigma, "gaussian", settings=ctx.settings,
             epochs=p.finetune_epochs, batch_size=128, lr=p.lr, seed=ctx.seed,
+            label=ctx.label("siamese cloud fine-tuning on noise"),
         )
         self.noise = AddNoise(sigma, "gaussian", torch.Generator().manual_seed(ctx.seed), always=True)
 

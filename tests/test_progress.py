@@ -87,3 +87,46 @@ def test_defense_fine_tuning_logs_every_epoch_with_its_losses(caplog):
     assert 0.1 < task < 2.0 and 0.0 <= penalty < 5.0, lines
     # weights fine-tuned, batch-norm statistics kept (every module stays in eval mode, as documented)
     assert not torch.equal(edge[0].weight, weights) and torch.equal(edge[1].running_mean, stats)
+
+
+# every defense that trains says so, epoch by epoch: {defense: (params, {progress label: epochs})}
+TRAINING_DEFENSES = {
+    "noise": ({"finetune_epochs": 2}, {"noise cloud fine-tuning": 2}),
+    "pca_noise": ({"components": 8, "finetune_epochs": 2}, {"pca_noise cloud fine-tuning": 2}),
+    "learned_noise": ({"epochs": 2, "finetune_epochs": 1},
+                      {"learned_noise scale training": 2, "learned_noise cloud fine-tuning": 1}),
+    "datamix": ({"epochs": 2}, {"datamix mixing-aware cloud training": 2}),
+    "siamese": ({"epochs": 1, "pca_components": 4, "noise_scale": 1.0, "finetune_epochs": 1},
+                {"siamese fine-tuning": 1, "siamese cloud fine-tuning on noise": 1}),
+    "nopeek": ({"epochs": 2}, {"nopeek fine-tuning": 2}),
+}
+
+
+@pytest.fixture(scope="module")
+def tiny_planted():
+    from tests.helpers import TINY_CNN, prepared_task
+
+    return prepared_task({"name": "synthetic", "n": 200, "image_size": 8, "strength": 0.25}, TINY_CNN, epochs=1)
+
+
+@pytest.mark.parametrize("name", sorted(TRAINING_DEFENSES))
+def test_every_training_defense_logs_its_epochs(name, tiny_planted, caplog):
+    """A defense's training on UTKFace takes minutes to half an hour: each of its trainings logs
+    'LABEL at CUT (seed S): epoch k/K, <epoch-mean losses> (...)' once per epoch."""
+    from audit.training import predict
+    from defenses import DEFENSES, FitContext, SplitPoint
+    from tests.helpers import SETTINGS
+
+    params, expected = TRAINING_DEFENSES[name]
+    data, net = tiny_planted
+    edge, cloud = net.split("conv1")
+    split = SplitPoint("conv1", net, edge, cloud, compute_features=lambda part: predict(edge, data.part(part).x))
+    with caplog.at_level(logging.INFO, logger="splitaudit"):
+        DEFENSES.create(name, **params).fit(
+            FitContext(split, data.part("train"), data.num_classes(data.primary), SETTINGS, seed=3))
+    seen: dict[str, list[str]] = {}
+    for message in (r.getMessage() for r in caplog.records):
+        if " at conv1 (seed 3): epoch " in message:
+            label, rest = message.split(" at conv1 (seed 3): epoch ")
+            seen.setdefault(label, []).append(rest.split(",")[0].split(" ")[0])
+    assert seen == {label: [f"{k}/{n}" for k in range(1, n + 1)] for label, n in expected.items()}, seen
