@@ -149,6 +149,13 @@ def table(records: list[dict[str, Any]], cut_order: list[str], defense_order: li
     head += ["edge FLOPs", "edge FLOPs frac", "bytes sent", "edge ms", "cloud ms", "rounds"]
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
 
+    failed: dict[tuple[str, str], set[str]] = {}  # cells with no figure: why (first line of each error)
+    for r in records:
+        if r["status"] != "ok":
+            key = (r["cut_point"], short_label(r["defense"], r["defense_params"]))
+            failed.setdefault(key, set()).add((r.get("error") or "?").splitlines()[0])
+            rows.setdefault(key, {"utility": {}, "cost": {}, "name": r["defense"]})
+
     def order(key: tuple[str, str]) -> tuple[int, int, str]:
         cut, label = key
         name = rows[key]["name"]
@@ -158,6 +165,10 @@ def table(records: list[dict[str, Any]], cut_order: list[str], defense_order: li
     for key in sorted(rows, key=order):
         row = rows[key]
         u, c = row["utility"], row["cost"]
+        if not u and key in failed:  # not one figure for this (cut, defense)
+            reason = "; ".join(sorted(failed[key]))
+            lines.append("| " + " | ".join([key[0], key[1], f"failed: {reason}"] + ["-"] * (len(head) - 3)) + " |")
+            continue
         cells = [key[0], key[1], _ci(u.get("primary_accuracy"), u.get("primary_accuracy_ci95"))]
         for a, t in leak_cols:
             r = row.get((a, t, LEAK_METRIC))
@@ -180,6 +191,9 @@ def table(records: list[dict[str, Any]], cut_order: list[str], defense_order: li
     lines.append("")
     lines.append(f"Seeds {seeds}; {', '.join(map(str, sorted(n)))} test samples per figure; "
                  "CIs: bootstrap 95% over test samples.")
+    partly = sorted(k for k in failed if rows[k]["utility"])
+    for cut, label in partly:  # a row with figures, some of its attacks failed
+        lines.append(f"{label} at {cut}: some cells failed: {'; '.join(sorted(failed[(cut, label)]))}")
     return "\n".join(lines)
 
 

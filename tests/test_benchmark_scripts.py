@@ -37,3 +37,36 @@ def test_benchmark_script_run_from_the_command_line_sees_the_packages(path):
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=root, timeout=300)
     assert done.returncode == 0, done.stderr[-2000:]
     assert Path(done.stdout.strip().splitlines()[-1]) == root / "defenses" / "__init__.py"
+
+
+def _load(stem: str):
+    path = next(p for p in SCRIPTS if p.stem == stem)
+    spec = importlib.util.spec_from_file_location(f"benchmark_{stem}", path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_defense_table_shows_figures_and_says_why_a_cell_has_none():
+    """benchmarks/defenses.py's table: one row per (cut, defense) in the config's order, each leakage
+    with its CI; a defense that cannot run at a cut (he before the last conv stage) gets a row that
+    says why, not a silent gap."""
+    table = _load("defenses").table
+
+    def record(cut, defense, value, status="ok", error=None):
+        return {"cut_point": cut, "defense": defense, "defense_params": {}, "attack": "attribute", "target": "race",
+                "metric": "balanced_accuracy", "value": value, "ci95": [value - 0.02, value + 0.02] if value else None,
+                "utility": {"primary_accuracy": 0.81, "primary_accuracy_ci95": [0.79, 0.83]} if status == "ok" else {},
+                "cost": {"edge_flops": 2.5e9, "edge_flops_fraction": 0.991, "bytes_sent": 32768, "rounds": 1}
+                if status == "ok" else {},
+                "seed": 0, "n_eval": 1714 if status == "ok" else None, "status": status, "error": error}
+
+    records = [record("pool3", "none", 0.448), record("conv1", "none", 0.596),
+               record("conv1", "he", None, "failed", "defense he failed: UnsupportedCloudError: layer conv2 would unroll\nmore")]
+    lines = table(records, ["conv1", "pool3"], ["none", "he"]).splitlines()
+    rows = [line for line in lines if line.startswith("| conv1") or line.startswith("| pool3")]
+    assert [row.split(" | ")[:2] for row in rows] == [["| conv1", "none"], ["| conv1", "he"], ["| pool3", "none"]]
+    assert "0.596 [0.576, 0.616]" in rows[0] and "0.810 [0.790, 0.830]" in rows[0]
+    assert "failed: defense he failed: UnsupportedCloudError: layer conv2 would unroll |" in rows[1]
+    assert rows[1].count("|") == rows[0].count("|")
+    assert "Seeds [0]; 1714 test samples per figure" in lines[-1]
