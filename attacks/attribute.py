@@ -28,6 +28,7 @@ from torch import nn
 from torchmetrics.functional.classification import multiclass_accuracy
 
 from attacks import register_attack
+from attacks._channel import private_channel, release_batched
 from attacks.base import Attack, AttackContext, Score
 from attacks.metrics import classification_scores
 from audit.training import fit_classifier, predict
@@ -136,6 +137,9 @@ class AttributeAttack(_AttributeBase):
         weight_decay: float = Field(1e-4, ge=0)
         width: int = Field(128, ge=1, description="hidden width of the head")
         val_fraction: float = Field(0.15, gt=0, lt=0.5, description="part of the aux split for epoch selection")
+        augment: Literal["none", "hflip"] = Field(
+            "none", description="hflip: also train on releases of the mirrored aux images (queried through the "
+                                "release channel; for data whose labels survive mirroring, e.g. faces)")
 
     def head_names(self, z: torch.Tensor) -> list[str]:
         """The heads to train (the best on validation is kept)."""
@@ -147,20 +151,31 @@ class AttributeAttack(_AttributeBase):
             raise ValueError(f"the cnn head needs spatial features (N, C, H, W), got shape {tuple(z.shape)}")
         return [self.params.head]
 
+    def fit(self, ctx: AttackContext) -> None:
+        self.mirrored = mirrored_releases(ctx) if self.params.augment == "hflip" else None
+        try:
+            super().fit(ctx)
+        finally:
+            self.mirrored = None  # as large as the aux releases: not kept after fitting
+
     def fit_target(self, z: torch.Tensor, s: torch.Tensor, k: int, ctx: AttackContext) -> Predictor:
         p = self.params
         perm = torch.randperm(z.shape[0], generator=torch.Generator().manual_seed(ctx.seed))
         n_val = max(1, int(z.shape[0] * p.val_fraction))
         val, train = perm[:n_val], perm[n_val:]
+        z_train, s_train = z[train], s[train]
+        if self.mirrored is not None:  # the mirrored views of the training part only: validation stays unseen
+            z_train, s_train = torch.cat([z_train, self.mirrored[train]]), torch.cat([s_train, s_train])
+        self.train_samples = int(z_train.shape[0])
         best: tuple[float, str, nn.Module] | None = None
         self.val_bacc: dict[str, float] = {}
         for name in self.head_names(z):
-            standardize = Standardize(z[train], spatial=name == "cnn")
+            standardize = Standardize(z_train, spatial=name == "cnn")
             shape = standardize(z[:1]).shape[1:]
             head = cnn_head(tuple(shape), k, p.width) if name == "cnn" else mlp_head(shape.numel(), k, p.width)
             net = nn.Sequential(standardize, head)
             fit_classifier(
-                net, z[train], s[train], k, settings=ctx.settings, epochs=p.epochs, batch_size=p.batch_size,
+                net, z_train, s_train, k, settings=ctx.settings, epochs=p.epochs, batch_size=p.batch_size,
                 lr=p.lr, weight_decay=p.weight_decay, seed=ctx.seed, balanced=True, val=(z[val], s[val]),
             )
             # the balanced accuracy the attack reports (and KeepBest monitored during training)
@@ -173,7 +188,17 @@ class AttributeAttack(_AttributeBase):
         return lambda zt: predict(net, zt).softmax(dim=1)
 
     def describe_model(self) -> dict:
-        return {"head": self.head, "val_balanced_accuracy": self.val_bacc}
+        return {"head": self.head, "val_balanced_accuracy": self.val_bacc, "train_samples": self.train_samples,
+                "augment": self.params.augment}
+
+
+def mirrored_releases(ctx: AttackContext) -> torch.Tensor:
+    """What the channel releases for the horizontally mirrored aux images (N, ...), row i for aux image i:
+    the attacker's own queries (threat model), through a private copy of the defense (fresh noise draws)."""
+    x = ctx.aux.x
+    if x.ndim != 4:
+        raise ValueError(f"augment: hflip needs image inputs (N, C, H, W), got shape {tuple(x.shape)}")
+    return release_batched(private_channel(ctx.defense), x.flip(-1)).float()
 
 
 @register_attack("attribute_linear")

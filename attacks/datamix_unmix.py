@@ -43,7 +43,7 @@ from typing import Any, Literal
 
 import numpy as np
 import torch
-from pydantic import Field
+from pydantic import Field, model_validator
 
 from attacks import ATTACKS, register_attack
 from attacks.base import Attack, AttackContext, AttackView, Score
@@ -161,6 +161,13 @@ class DataMixUnmix(Attack):
         select_rows: int = Field(512, ge=2, description="aux rows on which `auto` compares the methods")
         attack: Literal["attribute", "attribute_linear"] = Field("attribute", description="the attack run on the recovered features")
         attack_params: dict[str, Any] = Field(default_factory=dict, description="parameters of that attack")
+
+        @model_validator(mode="after")
+        def _no_mirrored_views(self):
+            if self.attack_params.get("augment", "none") != "none":  # its extra releases would not be un-mixed
+                raise ValueError(f"attack_params.augment: {self.attack_params['augment']!r} is not supported inside "
+                                 "datamix_unmix (the mirrored releases would not be un-mixed); use augment: none")
+            return self
 
     # -------------------------------------------------------------- unmixing
     def group_size(self, ctx: AttackContext) -> int:

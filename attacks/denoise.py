@@ -35,7 +35,7 @@ import dataclasses
 import lightning as L
 import torch
 import torch.nn.functional as F
-from pydantic import Field
+from pydantic import Field, model_validator
 from torch import nn
 
 from attacks import register_attack
@@ -143,6 +143,13 @@ class DenoiseAttack(Attack):
                                "attribute classifier; an ablation)")
         attribute: AttributeAttack.Params = Field(
             default_factory=AttributeAttack.Params, description="parameters of the attribute attack on denoised features")
+
+        @model_validator(mode="after")
+        def _no_mirrored_views(self):
+            if self.attribute.augment != "none":  # its extra releases would skip the denoiser
+                raise ValueError(f"attribute.augment: {self.attribute.augment!r} is not supported inside denoise "
+                                 "(the mirrored releases would not be denoised); use augment: none")
+            return self
 
     def fit(self, ctx: AttackContext) -> None:
         p = self.params

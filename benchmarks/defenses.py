@@ -42,7 +42,8 @@ log = logging.getLogger("splitaudit")
 # defense name -> {attack name: params built from the config's attacks}
 ADAPTIVE: dict[str, dict[str, Callable[[dict[str, dict[str, Any]]], dict[str, Any]]]] = {
     "datamix": {
-        "datamix_unmix": lambda attacks: {"attack": "attribute", "attack_params": dict(attacks.get("attribute", {}))},
+        "datamix_unmix": lambda attacks: {"attack": "attribute", "attack_params": {
+            k: v for k, v in attacks.get("attribute", {}).items() if k != "augment"}},  # mirrored views stay mixed
     },
 }
 LEAK_METRIC = "balanced_accuracy"

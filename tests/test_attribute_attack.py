@@ -98,3 +98,33 @@ def test_standardize_in_chunks_equals_the_formula_and_keeps_the_top_components()
     kept = (pca(z) ** 2).sum() / (x**2).sum()
     top3 = torch.linalg.svdvals(x)[:3].pow(2).sum() / (x**2).sum()
     assert pca(z).shape == (600, 3) and float(kept) == pytest.approx(float(top3), rel=1e-3)
+
+
+def test_hflip_augmentation_trains_on_releases_of_the_mirrored_aux_images(planted):
+    """augment: hflip adds, for each training row of the aux split, what the channel releases for that
+    image mirrored: edge(flip(x)) exactly without a defense, a fresh noise draw around it with noise."""
+    from attacks import ATTACKS
+    from attacks.attribute import mirrored_releases
+    from audit.training import predict
+
+    data, net = planted
+    ctx = attack_context(data, net, "conv1")
+    expected = predict(ctx.split.edge, ctx.aux.x.flip(-1))
+    assert torch.allclose(mirrored_releases(ctx), expected, atol=1e-5)
+    noisy = attack_context(data, net, "conv1", defense="noise", scale=2.0, finetune_epochs=0)
+    residual = mirrored_releases(noisy) - expected
+    assert abs(float(residual.std()) / (2.0 * float(noisy.split.features("train").std())) - 1) < 0.05
+    attack = ATTACKS.create("attribute", epochs=2, augment="hflip")
+    attack.fit(ctx)
+    n_val = int(len(ctx.aux) * attack.params.val_fraction)
+    assert attack.models["secret"]["train_samples"] == 2 * (len(ctx.aux) - n_val)
+    assert attack.mirrored is None  # not kept after fitting
+
+
+@pytest.mark.parametrize("attack, params", [("denoise", {"attribute": {"augment": "hflip"}}),
+                                            ("datamix_unmix", {"attack_params": {"augment": "hflip"}})])
+def test_attacks_that_transform_the_release_refuse_mirrored_views(attack, params):
+    from attacks import ATTACKS
+
+    with pytest.raises(ValueError, match="augment: 'hflip' is not supported inside"):
+        ATTACKS.create(attack, **params)
