@@ -76,6 +76,18 @@ def test_unit_noise_has_unit_std():
 
 
 # ----------------------------------------------------------------------------- DataMix
+def test_laplace_noise_is_finite_when_the_uniform_draw_is_exactly_zero(monkeypatch):
+    """torch.rand returns 0 about once in 2^24 draws (a UTKFace pool3 aux split has 14M elements):
+    the inverse CDF must not turn that into an infinite noise value (it made learned_noise NaN)."""
+    draws = torch.tensor([0.0, 2.0**-24, 0.25, 0.5, 1 - 2.0**-24])
+    monkeypatch.setattr(torch, "rand", lambda shape, generator=None: draws.clone())
+    e = unit_noise((5,), "laplace")
+    assert torch.isfinite(e).all()
+    b = 1 / math.sqrt(2)
+    expected = [-24 * math.log(2) * b, math.log(2.0**-23) * b, math.log(0.5) * b, 0.0, -math.log(2.0**-23) * b]
+    assert torch.allclose(e, torch.tensor(expected), atol=1e-4), e
+
+
 def test_mixing_matrices_are_convex_invertible_well_conditioned_and_fresh():
     m = draw_mixing(500, 3, torch.Generator().manual_seed(0), max_condition=8.0)
     assert m.shape == (500, 3, 3) and (m >= 0).all()
