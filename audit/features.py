@@ -15,8 +15,10 @@ disappears with the last tensor that uses it.
 """
 from __future__ import annotations
 
+import logging
 import os
 import tempfile
+import time
 from pathlib import Path
 from typing import Callable
 
@@ -24,6 +26,25 @@ import numpy as np
 import torch
 
 MB = 1 << 20
+log = logging.getLogger("splitaudit")
+
+
+class SlowLoop:
+    """Progress of a loop over ``n`` samples: once it has run ``after`` seconds, every finished batch
+    logs 'LABEL: k/n samples (elapsed, ~left)'. Quick loops stay silent; an encrypted or very large
+    split says where it is. No label: silent."""
+
+    after = 30.0  # seconds of silence before the first line
+
+    def __init__(self, label: str | None, n: int):
+        self.label, self.n = label, n
+        self.start = time.perf_counter()
+
+    def done(self, k: int) -> None:
+        elapsed = time.perf_counter() - self.start
+        if self.label is not None and elapsed >= self.after and k > 0:
+            log.info("%s: %d/%d samples (%.0fs, ~%.0fs left)", self.label, k, self.n, elapsed,
+                     elapsed / k * (self.n - k))
 
 _NUMPY_DTYPES = {
     torch.float32: np.float32, torch.float64: np.float64, torch.float16: np.float16,
@@ -92,18 +113,26 @@ def write_batches(
 
 def map_batches(
     fn: Callable[[int, int], torch.Tensor], n: int, scratch_dir: Path | None, max_ram_mb: float,
-    batch_size: int = 512,
+    batch_size: int = 512, label: str | None = None,
 ) -> torch.Tensor:
     """``torch.cat([fn(a, b) for each batch])`` without holding the result in RAM when it is large.
 
     The first batch fixes dtype and shape. When the whole result is larger than
     ``max_ram_mb`` and ``scratch_dir`` is given, it is written into an unlinked
     scratch file under ``scratch_dir`` and returned memory-mapped; otherwise in RAM.
+    With ``label``, a slow loop logs its progress (:class:`SlowLoop`).
     """
-    first = fn(0, min(n, batch_size)).detach().cpu()
+    progress = SlowLoop(label, n)
+
+    def batch(start: int, stop: int) -> torch.Tensor:
+        out = fn(start, stop).detach().cpu()
+        progress.done(stop)
+        return out
+
+    first = batch(0, min(n, batch_size))
     total = first.element_size() * first[0].numel() * n if first.shape[0] else 0
     if scratch_dir is None or total <= max_ram_mb * MB:
-        rest = [fn(s, min(n, s + batch_size)).detach().cpu() for s in range(batch_size, n, batch_size)]
+        rest = [batch(s, min(n, s + batch_size)) for s in range(batch_size, n, batch_size)]
         return torch.cat([first, *rest]) if rest else first
     scratch_dir = Path(scratch_dir)
     scratch_dir.mkdir(parents=True, exist_ok=True)
@@ -114,7 +143,7 @@ def map_batches(
         out[: first.shape[0]] = first.numpy()
         for start in range(batch_size, n, batch_size):
             stop = min(n, start + batch_size)
-            out[start:stop] = fn(start, stop).detach().cpu().numpy()
+            out[start:stop] = batch(start, stop).numpy()
     finally:
         Path(tmp).unlink(missing_ok=True)  # the mapping stays valid; the space is freed with the tensor
     return torch.from_numpy(out)

@@ -176,23 +176,23 @@ def _finite(value: Any) -> Any:
     return value
 
 
-def _batched(fn, x: torch.Tensor, features: torch.Tensor, batch_size: int) -> torch.Tensor:
-    return torch.cat([fn(x[i : i + batch_size], features[i : i + batch_size]) for i in range(0, x.shape[0], batch_size)])
-
-
 def release_all(
     defense: Defense, x: torch.Tensor, features: torch.Tensor, batch_size: int = 512,
-    scratch_dir: Path | None = None, max_ram_mb: float = math.inf,
+    scratch_dir: Path | None = None, max_ram_mb: float = math.inf, label: str | None = None,
 ) -> torch.Tensor:
     """``defense.release`` over a whole split, in batches; with ``scratch_dir`` a result larger
-    than ``max_ram_mb`` is memory-mapped from a scratch file there instead of held in RAM."""
+    than ``max_ram_mb`` is memory-mapped from a scratch file there instead of held in RAM.
+    With ``label`` a slow release (e.g. encryption) logs its progress."""
     return map_batches(lambda a, b: defense.release(x[a:b], features[a:b]), x.shape[0], scratch_dir,
-                       max_ram_mb, batch_size)
+                       max_ram_mb, batch_size, label)
 
 
-def predict_all(defense: Defense, x: torch.Tensor, features: torch.Tensor, batch_size: int = 512) -> torch.Tensor:
-    """``defense.predict`` (primary logits through the defended pipeline) over a whole split, in batches."""
-    return _batched(defense.predict, x, features, batch_size)
+def predict_all(defense: Defense, x: torch.Tensor, features: torch.Tensor, batch_size: int = 512,
+                label: str | None = None) -> torch.Tensor:
+    """``defense.predict`` (primary logits through the defended pipeline) over a whole split, in batches;
+    with ``label`` a slow one (e.g. encrypted inference) logs its progress."""
+    return map_batches(lambda a, b: defense.predict(x[a:b], features[a:b]), x.shape[0], None, math.inf,
+                       batch_size, label)
 
 
 @contextlib.contextmanager
@@ -379,15 +379,19 @@ class AuditRun:
             train = data.part("train")
             defense.fit(FitContext(split, train, data.num_classes(data.primary), self.config.trainer, fit_seed))
             aux, test = data.part("aux"), data.part("test")
-            z_aux = release_all(defense, aux.x, split.features("aux"), scratch_dir=scratch, max_ram_mb=max_ram)
-            z_test = release_all(defense, test.x, split.features("test"), scratch_dir=scratch, max_ram_mb=max_ram)
+            where = f"{spec.label()} at {cut} (seed {seed})"
+            z_aux = release_all(defense, aux.x, split.features("aux"), scratch_dir=scratch, max_ram_mb=max_ram,
+                                label=f"{where}: release of the aux split")
+            z_test = release_all(defense, test.x, split.features("test"), scratch_dir=scratch, max_ram_mb=max_ram,
+                                 label=f"{where}: release of the test split")
             for name, z in (("aux", z_aux), ("test", z_test)):
                 if z.is_floating_point() and not all_finite(z):
                     raise ValueError(f"defense {spec.label()} released NaN/inf features for the {name} split at {cut}")
             if state.model is None:  # no cloud to measure utility with, no edge to time
                 utility, cost = model_free_measures(defense, z_test)
             else:
-                correct = (predict_all(defense, test.x, split.features("test")).argmax(1) == test.y).float()
+                logits = predict_all(defense, test.x, split.features("test"), label=f"{where}: prediction on the test split")
+                correct = (logits.argmax(1) == test.y).float()
                 utility = {
                     "primary_accuracy": float(correct.mean()),
                     "primary_accuracy_ci95": list(mean_ci(correct, seed=seed)),

@@ -130,3 +130,24 @@ def test_every_training_defense_logs_its_epochs(name, tiny_planted, caplog):
             label, rest = message.split(" at conv1 (seed 3): epoch ")
             seen.setdefault(label, []).append(rest.split(",")[0].split(" ")[0])
     assert seen == {label: [f"{k}/{n}" for k in range(1, n + 1)] for label, n in expected.items()}, seen
+
+
+def test_slow_release_and_prediction_loops_log_their_progress(monkeypatch, caplog, tmp_path):
+    """An encrypted prediction over a test split takes 10-20 minutes on 2 cores: once a loop has run
+    SlowLoop.after seconds, each batch logs 'LABEL: k/n samples'; without a label it stays silent;
+    the result is the same batches concatenated (in RAM or memory-mapped)."""
+    import torch
+
+    from audit.features import SlowLoop, map_batches
+
+    monkeypatch.setattr(SlowLoop, "after", 0.0)
+    x = torch.arange(10.0).reshape(10, 1)
+    with caplog.at_level(logging.INFO, logger="splitaudit"):
+        out = map_batches(lambda a, b: 2 * x[a:b], 10, None, float("inf"), batch_size=4, label="he at pool3: test")
+        mapped = map_batches(lambda a, b: 2 * x[a:b], 10, tmp_path, 0.0, batch_size=4, label="mapped")
+        map_batches(lambda a, b: x[a:b], 10, None, float("inf"), batch_size=4)
+    assert torch.equal(out, 2 * x) and torch.equal(mapped, 2 * x)
+    lines = [r.getMessage() for r in caplog.records]
+    assert [line.split(" (")[0] for line in lines] == [
+        "he at pool3: test: 4/10 samples", "he at pool3: test: 8/10 samples", "he at pool3: test: 10/10 samples",
+        "mapped: 4/10 samples", "mapped: 8/10 samples", "mapped: 10/10 samples"], lines
