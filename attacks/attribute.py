@@ -151,6 +151,8 @@ class AttributeAttack(_AttributeBase):
             raise ValueError(f"the cnn head needs spatial features (N, C, H, W), got shape {tuple(z.shape)}")
         return [self.params.head]
 
+    mirrored: torch.Tensor | None = None  # releases of the mirrored aux images, while fitting
+
     def fit(self, ctx: AttackContext) -> None:
         self.mirrored = mirrored_releases(ctx) if self.params.augment == "hflip" else None
         try:
@@ -224,7 +226,7 @@ class LinearProbeAttack(_AttributeBase):
             scoring="balanced_accuracy", random_state=ctx.seed,
         )
         # one BLAS thread: the products are small (N x 256), and threaded OpenBLAS on a busy machine
-        # made the fit ~20x slower (UTKFace pool3: 288 s for this attack against 32 s for `attribute`)
+        # made the fit 7x slower (UTKFace pool3, race: 288 s; 42 s with one thread, same result)
         with warnings.catch_warnings(), threadpool_limits(limits=1, user_api="blas"):
             warnings.simplefilter("ignore", ConvergenceWarning)
             warnings.simplefilter("ignore", FutureWarning)  # sklearn 1.8+ attribute layout notice
