@@ -25,6 +25,8 @@ from typing import Callable
 import numpy as np
 import torch
 
+from audit.store import atomic_write
+
 MB = 1 << 20
 log = logging.getLogger("splitaudit")
 
@@ -86,11 +88,7 @@ def write_batches(
 ) -> Path:
     """Write ``fn(start, stop)`` for consecutive batches of ``n`` rows into the ``.npy`` file ``path``
     (atomically: temporary file, then rename). Peak memory is one batch."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    os.close(fd)
-    try:
+    with atomic_write(Path(path), fsync=True) as tmp:
         out = None
         for start in range(0, n, batch_size):
             stop = min(n, start + batch_size)
@@ -102,12 +100,6 @@ def write_batches(
             raise ValueError("no rows to write")
         out.flush()
         del out
-        with open(tmp, "rb+") as fh:
-            os.fsync(fh.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
     return path
 
 

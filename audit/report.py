@@ -10,7 +10,7 @@ from pathlib import Path
 from typing import Any
 
 from audit.errors import AuditInputError
-from audit.store import write_json_atomic
+from audit.store import atomic_write, write_json_atomic
 
 log = logging.getLogger("splitaudit")
 
@@ -80,13 +80,11 @@ def _flat(record: dict[str, Any], utility_keys: list[str], cost_keys: list[str])
 def write_results_csv(path: Path, records: list[dict[str, Any]]) -> None:
     utility_keys = sorted({k for r in records for k, v in (r.get("utility") or {}).items() if not isinstance(v, (list, dict))})
     cost_keys = sorted({k for r in records for k, v in (r.get("cost") or {}).items() if not isinstance(v, (list, dict))})
-    tmp = path.with_suffix(".csv.tmp")
-    with open(tmp, "w", newline="", encoding="utf-8") as fh:
+    with atomic_write(path) as tmp, open(tmp, "w", newline="", encoding="utf-8") as fh:
         writer = csv.writer(fh)
         writer.writerow(CSV_HEAD + [f"utility.{k}" for k in utility_keys] + [f"cost.{k}" for k in cost_keys])
         for record in records:
             writer.writerow(_flat(record, utility_keys, cost_keys))
-    tmp.replace(path)
 
 
 def read_report(path: str | Path) -> dict[str, Any]:

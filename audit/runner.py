@@ -22,7 +22,6 @@ import logging
 import math
 import os
 import shutil
-import tempfile
 import time
 import traceback
 from dataclasses import dataclass
@@ -42,7 +41,7 @@ from audit.features import FeatureStore, map_batches
 from audit.models import MODELS, SplitModel, flops_per_sample
 from audit.report import SCHEMA_VERSION, environment, write_report
 from audit.stats import mean_ci
-from audit.store import ResultStore
+from audit.store import ResultStore, atomic_write
 from audit.training import fit_classifier, inference_device, predict
 from defenses import DEFENSES, Defense, FitContext, SplitPoint
 
@@ -300,14 +299,8 @@ class AuditRun:
                 seed=stage_seed(seed, key, "task"), hflip=tr.hflip,
                 log_epochs=f"{task.display_name}/{task.model_name} seed={seed} task training",
             )
-            path.parent.mkdir(parents=True, exist_ok=True)
-            fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-            os.close(fd)
-            try:
+            with atomic_write(path) as tmp:
                 torch.save(model.state_dict(), tmp)
-                os.replace(tmp, path)
-            finally:
-                Path(tmp).unlink(missing_ok=True)
         model.eval()
         test = data.part("test")
         correct = (predict(model, test.x, device=self.device).argmax(1) == test.y).float()

@@ -23,6 +23,8 @@ import fcntl
 import json
 import os
 import tempfile
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -45,20 +47,37 @@ def _fsync_dir(path: Path) -> None:
         os.close(fd)
 
 
-def write_json_atomic(path: Path, data: Any) -> None:
-    """Write ``data`` as JSON to ``path`` via a temporary file and ``os.replace`` (then fsync the folder)."""
+@contextmanager
+def atomic_write(path: Path, fsync: bool = False) -> Iterator[Path]:
+    """Yield a fresh temporary path beside ``path``; when the block ends, rename it onto ``path``.
+
+    Readers see the old file or the new one, never half of one. The temporary name is unique to
+    this writer, so two processes filling the same cache file at once (two audits sharing a cache)
+    cannot write into each other's file. On error the temporary file is removed and ``path`` is
+    left as it was. ``fsync`` flushes the file and its folder to disk (results cells)."""
+    path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    fd, name = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    os.close(fd)
+    tmp = Path(name)
     try:
-        with os.fdopen(fd, "w", encoding="utf-8") as fh:
-            json.dump(data, fh, indent=1, sort_keys=False, allow_nan=False)
-            fh.flush()
-            os.fsync(fh.fileno())
+        os.chmod(tmp, 0o644)  # mkstemp makes 0600; reports and caches are ordinary files
+        yield tmp
+        if fsync:
+            with open(tmp, "rb+") as fh:
+                os.fsync(fh.fileno())
         os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-    _fsync_dir(path.parent)
+        if fsync:
+            _fsync_dir(path.parent)
+    finally:
+        tmp.unlink(missing_ok=True)
+
+
+def write_json_atomic(path: Path, data: Any) -> None:
+    """Write ``data`` as JSON to ``path`` via :func:`atomic_write` (fsynced)."""
+    with atomic_write(path, fsync=True) as tmp:
+        with open(tmp, "w", encoding="utf-8") as fh:
+            json.dump(data, fh, indent=1, sort_keys=False, allow_nan=False)
 
 
 def config_differences(old: Any, new: Any, prefix: str = "", limit: int = 6) -> list[str]:

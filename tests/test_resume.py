@@ -16,7 +16,7 @@ from audit.cli import main
 from audit.errors import AuditInputError
 from audit.merge import report_values
 from audit.runner import RunCallback, plan_cells
-from audit.store import ResultStore
+from audit.store import ResultStore, atomic_write
 from tests.conftest import GRID
 from tests.worker_plugins import register
 
@@ -218,6 +218,26 @@ def test_commit_is_atomic_when_writing_fails(tmp_path, monkeypatch):
     assert store.load("a") == [{"status": "ok"}] and store.load("b") is None
     assert sorted(p.name for p in (tmp_path / "out" / "cells").iterdir()) == ["a.json"]
     store.close()
+
+
+def test_two_writers_of_one_cache_file_do_not_share_a_temporary_file(tmp_path):
+    """Two audits sharing a cache may fill the same file at once (both decode UTKFace): each
+    writer gets its own temporary file, the last rename wins whole, and nothing is left behind.
+    With one fixed temporary name the inner writer renames the outer one's file away."""
+    target = tmp_path / "cache" / "images.pt"
+    with atomic_write(target) as outer:
+        outer.write_text("outer")
+        with atomic_write(target) as inner:
+            assert inner != outer
+            inner.write_text("inner")
+        assert target.read_text() == "inner"
+    assert target.read_text() == "outer"
+    with pytest.raises(RuntimeError, match="decoding failed"), atomic_write(target) as tmp:
+        tmp.write_text("half")
+        raise RuntimeError("decoding failed")
+    assert target.read_text() == "outer"
+    assert [p.name for p in target.parent.iterdir()] == ["images.pt"]
+    assert target.stat().st_mode & 0o777 == 0o644
 
 
 def test_one_run_at_a_time_per_folder_and_the_lock_dies_with_its_process(tmp_path):

@@ -42,6 +42,7 @@ from audit.data import register_dataset
 from audit.data.base import Dataset, LoadedData
 from audit.errors import AuditInputError
 from audit.registry import PluginParams
+from audit.store import atomic_write
 
 NO_PRIMARY = "none"  # the primary label of a dump that has none: one class, nothing uses it
 
@@ -221,25 +222,24 @@ def save_feature_dump(
     dump = {"features": dict(features), "labels": dict(labels), "x": x, "meta": meta}
     check_feature_dump(dump, path)
     as_np = lambda t: t.detach().cpu().numpy() if isinstance(t, torch.Tensor) else np.asarray(t)  # noqa: E731
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp")
-    if path.suffix.lower() == ".npz":
-        arrays = {f"features/{k}": as_np(v) for k, v in features.items()}
-        arrays.update({f"labels/{k}": as_np(v) for k, v in labels.items()})
-        if x is not None:
-            arrays["x"] = as_np(x)
-        arrays["meta"] = np.array(json.dumps(meta))
-        with open(tmp, "wb") as fh:
-            np.savez(fh, **arrays)
-    elif path.suffix.lower() in (".pt", ".pth"):
-        tensors = lambda d: {k: torch.as_tensor(v).detach().cpu() for k, v in d.items()}  # noqa: E731
-        out = {"features": tensors(features), "labels": tensors(labels), "meta": json.loads(json.dumps(meta))}
-        if x is not None:
-            out["x"] = torch.as_tensor(x).detach().cpu()
-        torch.save(out, tmp)
-    else:
+    suffix = path.suffix.lower()
+    if suffix not in (".npz", ".pt", ".pth"):
         raise AuditInputError(f"feature dump {path}: unknown format {path.suffix!r}; use .npz or .pt")
-    tmp.replace(path)
+    with atomic_write(path) as tmp:
+        if suffix == ".npz":
+            arrays = {f"features/{k}": as_np(v) for k, v in features.items()}
+            arrays.update({f"labels/{k}": as_np(v) for k, v in labels.items()})
+            if x is not None:
+                arrays["x"] = as_np(x)
+            arrays["meta"] = np.array(json.dumps(meta))
+            with open(tmp, "wb") as fh:
+                np.savez(fh, **arrays)
+        else:
+            tensors = lambda d: {k: torch.as_tensor(v).detach().cpu() for k, v in d.items()}  # noqa: E731
+            out = {"features": tensors(features), "labels": tensors(labels), "meta": json.loads(json.dumps(meta))}
+            if x is not None:
+                out["x"] = torch.as_tensor(x).detach().cpu()
+            torch.save(out, tmp)
     return path
 
 

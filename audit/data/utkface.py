@@ -27,6 +27,7 @@ from audit.data import register_dataset
 from audit.data.base import Dataset, LoadedData
 from audit.errors import AuditInputError
 from audit.registry import PluginParams
+from audit.store import atomic_write
 
 log = logging.getLogger("splitaudit")
 
@@ -156,10 +157,8 @@ class UTKFace(Dataset):
                 raise AuditInputError(f"none of the {len(files)} UTKFace images in {p.root} could be read")
             images = torch.stack([decoded[i] for i in keep])
             keep = torch.tensor(keep)
-            cache.parent.mkdir(parents=True, exist_ok=True)
-            tmp = cache.with_suffix(".tmp")
-            torch.save({"images": images, "keep": keep}, tmp)
-            tmp.replace(cache)
+            with atomic_write(cache) as tmp:  # two audits sharing the cache may decode at once
+                torch.save({"images": images, "keep": keep}, tmp)
         meta = [files[i][1] for i in keep.tolist()]
         age = torch.tensor([m[0] for m in meta])
         labels = {

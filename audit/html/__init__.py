@@ -17,6 +17,8 @@ from typing import Any
 
 import yaml
 
+from audit.store import atomic_write
+
 FIGURES_DIR = "figures"
 
 
@@ -103,7 +105,6 @@ def write_html_report(out_dir: str | Path, report: dict[str, Any]) -> Path:
     page = render_html(report, out_dir, figures)
     write_figures(out_dir, figures)
     path = out_dir / "report.html"
-    tmp = path.with_suffix(".html.tmp")
-    tmp.write_text(page, encoding="utf-8")
-    tmp.replace(path)
+    with atomic_write(path) as tmp:
+        tmp.write_text(page, encoding="utf-8")
     return path
