@@ -6,7 +6,8 @@ any machines) into one folder whose report.json equals a single run's report
 in every value that :func:`report_values` keeps.
 
 Two reports of the same audit are *identical* when ``report_values`` of both
-are equal: ``schema_version``, ``config``, ``tasks``, ``environment.seeds``,
+are equal: ``schema_version``, ``config``, ``tasks`` (but ``tasks[].task_model``, which says
+whether this run trained the task model or loaded it from the cache), ``environment.seeds``,
 ``environment.packages`` and every record of ``results`` (same order, every
 key), leaving out what measures wall-clock time or where the run happened:
 ``created``, the other ``environment`` keys (python, platform, device,
@@ -29,6 +30,7 @@ log = logging.getLogger("splitaudit")
 
 TIMING_SUFFIXES = ("_ms", "_seconds")
 ENVIRONMENT_VALUES = ("seeds", "packages")
+TASK_PROVENANCE = ("task_model",)  # trained here or loaded from the cache, when, by which torch
 
 
 def strip_timing(value: Any) -> Any:
@@ -48,7 +50,7 @@ def report_values(report: dict[str, Any]) -> dict[str, Any]:
         "schema_version": report.get("schema_version"),
         "config": report.get("config"),
         "environment": {k: env.get(k) for k in ENVIRONMENT_VALUES},
-        "tasks": report.get("tasks"),
+        "tasks": [{k: v for k, v in t.items() if k not in TASK_PROVENANCE} for t in report.get("tasks") or []],
         "results": strip_timing(report.get("results")),
     }
 

@@ -41,7 +41,7 @@ from audit.features import FeatureStore, map_batches
 from audit.models import MODELS, SplitModel, flops_per_sample
 from audit.report import SCHEMA_VERSION, environment, write_report
 from audit.stats import mean_ci
-from audit.store import ResultStore, atomic_write
+from audit.store import ResultStore, atomic_write, write_json_atomic
 from audit.training import fit_classifier, inference_device, predict
 from defenses import DEFENSES, Defense, FitContext, SplitPoint
 
@@ -84,6 +84,22 @@ class Cell:
 
 def _validated(registry, spec_name: str, params: dict[str, Any]) -> dict[str, Any]:
     return registry.validate_params(spec_name, params).model_dump(mode="json")
+
+
+def _training_record(path: Path) -> dict[str, Any]:
+    """What the run that trained a cached task model recorded beside it (``KEY.json``): when, how
+    long, torch version and thread count; empty for a model cached before such records existed."""
+    record = path.with_suffix(".json")
+    try:
+        data = json.loads(record.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        return {}
+    except (OSError, ValueError) as err:
+        log.warning("training record %s unreadable (%s); the report will not say how the task model was trained",
+                    record, err)
+        return {}
+    keep = ("trained_at", "seconds", "torch", "torch_threads", "device")
+    return {k: data[k] for k in keep if k in data} if isinstance(data, dict) else {}
 
 
 def task_key(task: TaskConfig, seed: int) -> str:
@@ -278,6 +294,7 @@ class AuditRun:
         train = data.part("train")
         if task.training.epochs == 0:
             log.info("%s/%s seed=%d: model audited as given (training.epochs: 0)", task.display_name, task.model_name, seed)
+            provenance = {"source": "given"}
         elif path.exists():
             try:
                 model.load_state_dict(torch.load(path, map_location="cpu", weights_only=True))
@@ -287,20 +304,30 @@ class AuditRun:
                     f"{str(err).splitlines()[0] if str(err) else ''}); delete it to retrain"
                 ) from None
             log.info("%s/%s seed=%d: task model from cache %s", task.display_name, task.model_name, seed, path)
+            provenance = {"source": "cache", "path": str(path), **_training_record(path)}
         else:
             log.info(
                 "%s/%s seed=%d: training the task model (%d samples, %d epochs)",
                 task.display_name, task.model_name, seed, len(train), task.training.epochs,
             )
             tr = task.training
+            started = time.perf_counter()
             fit_classifier(
                 model, train.x, train.y, data.num_classes(data.primary), settings=self.config.trainer,
                 epochs=tr.epochs, batch_size=tr.batch_size, lr=tr.lr, weight_decay=tr.weight_decay,
                 seed=stage_seed(seed, key, "task"), hflip=tr.hflip,
                 log_epochs=f"{task.display_name}/{task.model_name} seed={seed} task training",
             )
+            # how it was trained: a cached model's accuracy depends on the torch version and thread count
+            record = {
+                "trained_at": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+                "seconds": round(time.perf_counter() - started, 1), "torch": torch.__version__,
+                "torch_threads": torch.get_num_threads(), "device": self.device.type,
+            }
             with atomic_write(path) as tmp:
                 torch.save(model.state_dict(), tmp)
+            write_json_atomic(path.with_suffix(".json"), record)
+            provenance = {"source": "trained", "path": str(path), **record}
         model.eval()
         test = data.part("test")
         correct = (predict(model, test.x, device=self.device).argmax(1) == test.y).float()
@@ -313,6 +340,7 @@ class AuditRun:
             "primary_accuracy": float(correct.mean()), "primary_accuracy_ci95": list(mean_ci(correct, seed=seed)),
             "full_flops": full_flops, "cut_points": task.cut_points, "task_key": key,
             "stage_seeds": {"init": stage_seed(seed, key, "init"), "task": stage_seed(seed, key, "task")},
+            "task_model": provenance,
         }
         log.info("%s/%s seed=%d: primary accuracy %.3f on %d test samples",
                  task.display_name, task.model_name, seed, summary["primary_accuracy"], len(test))

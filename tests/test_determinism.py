@@ -4,6 +4,7 @@ import torch
 
 from audit import Audit, build_config
 from audit.executors import SequentialExecutor
+from audit.html import task_model_provenance
 from audit.merge import report_values
 from audit.runner import stage_seed, task_key
 
@@ -41,3 +42,21 @@ def test_the_report_records_every_seed_and_package_version(tmp_path, tiny_config
     for r in report["results"]:
         assert set(r["stage_seeds"]) == {"defense", "attack"}
         assert r["stage_seeds"]["attack"] == stage_seed(0, key, "fc1", "none", r["defense_params"], "attribute_linear")
+
+
+def test_the_report_says_whether_the_task_model_was_trained_here_or_cached(tmp_path, tiny_config):
+    tiny_config.update(cut_points=["fc1"], defenses=["none"], attacks={"attribute_linear": {}})
+    trained = _run(tiny_config, tmp_path / "a", tmp_path / "cache")
+    cached = _run(tiny_config, tmp_path / "b", tmp_path / "cache")
+    first, second = trained["tasks"][0]["task_model"], cached["tasks"][0]["task_model"]
+    assert first["source"] == "trained" and second["source"] == "cache"
+    assert first["torch"] == torch.__version__ and first["torch_threads"] == 1 and first["seconds"] > 0
+    assert {k: second[k] for k in ("trained_at", "seconds", "torch", "torch_threads")} == {
+        k: first[k] for k in ("trained_at", "seconds", "torch", "torch_threads")}
+    assert report_values(trained) == report_values(cached)  # provenance is not a report value
+    assert task_model_provenance(second).startswith(f"from cache; trained {first['trained_at'][:10]} in ")
+    (record,) = (tmp_path / "cache" / "task_models").glob("*.json")
+    record.write_text("{not json")  # a damaged record loses the provenance, not the audit
+    again = _run(tiny_config, tmp_path / "c", tmp_path / "cache")
+    assert again["tasks"][0]["task_model"] == {"source": "cache", "path": second["path"]}
+    assert task_model_provenance(again["tasks"][0]["task_model"]) == "from cache (no training record)"

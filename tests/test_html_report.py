@@ -69,7 +69,10 @@ def fake_report(out: Path, seeds=(0,)) -> dict:
         "environment": {"seeds": list(seeds), "device": "cpu", "packages": {"torch": "2.14"}},
         "tasks": [{"dataset": "synthetic", "model": "small_cnn", "seed": s, "primary": "label", "private": ["secret"],
                    "n": {"train": 1000, "aux": 500, "test": 500}, "primary_accuracy": 0.95,
-                   "primary_accuracy_ci95": [0.93, 0.97], "full_flops": 5e5, "cut_points": CUTS} for s in seeds],
+                   "primary_accuracy_ci95": [0.93, 0.97], "full_flops": 5e5, "cut_points": CUTS,
+                   "task_model": {"source": "trained" if s == 0 else "cache", "trained_at": "2026-11-23T01:02:03+00:00",
+                                  "seconds": 846.0, "torch": "2.14.0", "torch_threads": 2, "device": "cpu"}}
+                  for s in seeds],
         "results": records,
     }
 
@@ -117,6 +120,8 @@ def test_page_is_self_contained_and_says_seeds_and_n(page):
     assert html.count("<table") == 4  # summary, cost (one task), failed cells, task models
     assert "RuntimeError: &lt;boom&gt;" in html  # escaped
     assert "noise(scale=2.0)" in html and "0.5 [0.45, 0.55] nats" in html  # defense labels; MI in nats
+    assert "trained in this run in 14.1 min (torch 2.14.0, 2 threads, cpu)" in html  # seed 0
+    assert "from cache; trained 2026-11-23 in 14.1 min (torch 2.14.0, 2 threads, cpu)" in html  # seed 1
 
 
 def test_threat_model_is_the_readme_wording(page):

@@ -35,8 +35,31 @@ def _task_infos(report: dict[str, Any]) -> list[dict[str, str]]:
             "splits": " / ".join(str(n.get(k, "?")) for k in ("train", "aux", "test")),
             "accuracy": fmt_ci(t.get("primary_accuracy"), t.get("primary_accuracy_ci95")),
             "flops": human_count(t.get("full_flops"), "FLOP"),
+            "provenance": task_model_provenance(t.get("task_model")),
         })
     return rows
+
+
+def task_model_provenance(info: dict[str, Any] | None) -> str:
+    """One line on where a task model came from, e.g. "from cache; trained 2026-12-02 in 14.1 min
+    (torch 2.14.0, 2 threads, cpu)". A cached model trained elsewhere may score differently."""
+    if not info:
+        return "-"
+    source = info.get("source")
+    if source == "given":
+        return "as given (training.epochs: 0)"
+    how = [f"torch {info['torch']}"] if "torch" in info else []
+    if "torch_threads" in info:
+        how.append(f"{info['torch_threads']} threads")
+    if "device" in info:
+        how.append(str(info["device"]))
+    took = f" in {info['seconds'] / 60:.1f} min" if isinstance(info.get("seconds"), (int, float)) else ""
+    detail = f"{took} ({', '.join(how)})" if how else took
+    if source == "trained":
+        return f"trained in this run{detail}"
+    if "trained_at" in info:
+        return f"from cache; trained {str(info['trained_at'])[:10]}{detail}"
+    return "from cache (no training record)"
 
 
 def render_html(report: dict[str, Any], out_dir: str | Path, figures: list | None = None) -> str:
