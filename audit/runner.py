@@ -398,7 +398,8 @@ class AuditRun:
             L.seed_everything(fit_seed, verbose=False)
             defense = DEFENSES.create(spec.name, **spec.params)
             train = data.part("train")
-            defense.fit(FitContext(split, train, data.num_classes(data.primary), self.config.trainer, fit_seed))
+            defense.fit(FitContext(split, train, data.num_classes(data.primary), self.config.trainer, fit_seed,
+                                   audit_seed=seed))
             aux, test = data.part("aux"), data.part("test")
             where = f"{spec.label()} at {cut} (seed {seed})"
             z_aux = release_all(defense, aux.x, split.features("aux"), scratch_dir=scratch, max_ram_mb=max_ram,

@@ -101,7 +101,7 @@ def run_task(name: str, args, out: Path) -> list[dict]:
             fit_seed = stage_seed(seed, state.key, cut, spec.name, params)
             L.seed_everything(fit_seed, verbose=False)
             defense = DEFENSES.create(spec.name, **params)
-            defense.fit(FitContext(split, train, data.num_classes(data.primary), config.trainer, fit_seed))
+            defense.fit(FitContext(split, train, data.num_classes(data.primary), config.trainer, fit_seed, audit_seed=seed))
             z_aux = release_all(defense, aux.x, split.features("aux"))
             z_test = release_all(defense, x_test, split.features("test"))
             split._features.clear()  # free the clean features (the attacks recompute what they need)

@@ -44,17 +44,22 @@ class SplitPoint:
 
 @dataclass
 class FitContext:
-    """What a defense may use to fit: the split model, the task-train split, training settings."""
+    """What a defense may use to fit: the split model, the task-train split, training settings.
+    ``seed``: this fit's own seed (derived from the audit seed and the cell); ``audit_seed``: the
+    seed the report names, when known."""
 
     split: SplitPoint
     train: Part
     num_classes: int
     settings: TrainerSettings
     seed: int
+    audit_seed: int | None = None
 
     def label(self, what: str) -> str:
-        """``what`` at this cut point and seed, for progress lines: 'siamese fine-tuning at pool3 (seed 0)'."""
-        return f"{what} at {self.split.cut_point} (seed {self.seed})"
+        """``what`` at this cut point and seed, for progress lines: 'siamese fine-tuning at pool3 (seed 0)'
+        with the audit's seed, else 'siamese fine-tuning at pool3 (fit seed 459726022)'."""
+        seed = f"seed {self.audit_seed}" if self.audit_seed is not None else f"fit seed {self.seed}"
+        return f"{what} at {self.split.cut_point} ({seed})"
 
 
 class Defense:

@@ -112,7 +112,8 @@ def tiny_planted():
 @pytest.mark.parametrize("name", sorted(TRAINING_DEFENSES))
 def test_every_training_defense_logs_its_epochs(name, tiny_planted, caplog):
     """A defense's training on UTKFace takes minutes to half an hour: each of its trainings logs
-    'LABEL at CUT (seed S): epoch k/K, <epoch-mean losses> (...)' once per epoch."""
+    'LABEL at CUT (seed S): epoch k/K, <epoch-mean losses> (...)' once per epoch, S being the audit's
+    seed (the one the report names), not the fit's derived seed."""
     from audit.training import predict
     from defenses import DEFENSES, FitContext, SplitPoint
     from tests.helpers import SETTINGS
@@ -123,13 +124,14 @@ def test_every_training_defense_logs_its_epochs(name, tiny_planted, caplog):
     split = SplitPoint("conv1", net, edge, cloud, compute_features=lambda part: predict(edge, data.part(part).x))
     with caplog.at_level(logging.INFO, logger="splitaudit"):
         DEFENSES.create(name, **params).fit(
-            FitContext(split, data.part("train"), data.num_classes(data.primary), SETTINGS, seed=3))
+            FitContext(split, data.part("train"), data.num_classes(data.primary), SETTINGS, seed=459726022, audit_seed=3))
     seen: dict[str, list[str]] = {}
     for message in (r.getMessage() for r in caplog.records):
         if " at conv1 (seed 3): epoch " in message:
             label, rest = message.split(" at conv1 (seed 3): epoch ")
             seen.setdefault(label, []).append(rest.split(",")[0].split(" ")[0])
     assert seen == {label: [f"{k}/{n}" for k in range(1, n + 1)] for label, n in expected.items()}, seen
+    assert not any("459726022" in r.getMessage() for r in caplog.records)
 
 
 def test_slow_release_and_prediction_loops_log_their_progress(monkeypatch, caplog, tmp_path):
