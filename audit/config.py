@@ -31,7 +31,7 @@ from audit.errors import AuditInputError
 from audit.registry import PluginParamsError, Registry, UnknownPluginError
 from audit.training import TrainerSettings
 
-TASK_KEYS = ("dataset", "model", "cut_points", "training", "splits", "label", "model_label")
+TASK_KEYS = ("dataset", "model", "cut_points", "training", "splits", "label", "model_label", "attacker_data")
 
 
 class Strict(BaseModel):
@@ -93,6 +93,10 @@ class TaskConfig(Strict):
     model_label: str | None = Field(None, description="name of the model in reports (default: the model plugin's name)")
     attacks: list[str] | None = Field(
         None, min_length=1, description="the audit's attacks run on this task, by name (default: all of them)")
+    attacker_data: Literal["aux", "train+aux"] = Field(
+        "aux", description="what the attacks train on: the aux split (the threat model's auxiliary set) or also "
+        "the task-train split (an attacker holding the model's training data: stronger, ~3x the attack time "
+        "and memory); evaluation stays on the test split")
 
     @property
     def display_name(self) -> str:
@@ -201,6 +205,8 @@ class AuditConfig(Strict):
             for key in ("model_label", "attacks"):
                 if task.get(key) is None:
                     task.pop(key, None)
+            if task.get("attacker_data") == "aux":  # the default: folders made before this key still resume
+                task.pop("attacker_data")
         return hashlib.sha256(json.dumps(data, sort_keys=True).encode()).hexdigest()[:16]
 
 

@@ -31,6 +31,31 @@ MB = 1 << 20
 log = logging.getLogger("splitaudit")
 
 
+class Rows:
+    """Row-wise concatenation of tensors, copied only as sliced: ``Rows(a, b)[i:j]`` equals
+    ``torch.cat([a, b])[i:j]`` without materialising the whole (memory-mapped features stay on disk)."""
+
+    def __init__(self, *parts: torch.Tensor):
+        self.parts = parts
+        self.shape = (sum(p.shape[0] for p in parts), *parts[0].shape[1:])
+
+    def __len__(self) -> int:
+        return self.shape[0]
+
+    def __getitem__(self, rows: slice) -> torch.Tensor:
+        start, stop, step = rows.indices(len(self))
+        if step != 1:
+            raise ValueError("Rows supports contiguous slices only")
+        pieces, offset = [], 0
+        for part in self.parts:
+            n = part.shape[0]
+            a, b = max(start - offset, 0), min(stop - offset, n)
+            if a < b:
+                pieces.append(part[a:b])
+            offset += n
+        return pieces[0] if len(pieces) == 1 else torch.cat(pieces) if pieces else self.parts[0][:0]
+
+
 class SlowLoop:
     """Progress of a loop over ``n`` samples: once it has run ``after`` seconds, every finished batch
     logs 'LABEL: k/n samples (elapsed, ~left)'. Quick loops stay silent; an encrypted or very large

@@ -37,7 +37,7 @@ from audit.config import AuditConfig, PluginSpec, TaskConfig
 from audit.data import DATASETS, AuditData, split_indices
 from audit.data.features import model_free_measures, model_free_split, model_free_summary, precomputed_features
 from audit.errors import AuditInputError
-from audit.features import FeatureStore, map_batches
+from audit.features import FeatureStore, Rows, map_batches
 from audit.models import MODELS, SplitModel, flops_per_sample
 from audit.report import SCHEMA_VERSION, environment, write_report
 from audit.stats import mean_ci
@@ -104,7 +104,8 @@ def _training_record(path: Path) -> dict[str, Any]:
 
 def task_key(task: TaskConfig, seed: int) -> str:
     """Identity of a trained task model: dataset, model, training, splits and seed."""
-    return stable_hash(CACHE_VERSION, task.model_dump(mode="json", exclude={"label", "cut_points", "attacks"}), seed)
+    what = task.model_dump(mode="json", exclude={"label", "cut_points", "attacks", "attacker_data"})
+    return stable_hash(CACHE_VERSION, what, seed)
 
 
 def plan_cells(config: AuditConfig) -> list[Cell]:
@@ -117,9 +118,10 @@ def plan_cells(config: AuditConfig) -> list[Cell]:
             for cut in task.cut_points:
                 for d, spec in enumerate(config.defenses):
                     for attack in task.attacks or config.attacks:
+                        stronger = [task.attacker_data] if task.attacker_data != "aux" else []  # (old ids kept)
                         cid = stable_hash(
                             task_key(task, seed), cut, spec.name, defense_params[d],
-                            attack, attack_params[attack], config.n_boot,
+                            attack, attack_params[attack], config.n_boot, *stronger,
                         )
                         cells.append(Cell(t, seed, cut, d, attack, cid))
     return cells
@@ -191,8 +193,13 @@ def _finite(value: Any) -> Any:
     return value
 
 
+def attacker_splits(task: TaskConfig) -> tuple[str, ...]:
+    """The splits the attacks train on (``attacker_data``), rows in this order."""
+    return ("train", "aux") if task.attacker_data == "train+aux" else ("aux",)
+
+
 def release_all(
-    defense: Defense, x: torch.Tensor, features: torch.Tensor, batch_size: int = 512,
+    defense: Defense, x: torch.Tensor, features: torch.Tensor | Rows, batch_size: int = 512,
     scratch_dir: Path | None = None, max_ram_mb: float = math.inf, label: str | None = None,
 ) -> torch.Tensor:
     """``defense.release`` over a whole split, in batches; with ``scratch_dir`` a result larger
@@ -282,8 +289,11 @@ class AuditRun:
         splits = getattr(loaded, "splits", None) or split_indices(loaded.x.shape[0], task.splits.model_dump(), seed)
         data = AuditData(task.display_name, loaded, splits)
         features = precomputed_features(loaded, task.cut_points, with_model=task.model is not None)
+        attacker = {"attacker_data": "+".join(attacker_splits(task)),
+                    "n_attacker": sum(len(splits[p]) for p in attacker_splits(task))}
         if task.model is None:  # saved features audited without a model (audit/data/features.py)
-            return TaskState(key, data, None, None, model_free_summary(task, seed, key, data), features)
+            summary = {**model_free_summary(task, seed, key, data), **attacker}
+            return TaskState(key, data, None, None, summary, features)
         factory = given.get("model") or MODELS.create(task.model.name, **task.model.params)
         with torch.random.fork_rng(devices=[]):  # the initial weights depend on the seed only
             torch.manual_seed(stage_seed(seed, key, "init"))
@@ -336,7 +346,7 @@ class AuditRun:
             "dataset": task.display_name, "model": task.model_name, "seed": seed,
             "primary": data.primary, "private": data.private,
             "classes": {name: loaded.classes[name] for name in [data.primary, *data.private]},
-            "n": {name: len(idx) for name, idx in splits.items()},
+            "n": {name: len(idx) for name, idx in splits.items()}, **attacker,
             "primary_accuracy": float(correct.mean()), "primary_accuracy_ci95": list(mean_ci(correct, seed=seed)),
             "full_flops": full_flops, "cut_points": task.cut_points, "task_key": key,
             "stage_seeds": {"init": stage_seed(seed, key, "init"), "task": stage_seed(seed, key, "task")},
@@ -400,10 +410,11 @@ class AuditRun:
             train = data.part("train")
             defense.fit(FitContext(split, train, data.num_classes(data.primary), self.config.trainer, fit_seed,
                                    audit_seed=seed))
-            aux, test = data.part("aux"), data.part("test")
+            attacker = attacker_splits(self.config.tasks[cells[0].task])
+            aux, test = data.part(*attacker), data.part("test")
             where = f"{spec.label()} at {cut} (seed {seed})"
-            z_aux = release_all(defense, aux.x, split.features("aux"), scratch_dir=scratch, max_ram_mb=max_ram,
-                                label=f"{where}: release of the aux split")
+            z_aux = release_all(defense, aux.x, Rows(*(split.features(p) for p in attacker)), scratch_dir=scratch,
+                                max_ram_mb=max_ram, label=f"{where}: release of the {'+'.join(attacker)} split")
             z_test = release_all(defense, test.x, split.features("test"), scratch_dir=scratch, max_ram_mb=max_ram,
                                  label=f"{where}: release of the test split")
             for name, z in (("aux", z_aux), ("test", z_test)):

@@ -128,7 +128,7 @@ def test_threat_model_is_the_readme_wording(page):
     _, _, html = page
     readme = (ROOT / "README.md").read_text(encoding="utf-8")
     section = readme.split("## Threat model", 1)[1].split("\n## ", 1)[0]
-    text = lambda s: " ".join(re.sub(r"<[^>]+>", "", s).replace("**", "").replace("*", "").split())
+    text = lambda s: " ".join(re.sub(r"<[^>]+>", "", s).replace("**", "").replace("*", "").replace("`", "").split())
     page_section = html.split('<h2 id="threat">Threat model</h2>', 1)[1].split("<h2", 1)[0]
     assert text(section) == text(page_section)
 

@@ -119,3 +119,48 @@ def test_failing_defense_fails_its_cells_and_the_rest_go_on(tmp_path, tiny_confi
     ok = [r for r in report["results"] if r["status"] == "ok"]
     assert len(failed) == 1 and "boom" in failed[0]["error"] and failed[0]["defense"] == "test_broken"
     assert len(ok) == 3
+
+
+def test_attacker_data_train_plus_aux_gives_the_attacks_those_rows(tmp_path, tiny_config):
+    """attacker_data: train+aux -> each attack's aux view is the released train rows then the aux
+    rows (checked against the edge features computed here); the default keeps config hashes and
+    cell ids of folders made before the key existed."""
+    from audit.runner import AuditRun, attacker_splits
+    from audit.training import predict
+    from tests.worker_plugins import register
+
+    register()
+    tiny_config.update(cut_points=["fc1"], defenses=["none"], attacks={"test_probe": {}})
+    default = build_config(tiny_config)
+    assert default.config_hash() == build_config({**tiny_config, "attacker_data": "aux"}).config_hash()
+    tiny_config["attacker_data"] = "train+aux"
+    stronger = build_config(tiny_config)
+    assert stronger.config_hash() != default.config_hash()
+    assert {c.id for c in plan_cells(stronger)}.isdisjoint(c.id for c in plan_cells(default))
+    reports = {name: Audit(cfg).run(tmp_path / name) for name, cfg in (("aux", default), ("both", stronger))}
+    state = AuditRun(stronger, tmp_path / "x").prepare_task(0, 0)
+    edge, _ = state.model.split("fc1")
+    for name, report in reports.items():
+        (task,) = report["tasks"]
+        splits = ("train", "aux") if name == "both" else ("aux",)
+        assert attacker_splits(build_config({**tiny_config, "attacker_data": task["attacker_data"]}).tasks[0]) == splits
+        rows = state.data.part(*splits)
+        assert task["n_attacker"] == len(rows) == sum(task["n"][s] for s in splits)
+        (record,) = report["results"]
+        z = predict(edge, rows.x).double()
+        assert record["extra"]["n_aux"] == len(rows) and record["extra"]["aux_y_sum"] == int(rows.y.sum())
+        assert record["extra"]["aux_z_mean"] == pytest.approx(float(z.mean()), rel=1e-5)
+    assert reports["both"]["tasks"][0]["n_attacker"] > 2 * reports["aux"]["tasks"][0]["n_attacker"]
+
+
+def test_rows_slices_like_the_concatenation():
+    import torch
+
+    from audit.features import Rows
+
+    a, b, c = torch.arange(10.0).view(5, 2), torch.arange(10.0, 16.0).view(3, 2), torch.arange(16.0, 24.0).view(4, 2)
+    rows, whole = Rows(a, b, c), torch.cat([a, b, c])
+    assert rows.shape == whole.shape and len(rows) == 12
+    for start in range(13):
+        for stop in range(start, 14):
+            assert torch.equal(rows[start:stop], whole[start:stop]), (start, stop)

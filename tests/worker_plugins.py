@@ -31,7 +31,8 @@ class Probe(Attack):
             mapped = is_mapped(ctx.test.z) and is_mapped(ctx.split.features("train"))
             (ctx.artifact_dir / "probe.txt").write_text(f"{value!r}\n{os.getpid()}\n{mapped}\n")
         extra = {"settings": ctx.settings.model_dump(mode="json"), "threads": torch.get_num_threads(),
-                 "n_aux": len(ctx.aux)}
+                 "n_aux": len(ctx.aux), "aux_z_mean": float(ctx.aux.z.double().mean()),
+                 "aux_y_sum": int(ctx.aux.y.sum())}
         return [Score("secret", "feature_mean", value, (value, value), None, len(ctx.test), extra=extra)]
 
 

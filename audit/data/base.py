@@ -94,8 +94,9 @@ class AuditData:
     def num_classes(self, label: str) -> int:
         return len(self.loaded.classes[label])
 
-    def part(self, split: str) -> Part:
-        idx = self.splits[split]
+    def part(self, *splits: str) -> Part:
+        """The rows of ``splits`` (one or more names, rows in that order)."""
+        idx = torch.cat([self.splits[s] for s in splits]) if len(splits) > 1 else self.splits[splits[0]]
         labels = self.loaded.labels
         return Part(
             x=self.loaded.x[idx],

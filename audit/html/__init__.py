@@ -33,6 +33,7 @@ def _task_infos(report: dict[str, Any]) -> list[dict[str, str]]:
             "dataset": t.get("dataset"), "model": t.get("model"), "seed": t.get("seed"), "primary": t.get("primary"),
             "private": ", ".join(t.get("private") or []),
             "splits": " / ".join(str(n.get(k, "?")) for k in ("train", "aux", "test")),
+            "attacker": f"{t.get('attacker_data', 'aux')} ({t['n_attacker']:,})" if "n_attacker" in t else "aux",
             "accuracy": fmt_ci(t.get("primary_accuracy"), t.get("primary_accuracy_ci95")),
             "flops": human_count(t.get("full_flops"), "FLOP"),
             "provenance": task_model_provenance(t.get("task_model")),
