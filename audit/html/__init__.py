@@ -54,7 +54,9 @@ def task_model_provenance(info: dict[str, Any] | None) -> str:
         how.append(f"{info['torch_threads']} threads")
     if "device" in info:
         how.append(str(info["device"]))
-    took = f" in {info['seconds'] / 60:.1f} min" if isinstance(info.get("seconds"), (int, float)) else ""
+    seconds = info.get("seconds")
+    took = "" if not isinstance(seconds, (int, float)) else (
+        f" in {seconds:.1f} s" if seconds < 60 else f" in {seconds / 60:.1f} min")
     detail = f"{took} ({', '.join(how)})" if how else took
     if source == "trained":
         return f"trained in this run{detail}"
