@@ -331,7 +331,7 @@ class AuditRun:
             # how it was trained: a cached model's accuracy depends on the torch version and thread count
             record = {
                 "trained_at": datetime.now(timezone.utc).isoformat(timespec="seconds"),
-                "seconds": round(time.perf_counter() - started, 1), "torch": torch.__version__,
+                "seconds": round(time.perf_counter() - started, 2), "torch": torch.__version__,
                 "torch_threads": torch.get_num_threads(), "device": self.device.type,
             }
             with atomic_write(path) as tmp:
