@@ -115,10 +115,10 @@ def plan_cells(config: AuditConfig) -> list[Cell]:
     cells = []
     for t, task in enumerate(config.tasks):
         for seed in config.seeds:
+            stronger = [task.attacker_data] if task.attacker_data != "aux" else []  # (default: old ids kept)
             for cut in task.cut_points:
                 for d, spec in enumerate(config.defenses):
                     for attack in task.attacks or config.attacks:
-                        stronger = [task.attacker_data] if task.attacker_data != "aux" else []  # (old ids kept)
                         cid = stable_hash(
                             task_key(task, seed), cut, spec.name, defense_params[d],
                             attack, attack_params[attack], config.n_boot, *stronger,
@@ -289,7 +289,7 @@ class AuditRun:
         splits = getattr(loaded, "splits", None) or split_indices(loaded.x.shape[0], task.splits.model_dump(), seed)
         data = AuditData(task.display_name, loaded, splits)
         features = precomputed_features(loaded, task.cut_points, with_model=task.model is not None)
-        attacker = {"attacker_data": "+".join(attacker_splits(task)),
+        attacker = {"attacker_data": task.attacker_data,
                     "n_attacker": sum(len(splits[p]) for p in attacker_splits(task))}
         if task.model is None:  # saved features audited without a model (audit/data/features.py)
             summary = {**model_free_summary(task, seed, key, data), **attacker}
