@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import logging
 import os
+import shutil
 import tempfile
 import time
 from pathlib import Path
@@ -25,6 +26,7 @@ from typing import Callable
 import numpy as np
 import torch
 
+from audit.paths import inside
 from audit.store import atomic_write
 
 MB = 1 << 20
@@ -167,14 +169,24 @@ def map_batches(
 
 
 class FeatureStore:
-    """Edge features per (task key, cut point, split) under ``root/<task key>/<cut>/<split>.npy``."""
+    """Edge features per (task key, cut point, split) under ``root/<task key>/<cut>/<split>.npy``;
+    each name passes through :func:`audit.paths.path_component` (a cut point called ``../x`` or
+    ``/etc`` stays under ``root``)."""
 
     def __init__(self, root: Path, max_ram_mb: float):
         self.root = Path(root)
         self.max_ram_mb = max_ram_mb
 
+    def folder(self, key: str, cut: str) -> Path:
+        """The folder holding the features of (key, cut): always inside ``root``."""
+        return inside(self.root, key, cut)
+
     def path(self, key: str, cut: str, part: str) -> Path:
-        return self.root / key / cut / f"{part}.npy"
+        return inside(self.root, key, cut, f"{part}.npy")
+
+    def remove(self, key: str, cut: str) -> None:
+        """Delete the features of (key, cut) (when every group of the cut point is done)."""
+        shutil.rmtree(self.folder(key, cut), ignore_errors=True)
 
     def has(self, key: str, cut: str, part: str) -> bool:
         return self.path(key, cut, part).is_file()

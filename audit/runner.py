@@ -513,7 +513,7 @@ class AuditRun:
                 del self._cells_left[key]
                 self.executor_in_use.release_features(*key)
                 if not self.config.memory.keep_features:
-                    shutil.rmtree(self.features.root / key[0] / key[1], ignore_errors=True)
+                    self.features.remove(*key)
 
     # ---------------------------------------------------------------------- run
     def planned_cells(self) -> list[Cell]:

@@ -6,11 +6,11 @@ from __future__ import annotations
 
 import io
 import math
-import re
 from dataclasses import dataclass
 
 from audit.gate import leakage, orientation, unit_of
 from audit.html.tables import Point, Task, aggregate, worst
+from audit.paths import path_component
 
 PALETTE = ["#1f77b4", "#d62728", "#2ca02c", "#ff7f0e", "#9467bd", "#8c564b", "#e377c2", "#17becf", "#bcbd22", "#7f7f7f"]
 MARKERS = ["o", "s", "^", "D", "v", "P", "X", "*", "<", ">"]
@@ -27,7 +27,8 @@ class Figure:
 
 
 def slug(*parts: str) -> str:
-    return re.sub(r"[^A-Za-z0-9_.-]+", "-", "_".join(parts)).strip("-")[:120]
+    """A figure's file name (no suffix) from its parts: safe and distinct per parts (audit.paths)."""
+    return path_component("_".join(parts))
 
 
 def _seeds_n(records) -> str:
