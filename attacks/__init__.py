@@ -6,7 +6,7 @@ attacks when imported; third parties add attacks through the
 """
 import sys
 
-from attacks.base import Attack, AttackContext, AttackView, Score
+from attacks.base import Attack, AttackContext, AttackView, ReleaseChannel, Score
 from audit.discovery import import_submodules
 from audit.registry import Registry
 
@@ -17,4 +17,4 @@ create_attack = ATTACKS.create
 
 import_submodules(sys.modules[__name__], skip=("base", "metrics"))
 
-__all__ = ["ATTACKS", "Attack", "AttackContext", "AttackView", "Score", "create_attack", "list_attacks", "register_attack"]
+__all__ = ["ATTACKS", "Attack", "AttackContext", "AttackView", "ReleaseChannel", "Score", "create_attack", "list_attacks", "register_attack"]

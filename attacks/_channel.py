@@ -1,31 +1,25 @@
 """The attacker's query access to the release channel, shared by the adaptive attacks.
 
 The threat model lets the cloud push inputs of its own through the device's
-release (``Defense.release``) and see what comes out: fresh noise for noisy
-defenses. Attacks query a private copy of the fitted defense, so their queries
-do not advance the defense's own noise generator: a cell's values then do not
+release and see what comes out: fresh noise for noisy defenses. Attacks query
+``ctx.channel`` (:class:`attacks.base.ReleaseChannel`), a copy of the fitted
+defense made for this cell with fresh random streams and no secrets, so their
+queries neither reveal nor advance the device's draws: a cell's values do not
 depend on which other attack cells of its group ran before it (resume, shards).
 """
 from __future__ import annotations
 
-import copy
+from typing import TYPE_CHECKING
 
 import torch
 from torch import nn
 
-from defenses.base import Defense
-
-
-def private_channel(defense: Defense) -> Defense:
-    """A copy of ``defense`` to query (falls back to the defense itself when it cannot be copied)."""
-    try:
-        return copy.deepcopy(defense)
-    except Exception:  # noqa: BLE001 - e.g. native handles; querying the original is still correct
-        return defense
+if TYPE_CHECKING:
+    from attacks.base import ReleaseChannel
 
 
 @torch.no_grad()
-def release_batched(channel: Defense, x: torch.Tensor, features: torch.Tensor | None = None,
+def release_batched(channel: "ReleaseChannel", x: torch.Tensor, features: torch.Tensor | None = None,
                     batch_size: int = 256) -> torch.Tensor:
     """``channel.release`` over inputs x (N, ...) in batches; ``features`` = the channel's edge(x) if known."""
     out = []
@@ -35,18 +29,19 @@ def release_batched(channel: Defense, x: torch.Tensor, features: torch.Tensor | 
     return torch.cat(out)
 
 
-def is_stochastic(channel: Defense, x: torch.Tensor) -> bool:
+def is_stochastic(channel: "ReleaseChannel", x: torch.Tensor) -> bool:
     """True when two releases of the same inputs differ (a noisy channel)."""
     a, b = release_batched(channel, x), release_batched(channel, x)
     return a.shape != b.shape or not torch.equal(a, b)
 
 
-def white_box_edge(defense: Defense, fallback: nn.Module, x: torch.Tensor, released_shape: tuple[int, ...]) -> nn.Module | None:
-    """The public edge whose output is the released feature before any noise: the defense's own edge
+def white_box_edge(channel: "ReleaseChannel", fallback: nn.Module, x: torch.Tensor,
+                   released_shape: tuple[int, ...]) -> nn.Module | None:
+    """The public edge whose output is the released feature before any noise: the channel's own edge
     (it may be fine-tuned, e.g. Siamese) or else the split's (``fallback``); None when neither maps the
     inputs ``x`` (a few samples) to the per-sample ``released_shape``, i.e. the release is not edge(x)
     plus something of the same shape (PCA projections, ciphertexts, mixing)."""
-    for edge in (getattr(defense, "edge", None), fallback):
+    for edge in (channel.edge, fallback):
         if isinstance(edge, nn.Module) and edge_output_shape(edge, x) == tuple(released_shape):
             return edge
     return None

@@ -28,7 +28,7 @@ from torch import nn
 from torchmetrics.functional.classification import multiclass_accuracy
 
 from attacks import register_attack
-from attacks._channel import private_channel, release_batched
+from attacks._channel import release_batched
 from attacks.base import Attack, AttackContext, Score
 from attacks.metrics import classification_scores
 from audit.training import fit_classifier, predict
@@ -196,11 +196,11 @@ class AttributeAttack(_AttributeBase):
 
 def mirrored_releases(ctx: AttackContext) -> torch.Tensor:
     """What the channel releases for the horizontally mirrored aux images (N, ...), row i for aux image i:
-    the attacker's own queries (threat model), through a private copy of the defense (fresh noise draws)."""
+    the attacker's own queries (threat model) of the release channel (fresh noise draws)."""
     x = ctx.aux.x
     if x.ndim != 4:
         raise ValueError(f"augment: hflip needs image inputs (N, C, H, W), got shape {tuple(x.shape)}")
-    return release_batched(private_channel(ctx.defense), x.flip(-1)).float()
+    return release_batched(ctx.channel, x.flip(-1)).float()
 
 
 @register_attack("attribute_linear")

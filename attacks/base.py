@@ -1,12 +1,16 @@
 """The attack interface: ``fit`` on the attacker's auxiliary split, ``score`` on the test split.
 
-An attack sees what the threat model grants the honest-but-curious cloud:
-the released features of both splits, the auxiliary split's inputs and labels
-(never the test labels during fit), query access to the release channel
-(``ctx.defense.release``) and the public edge model (white-box attacks).
+An attack sees what the threat model grants the honest-but-curious cloud, and
+nothing else: the released features of both splits, the auxiliary split's
+inputs and labels (never the test labels during fit), query access to the
+release channel (``ctx.channel.release``: a copy of the device's release that
+holds none of its secrets) with the defense's public parameters, and the public
+model weights (white-box attacks). The fitted defense itself (its noise
+streams, DataMix coefficients, the CKKS secret key) never reaches a plugin.
 """
 from __future__ import annotations
 
+import hashlib
 import math
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -17,6 +21,32 @@ import torch
 from audit.registry import PluginParams
 from audit.training import TrainerSettings
 from defenses.base import Defense, SplitPoint
+
+
+class ReleaseChannel:
+    """The attacker's side of the device's release (threat model: the cloud may push inputs of its own
+    through it and see what comes out).
+
+    ``release(x, features=None)`` answers queries with a copy of the fitted defense made by
+    :meth:`Defense.query_copy`: the same public parameters and weights, fresh random streams seeded
+    from the attack's seed (so queries neither reveal nor advance the device's draws, and a cell's
+    values do not depend on which attacks ran before it), and no secret key. Public facts:
+    ``name`` and ``params`` (the defense's plugin name and validated parameters), ``edge`` (the edge
+    module the device runs before its release, e.g. Siamese's fine-tuned one; None when the defense
+    has none) and ``facts`` (public figures the defense states, e.g. its noise ``sigma``)."""
+
+    def __init__(self, defense: Defense, seed: int):
+        # a stream of its own: never the device's, even when the attack seed equals the defense's fit seed
+        twin = defense.query_copy(int.from_bytes(hashlib.sha256(f"release-channel:{seed}".encode()).digest()[:7], "big"))
+        self._device = twin
+        self.name: str = getattr(defense, "name", type(defense).__name__)
+        self.params = defense.params
+        self.edge = twin.edge if isinstance(getattr(twin, "edge", None), torch.nn.Module) else None
+        self.facts: dict[str, Any] = dict(defense.public_facts())
+
+    def release(self, x: torch.Tensor, features: torch.Tensor | None = None) -> torch.Tensor:
+        """What the device sends for the attacker's inputs x (N, ...); ``features`` = edge(x) if known."""
+        return self._device.release(x, features)
 
 
 @dataclass
@@ -39,8 +69,8 @@ class AttackContext:
     test: AttackView
     num_classes: dict[str, int]  # label name (primary and private) -> number of classes
     primary: str
-    defense: Defense
-    split: SplitPoint
+    channel: ReleaseChannel  # query access to the release and the defense's public parameters
+    split: SplitPoint  # the public task model at this cut point (white-box attacks; clean aux features)
     settings: TrainerSettings
     seed: int
     n_boot: int = 500

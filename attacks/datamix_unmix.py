@@ -173,7 +173,7 @@ class DataMixUnmix(Attack):
     def group_size(self, ctx: AttackContext) -> int:
         if self.params.k is not None:
             return self.params.k
-        return int(getattr(ctx.defense.params, "k", 1))
+        return int(getattr(ctx.channel.params, "k", 1))
 
     def methods(self, k: int) -> list[str]:
         if self.params.method == "nonneg" and k > 2:

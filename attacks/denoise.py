@@ -39,11 +39,10 @@ from pydantic import Field, model_validator
 from torch import nn
 
 from attacks import register_attack
-from attacks._channel import is_stochastic, private_channel, release_batched, white_box_edge
+from attacks._channel import is_stochastic, release_batched, white_box_edge
 from attacks.attribute import AttributeAttack, Standardize
-from attacks.base import Attack, AttackContext, AttackView, Score
+from attacks.base import Attack, AttackContext, AttackView, ReleaseChannel, Score
 from audit.training import KeepBest, TrainerSettings, make_trainer, predict, tensor_loader
-from defenses.base import Defense
 
 
 class ResidualDenoiser(nn.Module):
@@ -77,7 +76,7 @@ class DenoiserModule(L.LightningModule):
     """Trains the denoiser on (input, clean feature) batches, releasing each batch through the channel
     anew (fresh noise every epoch); validation on fixed noisy releases."""
 
-    def __init__(self, net: ResidualDenoiser, channel: Defense, lr: float):
+    def __init__(self, net: ResidualDenoiser, channel: ReleaseChannel, lr: float):
         super().__init__()
         self.net, self.lr = net, lr
         self.channel = channel  # not a submodule: its parameters are not trained
@@ -102,7 +101,7 @@ class DenoiserModule(L.LightningModule):
 
 
 def fit_denoiser(
-    channel: Defense, x: torch.Tensor, clean: torch.Tensor, *, settings: TrainerSettings, epochs: int,
+    channel: ReleaseChannel, x: torch.Tensor, clean: torch.Tensor, *, settings: TrainerSettings, epochs: int,
     batch_size: int, lr: float, width: int, val_fraction: float, seed: int,
 ) -> tuple[ResidualDenoiser, float]:
     """Train a denoiser from channel releases of x (N, ...) to ``clean`` = edge(x) (N, ...);
@@ -153,10 +152,10 @@ class DenoiseAttack(Attack):
 
     def fit(self, ctx: AttackContext) -> None:
         p = self.params
-        channel = private_channel(ctx.defense)
+        channel = ctx.channel
         probe = ctx.aux.x[: min(16, len(ctx.aux))]
-        edge = white_box_edge(ctx.defense, ctx.split.edge, probe, tuple(ctx.aux.z.shape[1:]))
-        self.info: dict = {"noise": _public_noise(ctx.defense)}
+        edge = white_box_edge(ctx.channel, ctx.split.edge, probe, tuple(ctx.aux.z.shape[1:]))
+        self.info: dict = {"noise": _public_noise(ctx.channel)}
         if not is_stochastic(channel, probe):
             self.denoiser, self.info["denoiser"] = None, "identity (deterministic release)"
         elif edge is None:
@@ -174,7 +173,7 @@ class DenoiseAttack(Attack):
         self.attribute = AttributeAttack(p.attribute)
         self.attribute.fit(dataclasses.replace(ctx, aux=self._training_view(ctx, channel)))
 
-    def _training_view(self, ctx: AttackContext, channel: Defense) -> AttackView:
+    def _training_view(self, ctx: AttackContext, channel: ReleaseChannel) -> AttackView:
         """The observed aux release plus ``draws - 1`` fresh ones, denoised and concatenated (only the observed
         one for a deterministic channel, which would repeat itself)."""
         aux = ctx.aux
@@ -200,11 +199,10 @@ class DenoiseAttack(Attack):
         return scores
 
 
-def _public_noise(defense: Defense) -> dict:
+def _public_noise(channel: ReleaseChannel) -> dict:
     """The defense's public noise description: its parameters' distribution / scale and the sigma it applies."""
-    params = defense.params.model_dump(mode="json") if hasattr(defense.params, "model_dump") else {}
+    params = channel.params.model_dump(mode="json") if hasattr(channel.params, "model_dump") else {}
     out = {k: params[k] for k in ("distribution", "scale") if k in params}
-    sigma = getattr(defense, "sigma", None)
-    if isinstance(sigma, (int, float)):
-        out["sigma"] = float(sigma)
+    if isinstance(channel.facts.get("sigma"), (int, float)):
+        out["sigma"] = float(channel.facts["sigma"])
     return out

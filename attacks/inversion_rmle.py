@@ -12,7 +12,7 @@ mean(|x[i+1, j] - x[i, j]|) + mean(|x[i, j+1] - x[i, j]|), divided by (high - lo
 inputs that are not images get no prior. Under Gaussian noise on z the first term is
 the negative log-likelihood up to scale, hence "MLE".
 
-f is the defense's own edge (``ctx.defense.edge``: fine-tuned for defenses such as
+f is the defense's own edge (``ctx.channel.edge``: fine-tuned for defenses such as
 Siamese) or else the split's edge, whichever maps inputs to the released shape; a
 release that is not edge(x) plus same-shaped noise (PCA projections, ciphertexts,
 mixing) has no such white-box map and the attack refuses it with a clear error.
@@ -91,11 +91,11 @@ class RMLEInversion(Attack):
     def fit(self, ctx: AttackContext) -> None:
         self.range = data_range_of(ctx.aux.x, self.params.data_range)
         self.mean_image = ctx.aux.x.float().mean(dim=0)
-        self.edge = white_box_edge(ctx.defense, ctx.split.edge, ctx.aux.x[:2].float(), tuple(ctx.aux.z.shape[1:]))
+        self.edge = white_box_edge(ctx.channel, ctx.split.edge, ctx.aux.x[:2].float(), tuple(ctx.aux.z.shape[1:]))
         if self.edge is None:
             raise ValueError(
                 f"inversion_rmle needs a white-box map from inputs to the released feature; defense "
-                f"{type(ctx.defense).__name__} releases shape {tuple(ctx.aux.z.shape[1:])}, which neither its edge "
+                f"{ctx.channel.name} releases shape {tuple(ctx.aux.z.shape[1:])}, which neither its edge "
                 f"nor the split's edge ({ctx.split.cut_point}) produces"
             )
         self.feature_scale = float(ctx.aux.z.float().pow(2).mean().clamp_min(1e-12))

@@ -3,7 +3,7 @@
 The attacker holds N candidate inputs (the test inputs; a seeded subset of
 ``max_candidates`` when set) and wants to know which of them produced each observed
 released feature. It pushes every candidate through the release channel it can query
-(``Defense.release`` on a private copy of the defense: fresh noise for noisy defenses),
+(``ctx.channel.release``: fresh noise for noisy defenses),
 averaging ``queries`` releases per candidate (the mean of repeated queries approaches the
 noise-free feature for zero-mean noise), and links each observed feature to the
 candidates by Euclidean distance in a *standardised space*: each element of the
@@ -29,7 +29,7 @@ import torch
 from pydantic import Field
 
 from attacks import register_attack
-from attacks._channel import private_channel, release_batched
+from attacks._channel import release_batched
 from attacks.base import Attack, AttackContext, Score
 from attacks.inversion import eval_subset
 from audit.stats import mean_ci
@@ -103,7 +103,7 @@ class Reidentify(Attack):
         p = self.params
         idx = eval_subset(len(ctx.test), p.max_candidates, ctx.seed)
         x = ctx.test.x[idx]
-        channel = private_channel(ctx.defense)
+        channel = ctx.channel
         total, used = release_batched(channel, x).float(), 1
         for _ in range(p.queries - 1):
             again = release_batched(channel, x).float()

@@ -9,12 +9,17 @@ arrays up to ``max_ram_mb`` are read into RAM, larger ones are memory-mapped
 or other processes), so the operating system keeps in memory only the pages
 in use and processes on one machine share them through the page cache.
 
+Beside each file, ``<split>.npy.sha256`` records its SHA-256 at write time; a
+file is reused (resume, ``memory.keep_features``) only when it still matches,
+and is otherwise computed again (an edited feature file never feeds an attack).
+
 Released features of a (cut point, defense) group are written the same way
 into a scratch file that is unlinked as soon as it is mapped, so it
 disappears with the last tensor that uses it.
 """
 from __future__ import annotations
 
+import hashlib
 import logging
 import os
 import shutil
@@ -168,6 +173,20 @@ def map_batches(
     return torch.from_numpy(out)
 
 
+def file_digest(path: Path, chunk: int = 8 * MB) -> str:
+    """Hex SHA-256 of the file at ``path`` (read in chunks)."""
+    h = hashlib.sha256()
+    with open(path, "rb") as fh:
+        while block := fh.read(chunk):
+            h.update(block)
+    return h.hexdigest()
+
+
+def digest_path(path: Path) -> Path:
+    """Where the SHA-256 of a feature file is recorded: ``train.npy`` -> ``train.npy.sha256``."""
+    return Path(path).with_name(Path(path).name + ".sha256")
+
+
 class FeatureStore:
     """Edge features per (task key, cut point, split) under ``root/<task key>/<cut>/<split>.npy``;
     each name passes through :func:`audit.paths.path_component` (a cut point called ``../x`` or
@@ -191,14 +210,40 @@ class FeatureStore:
     def has(self, key: str, cut: str, part: str) -> bool:
         return self.path(key, cut, part).is_file()
 
+    def _reusable(self, path: Path) -> bool:
+        """True when ``path`` exists and matches the SHA-256 recorded when it was written (a resumed run
+        or ``keep_features`` reuses it). A file that does not match (edited, truncated, or written
+        without a record) is never used: it is removed, with a warning, and computed again."""
+        if not path.is_file():
+            return False
+        record = digest_path(path)
+        try:
+            recorded = record.read_text(encoding="ascii").strip()
+        except (OSError, UnicodeDecodeError):
+            recorded = None
+        if recorded is not None and recorded == file_digest(path):
+            return True
+        log.warning("features %s %s; not using it, computing it again", path,
+                    "have no integrity record" if recorded is None else "do not match the SHA-256 recorded when "
+                    "they were written (changed since)")
+        path.unlink(missing_ok=True)
+        record.unlink(missing_ok=True)
+        return False
+
+    def _write(self, fn: Callable[[int, int], torch.Tensor], n: int, path: Path, batch_size: int) -> Path:
+        write_batches(fn, n, path, batch_size)
+        with atomic_write(digest_path(path), fsync=True) as tmp:
+            tmp.write_text(file_digest(path) + "\n", encoding="ascii")
+        return path
+
     def extract(
         self, key: str, cut: str, part: str, edge: torch.nn.Module, x: torch.Tensor,
         device: torch.device | None = None, batch_size: int = 256,
     ) -> Path:
         """Compute ``edge(x)`` in batches (eval mode, no grad) into the file for (key, cut, part),
-        unless it is already there (a resumed run reuses it)."""
+        unless an intact copy is already there (a resumed run reuses it)."""
         path = self.path(key, cut, part)
-        if path.is_file():
+        if self._reusable(path):
             return path
         device = device or torch.device("cpu")
         was_training = edge.training
@@ -209,7 +254,7 @@ class FeatureStore:
             return edge(x[start:stop].to(device))
 
         try:
-            write_batches(batch, x.shape[0], path, batch_size)
+            self._write(batch, x.shape[0], path, batch_size)
         finally:
             edge.train(was_training)
             if device.type != "cpu":
@@ -219,8 +264,8 @@ class FeatureStore:
     def put(self, key: str, cut: str, part: str, values: torch.Tensor) -> Path:
         """Store given features (e.g. a feature dump's rows) as the file for (key, cut, part)."""
         path = self.path(key, cut, part)
-        if not path.is_file():
-            write_batches(lambda start, stop: values[start:stop], values.shape[0], path)
+        if not self._reusable(path):
+            self._write(lambda start, stop: values[start:stop], values.shape[0], path, 256)
         return path
 
     def load(self, key: str, cut: str, part: str) -> torch.Tensor:

@@ -32,7 +32,7 @@ from typing import TYPE_CHECKING, Any, Callable, Iterable
 import lightning as L
 import torch
 
-from attacks import ATTACKS, AttackContext, AttackView, Score
+from attacks import ATTACKS, AttackContext, AttackView, ReleaseChannel, Score
 from audit.config import AuditConfig, PluginSpec, TaskConfig
 from audit.data import DATASETS, AuditData, split_indices
 from audit.data.features import model_free_measures, model_free_split, model_free_summary, precomputed_features
@@ -442,7 +442,7 @@ class AuditRun:
         context = dict(
             aux=AttackView(z_aux, aux.x, aux.y, aux.private),
             test=AttackView(z_test, test.x, test.y, test.private),
-            num_classes=num_classes, primary=data.primary, defense=defense, split=split,
+            num_classes=num_classes, primary=data.primary, split=split,
             settings=self.config.trainer, n_boot=self.config.n_boot, scratch_dir=scratch, max_ram_mb=max_ram,
         )
         for cell in cells:
@@ -450,7 +450,8 @@ class AuditRun:
             try:
                 attack_seed = self.stage_seeds(cell, state.seed_key)["attack"]
                 L.seed_everything(attack_seed, verbose=False)
-                ctx = AttackContext(**context, seed=attack_seed,
+                # the attack gets a cloud view: a release channel with no device secrets, never `defense`
+                ctx = AttackContext(**context, channel=ReleaseChannel(defense, attack_seed), seed=attack_seed,
                                     artifact_dir=self.out_dir / "artifacts" / cell.id)
                 attack = ATTACKS.create(cell.attack, **self.config.attacks[cell.attack])
                 attack.fit(ctx)

@@ -25,7 +25,7 @@ import torch
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from attacks import ATTACKS, AttackContext, AttackView  # noqa: E402
+from attacks import ATTACKS, AttackContext, AttackView, ReleaseChannel  # noqa: E402
 from audit.config import load_config  # noqa: E402
 from audit.runner import AuditRun  # noqa: E402
 from audit.training import predict  # noqa: E402
@@ -57,7 +57,8 @@ def measure(args: argparse.Namespace) -> None:
                 aux = AttackView(torch.cat([z[p] for p in parts]), rows.x, rows.y, rows.private)
                 L.seed_everything(args.seed, verbose=False)
                 ctx = AttackContext(aux=aux, test=test_view, num_classes=num_classes, primary=data.primary,
-                                    defense=defense, split=split, settings=config.trainer, seed=args.seed)
+                                    channel=ReleaseChannel(defense, args.seed), split=split, settings=config.trainer,
+                                    seed=args.seed)
                 attack = ATTACKS.create(attack_name, targets=[args.target])
                 start = time.perf_counter()
                 attack.fit(ctx)

@@ -30,7 +30,7 @@ import torch
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from attacks import ATTACKS, AttackContext, AttackView  # noqa: E402
+from attacks import ATTACKS, AttackContext, AttackView, ReleaseChannel  # noqa: E402
 from audit.config import build_config, load_config  # noqa: E402
 from audit.runner import AuditRun, release_all, stage_seed  # noqa: E402
 from audit.training import predict  # noqa: E402
@@ -110,7 +110,7 @@ def run_task(name: str, args, out: Path) -> list[dict]:
                 aux=AttackView(z_aux, aux.x, aux.y, aux.private),
                 test=AttackView(z_test, x_test, full_test.y[test_idx], test_private),
                 num_classes={k: data.num_classes(k) for k in [data.primary, *data.private]},
-                primary=data.primary, defense=defense, split=split, settings=config.trainer, n_boot=config.n_boot,
+                primary=data.primary, split=split, settings=config.trainer, n_boot=config.n_boot,
             )
             for attack_name in attacks:
                 attack_params = dict(ATTACK_PARAMS[name][attack_name])
@@ -119,7 +119,7 @@ def run_task(name: str, args, out: Path) -> list[dict]:
                 attack_seed = stage_seed(seed, state.key, cut, spec.name, params, attack_name)
                 L.seed_everything(attack_seed, verbose=False)
                 cell = f"{name}_{cut}_{label}_{attack_name}".replace("(", "_").replace(")", "").replace("=", "")
-                ctx = AttackContext(**ctx_args, seed=attack_seed, artifact_dir=out / "artifacts" / cell)
+                ctx = AttackContext(**ctx_args, channel=ReleaseChannel(defense, attack_seed), seed=attack_seed, artifact_dir=out / "artifacts" / cell)
                 start = time.perf_counter()
                 attack = ATTACKS.create(attack_name, **attack_params)
                 attack.fit(ctx)

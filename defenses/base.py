@@ -12,6 +12,7 @@ A defense sits at the cut:
 """
 from __future__ import annotations
 
+import copy
 import time
 from dataclasses import dataclass, field
 from typing import Any, Callable, ClassVar
@@ -97,6 +98,19 @@ class Defense:
         """Primary-task logits (N, K) for inputs x through the whole defended pipeline."""
         return self.infer(self.release(x, features))
 
+    def query_copy(self, seed: int) -> "Defense":
+        """A copy of this fitted defense to answer the attacker's release queries: the same parameters
+        and weights, every random stream (each ``torch.Generator`` it holds) re-seeded from ``seed``, so
+        the copy carries none of the device's draws. Defenses holding other secrets (keys) override it."""
+        twin = copy.deepcopy(self)
+        for i, generator in enumerate(generators_of(twin)):
+            generator.manual_seed(seed + i)
+        return twin
+
+    def public_facts(self) -> dict[str, Any]:
+        """Figures of the fitted defense that the threat model makes public (e.g. a noise sigma)."""
+        return {}
+
     def bytes_per_sample(self, released: torch.Tensor) -> int:
         """Bytes the device sends per sample (released[i] as stored)."""
         return int(released[0].numel() * released.element_size())
@@ -120,6 +134,32 @@ class Defense:
             "cloud_latency_ms": _median_ms(lambda: self.infer(released)) / n,
             "rounds": self.rounds,
         }
+
+
+def generators_of(obj: Any) -> list[torch.Generator]:
+    """Every ``torch.Generator`` reachable from ``obj`` through attributes, containers and submodules,
+    in a fixed order (attribute order; each once)."""
+    found: list[torch.Generator] = []
+    seen: set[int] = set()
+
+    def walk(o: Any) -> None:
+        if id(o) in seen or isinstance(o, (torch.Tensor, str, bytes, int, float, bool, type(None))):
+            return
+        seen.add(id(o))
+        if isinstance(o, torch.Generator):
+            found.append(o)
+        elif isinstance(o, dict):
+            for v in o.values():
+                walk(v)
+        elif isinstance(o, (list, tuple, set, frozenset)):
+            for v in o:
+                walk(v)
+        elif hasattr(o, "__dict__") and not isinstance(o, type):
+            for v in vars(o).values():
+                walk(v)
+
+    walk(obj)
+    return found
 
 
 def _median_ms(fn: Callable[[], Any], repeats: int = 3) -> float:

@@ -104,6 +104,10 @@ class Noise(Defense):
         self.noise = AddNoise(self.sigma, p.distribution, torch.Generator().manual_seed(ctx.seed), always=True)
 
     @torch.no_grad()
+    def public_facts(self) -> dict[str, float]:
+        """The noise's standard deviation (its scale times the training features' std): public."""
+        return {"sigma": float(self.sigma)}
+
     def release(self, x: torch.Tensor, features: torch.Tensor | None = None) -> torch.Tensor:
         z = features if features is not None else self.edge(x)
         return self.noise(z)

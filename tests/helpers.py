@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import torch
 
-from attacks import AttackContext, AttackView
+from attacks import AttackContext, AttackView, ReleaseChannel
 from audit.data import DATASETS, AuditData, split_indices
 from audit.models import MODELS
 from audit.runner import release_all
@@ -26,17 +26,24 @@ def prepared_task(dataset: dict, model: dict, epochs: int = 2, seed: int = 0):
 
 
 def attack_context(data, net, cut: str, defense: str = "none", seed: int = 0, **defense_params) -> AttackContext:
+    """The attack context (cloud view) of ``defense`` fitted at ``cut``."""
+    return fitted_context(data, net, cut, defense, seed, **defense_params)[0]
+
+
+def fitted_context(data, net, cut: str, defense: str = "none", seed: int = 0, **defense_params):
+    """(attack context, the fitted defense): the defense is for the tests' own checks, never for an attack."""
     edge, cloud = net.split(cut)
     split = SplitPoint(cut, net, edge, cloud, compute_features=lambda part: predict(edge, data.part(part).x))
     d = DEFENSES.create(defense, **defense_params)
     d.fit(FitContext(split, data.part("train"), data.num_classes(data.primary), SETTINGS, seed))
     aux, test = data.part("aux"), data.part("test")
-    return AttackContext(
+    ctx = AttackContext(
         aux=AttackView(release_all(d, aux.x, split.features("aux")), aux.x, aux.y, aux.private),
         test=AttackView(release_all(d, test.x, split.features("test")), test.x, test.y, test.private),
         num_classes={n: data.num_classes(n) for n in [data.primary, *data.private]},
-        primary=data.primary, defense=d, split=split, settings=SETTINGS, seed=seed, n_boot=200,
+        primary=data.primary, channel=ReleaseChannel(d, seed), split=split, settings=SETTINGS, seed=seed, n_boot=200,
     )
+    return ctx, d
 
 
 def scores_by_metric(scores):

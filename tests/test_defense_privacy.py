@@ -12,7 +12,7 @@ import pytest
 import torch
 
 from audit.runner import predict_all
-from tests.helpers import attack_context, prepared_task, run_attack, scores_by_metric
+from tests.helpers import attack_context, fitted_context, prepared_task, run_attack, scores_by_metric
 
 CNN = {"name": "small_cnn", "widths": [8], "fc": [16]}
 TASK = {"name": "synthetic", "n": 1000, "image_size": 8, "strength": 0.25}
@@ -27,9 +27,9 @@ def planted():
     return prepared_task(TASK, CNN, epochs=2)
 
 
-def _accuracy(ctx, data) -> float:
+def _accuracy(ctx, fitted, data) -> float:
     test = data.part("test")
-    return float((predict_all(ctx.defense, test.x, ctx.split.features("test")).argmax(1) == test.y).float().mean())
+    return float((predict_all(fitted, test.x, ctx.split.features("test")).argmax(1) == test.y).float().mean())
 
 
 def _leakage(ctx, attack="attribute_linear"):
@@ -42,8 +42,8 @@ def _leakage(ctx, attack="attribute_linear"):
 @pytest.fixture(scope="module")
 def baseline(planted):
     data, net = planted
-    ctx = attack_context(data, net, "fc1")
-    return _accuracy(ctx, data), _leakage(ctx)
+    ctx, fitted = fitted_context(data, net, "fc1")
+    return _accuracy(ctx, fitted, data), _leakage(ctx)
 
 
 @pytest.mark.parametrize("defense", ["siamese", "nopeek"])
@@ -51,11 +51,11 @@ def test_edge_finetuning_removes_the_planted_attribute_and_keeps_the_task(plante
     data, net = planted
     acc_none, leak_none = baseline
     assert leak_none.ci95[0] > 0.6  # the attribute leaks at fc1 without a defense
-    ctx = attack_context(data, net, "fc1", defense=defense, **STRONG[defense])
+    ctx, fitted = fitted_context(data, net, "fc1", defense=defense, **STRONG[defense])
     leak = _leakage(ctx)
     assert leak.ci95[1] < leak_none.ci95[0], (leak, leak_none)
     assert leak.value < 0.6
-    assert _accuracy(ctx, data) >= acc_none - 0.03
+    assert _accuracy(ctx, fitted, data) >= acc_none - 0.03
     # the shared task model is untouched: its edge still gives the cached features
     edge, _ = net.split("fc1")
     with torch.no_grad():
@@ -64,23 +64,23 @@ def test_edge_finetuning_removes_the_planted_attribute_and_keeps_the_task(plante
 
 def test_siamese_with_pca_and_noise_releases_the_reduced_feature(planted):
     data, net = planted
-    ctx = attack_context(data, net, "conv1", defense="siamese", epochs=1, pca_components=6, noise_scale=0.5,
+    ctx, fitted = fitted_context(data, net, "conv1", defense="siamese", epochs=1, pca_components=6, noise_scale=0.5,
                          finetune_epochs=1)
     assert ctx.test.z.shape == (len(data.part("test")), 6)
-    assert 0.0 <= _accuracy(ctx, data) <= 1.0
+    assert 0.0 <= _accuracy(ctx, fitted, data) <= 1.0
 
 
 def test_learned_noise_grows_its_noise_and_keeps_accuracy(planted):
     data, net = planted
-    acc_none = _accuracy(attack_context(data, net, "conv1"), data)
-    ctx = attack_context(data, net, "conv1", defense="learned_noise", init_scale=0.5, weight=0.05, epochs=6,
+    acc_none = _accuracy(*fitted_context(data, net, "conv1"), data)
+    ctx, fitted = fitted_context(data, net, "conv1", defense="learned_noise", init_scale=0.5, weight=0.05, epochs=6,
                          finetune_epochs=1)
-    scale = ctx.defense.noise_scale()
+    scale = fitted.noise_scale()
     assert float(scale.mean()) > 0.5 * 1.5  # well above its initial 0.5 x feature std
     assert float(scale.max()) > float(scale.min())  # per element, not one scalar
-    assert _accuracy(ctx, data) >= acc_none - 0.05
+    assert _accuracy(ctx, fitted, data) >= acc_none - 0.05
     z = ctx.split.features("test")
-    released = ctx.defense.release(data.part("test").x, z)
+    released = fitted.release(data.part("test").x, z)
     assert float((released - z).std()) > 0.5 * float(z.std())
 
 
@@ -105,15 +105,15 @@ def linear_cloud():
 
 def test_datamix_demixed_predictions_equal_unmixed_for_an_affine_cloud(linear_cloud):
     data, net = linear_cloud
-    ctx = attack_context(data, net, "fc1", defense="datamix", epochs=0)
+    ctx, fitted = fitted_context(data, net, "fc1", defense="datamix", epochs=0)
     test = data.part("test")
     with torch.no_grad():
         plain = net(test.x)
-    demixed = predict_all(ctx.defense, test.x, ctx.split.features("test"))
+    demixed = predict_all(fitted, test.x, ctx.split.features("test"))
     assert torch.allclose(demixed, plain, atol=1e-4)
     # the cloud sees mixtures, not the features: and fresh secret coefficients each time
     z = ctx.split.features("test")
-    first, second = ctx.defense.release(test.x[:64], z[:64]), ctx.defense.release(test.x[:64], z[:64])
+    first, second = fitted.release(test.x[:64], z[:64]), fitted.release(test.x[:64], z[:64])
     assert not torch.allclose(first, z[:64], atol=1e-3) and not torch.allclose(first, second, atol=1e-3)
     # a single call's rows come in mixed groups of k: every row is a convex mixture within its pair
     lo = torch.minimum(z[0:64:2], z[1:64:2]) - 1e-5
@@ -123,12 +123,12 @@ def test_datamix_demixed_predictions_equal_unmixed_for_an_affine_cloud(linear_cl
 
 def test_datamix_cost_counts_mixing_and_demixing(linear_cloud):
     data, net = linear_cloud
-    ctx = attack_context(data, net, "fc1", defense="datamix", epochs=0)
+    ctx, fitted = fitted_context(data, net, "fc1", defense="datamix", epochs=0)
     edge, _ = net.split("fc1")
     from audit.models import flops_per_sample
 
     x = data.part("test").x
-    cost = ctx.defense.cost(x[:32], flops_per_sample(net, x[:1]))
+    cost = fitted.cost(x[:32], flops_per_sample(net, x[:1]))
     plain = flops_per_sample(edge, x[:1])
     # per sample: 2 * k * 16 FLOPs of mixing and 2 * k * 2 of de-mixing on top of the edge part (k = 2)
     assert cost["edge_flops"] == plain + 2 * 2 * 16 + 2 * 2 * 2
@@ -138,9 +138,9 @@ def test_datamix_cost_counts_mixing_and_demixing(linear_cloud):
 
 def test_datamix_is_trained_to_keep_accuracy(planted):
     data, net = planted
-    acc_none = _accuracy(attack_context(data, net, "conv1"), data)
-    ctx = attack_context(data, net, "conv1", defense="datamix", epochs=4, lr=2e-3)
-    assert _accuracy(ctx, data) >= acc_none - 0.05
+    acc_none = _accuracy(*fitted_context(data, net, "conv1"), data)
+    ctx, fitted = fitted_context(data, net, "conv1", defense="datamix", epochs=4, lr=2e-3)
+    assert _accuracy(ctx, fitted, data) >= acc_none - 0.05
 
 
 def test_unmix_attack_undoes_relu_mixing_and_recovers_the_leakage(linear_cloud):
@@ -172,9 +172,9 @@ def test_unmix_attack_is_the_attribute_attack_without_mixing(linear_cloud):
 
 def test_trainable_stages_freeze_the_edge_front(planted):
     data, net = planted
-    ctx = attack_context(data, net, "fc1", defense="siamese", epochs=1, trainable_stages=1)
+    ctx, fitted = fitted_context(data, net, "fc1", defense="siamese", epochs=1, trainable_stages=1)
     edge, _ = net.split("fc1")
-    tuned = ctx.defense.edge
+    tuned = fitted.edge
     for (name, a), (_, b) in zip(edge.named_parameters(), tuned.named_parameters()):
         assert torch.equal(a, b) != name.startswith("fc1"), name  # only the last stage (fc1) moved
 

@@ -16,7 +16,7 @@ from defenses import DEFENSES, FitContext, SplitPoint
 from defenses.he.ckks import CKKSConfigError, CloudCrypto, galois_element
 from defenses.he.packing import SlotLayout, bias_vector, diagonals, pack, plan_matvec, spread, unpack, vector_layout
 from defenses.he.program import UnsupportedCloudError
-from tests.helpers import SETTINGS, attack_context, prepared_task, run_attack, scores_by_metric
+from tests.helpers import SETTINGS, attack_context, fitted_context, prepared_task, run_attack, scores_by_metric
 
 CNN = {"name": "small_cnn", "widths": [8], "fc": [16]}
 SYNTH = {"name": "synthetic", "n": 600, "image_size": 8, "strength": 1.0}
@@ -124,8 +124,11 @@ def test_cloud_context_has_no_secret_key(cnn_task):
 def test_attacks_find_chance_on_ciphertext(cnn_task):
     data, net = cnn_task
     raw = scores_by_metric(run_attack("attribute_linear", attack_context(data, net, "pool1")))
-    ctx = attack_context(data, net, "pool1", defense="he", release_bytes=4096)
-    assert ctx.aux.z.dtype == torch.uint8 and ctx.aux.z.shape[1] == ctx.defense.release_width == 4096
+    ctx, fitted = fitted_context(data, net, "pool1", defense="he", release_bytes=4096)
+    assert ctx.aux.z.dtype == torch.uint8 and ctx.aux.z.shape[1] == fitted.release_width == 4096
+    # the attacker's own queries encrypt under the public key: same width, and it cannot decrypt
+    queried = ctx.channel.release(data.part("aux").x[:4])
+    assert queried.dtype == torch.uint8 and queried.shape == (4, 4096)
     for name, params in (("attribute_linear", {}), ("attribute", {"epochs": 3})):
         enc = scores_by_metric(run_attack(name, ctx, **params))
         for (target, metric), score in enc.items():

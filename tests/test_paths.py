@@ -75,3 +75,26 @@ def test_audit_of_a_dump_with_path_like_cut_points_touches_nothing_outside_out(t
     assert bool(written) == keep_features and all((out / "features").resolve() in p.resolve().parents for p in written)
     ok = [r for r in report["results"] if r["metric"] == "balanced_accuracy"]
     assert len(ok) == 3 and all(r["status"] == "ok" and r["ci95"][0] > 0.8 for r in ok)
+
+
+def test_a_tampered_kept_feature_file_is_not_used(tmp_path, caplog):
+    """keep_features: a feature file changed after it was written is recomputed, never attacked as is."""
+    import json
+
+    from tests.conftest import TINY
+
+    config = build_config({**TINY, "cut_points": ["conv1"], "defenses": ["none"],
+                           "attacks": {"attribute_linear": {"cs": 2}}, "memory": {"keep_features": True}})
+    out = tmp_path / "out"
+    first = Audit(config).run(out, callbacks=[])
+    (test_file,) = (out / "features").rglob("test.npy")
+    assert (test_file.parent / "test.npy.sha256").is_file()
+    np.save(test_file, np.zeros_like(np.load(test_file)))  # same shape, no signal left
+    for cell in (out / "cells").glob("*.json"):
+        cell.unlink()  # the cells run again on the kept features
+    with caplog.at_level("WARNING", logger="splitaudit"):
+        again = Audit(config).run(out, callbacks=[])
+    assert "do not match the SHA-256" in caplog.text and str(test_file) in caplog.text
+    value = {r["metric"]: r["value"] for r in first["results"]}
+    assert {r["metric"]: r["value"] for r in again["results"]} == value and value["balanced_accuracy"] > 0.7
+    assert json.loads(json.dumps(again["results"]))  # plain, finite records

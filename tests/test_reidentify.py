@@ -5,7 +5,7 @@ import pytest
 import torch
 
 from attacks.reidentify import link_ranks, wilson_ci
-from tests.helpers import attack_context, prepared_task, run_attack, scores_by_metric
+from tests.helpers import attack_context, fitted_context, prepared_task, run_attack, scores_by_metric
 
 
 def test_link_ranks_exact():
@@ -61,8 +61,8 @@ def test_none_is_a_perfect_identifier_and_huge_noise_is_chance(task):
 def test_reidentify_does_not_disturb_the_defense_noise(task):
     """Queries go to a private copy: the defense's own next draws are unchanged."""
     data, net = task
-    a = attack_context(data, net, "conv1", defense="noise", scale=1.0, finetune_epochs=0)
-    b = attack_context(data, net, "conv1", defense="noise", scale=1.0, finetune_epochs=0)
+    a, defense_a = fitted_context(data, net, "conv1", defense="noise", scale=1.0, finetune_epochs=0)
+    _, defense_b = fitted_context(data, net, "conv1", defense="noise", scale=1.0, finetune_epochs=0)
     run_attack("reidentify", a)
     x = data.part("test").x[:8]
-    assert torch.equal(a.defense.release(x), b.defense.release(x))
+    assert torch.equal(defense_a.release(x), defense_b.release(x))

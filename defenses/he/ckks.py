@@ -12,7 +12,8 @@ no Galois keys or all of them (33 MB at N = 8192).
   rotation steps the cloud program uses (SEAL addresses a rotation key by its
   Galois element 3^step mod 2N, not by the step).
 - :class:`CloudCrypto` is built from those bytes only; it refuses a context
-  that holds a secret key.
+  that holds a secret key. So is :class:`PublicEncryptor` (encryption only),
+  which answers the attacker's queries of the release channel.
 
 Ciphertexts cross the wire as SEAL's own serialization (``Ciphertext.save``,
 zstd-compressed when SEAL was built with it); SEAL's Python binding saves to a
@@ -125,11 +126,42 @@ class _Chain:
         return len(self.primes[self.index(parms_id)])
 
 
-class DeviceCrypto:
+class PublicEncryptor:
+    """Encryption under the device's public key, and nothing more: what anyone holding the public
+    context can do (the attacker's queries of the release channel). No decryptor, no secret key."""
+
+    def __init__(self, config: CKKSConfig, context: "ts.Context"):
+        self.config = config
+        self.context = context
+        sc = context.seal_context().data
+        self.seal_context = sc
+        self.chain = _Chain(sc)
+        self.encoder = seal.CKKSEncoder(sc)
+        self.encryptor = seal.Encryptor(sc, context.public_key().data)
+        self.scratch = Scratch()
+
+    @classmethod
+    def from_public_bytes(cls, config: CKKSConfig, public_context: bytes) -> "PublicEncryptor":
+        """Built from the serialized public context; refuses one that holds the secret key."""
+        context = ts.context_from(public_context)
+        if context.is_private() or context.has_secret_key():
+            raise ValueError("a public encryptor was handed a context holding the secret key")
+        return cls(config, context)
+
+    def encrypt(self, values: np.ndarray, parms_id) -> bytes:
+        """Encode a slot vector (slots,) at scale 2^scale_bits on level ``parms_id``, encrypt with the
+        public key and serialize: what crosses the wire."""
+        plain = seal.Plaintext()
+        self.encoder.encode(values.tolist(), parms_id, self.config.scale, plain)
+        ct = seal.Ciphertext()
+        self.encryptor.encrypt(plain, ct)
+        return self.scratch.dump(ct)
+
+
+class DeviceCrypto(PublicEncryptor):
     """The device's keys: encrypts slot vectors, decrypts results, hands the cloud its public bytes."""
 
     def __init__(self, config: CKKSConfig, rotation_steps: Iterable[int], relin_keys: bool):
-        self.config = config
         try:
             ctx = ts.context(
                 ts.SCHEME_TYPE.CKKS, config.poly_modulus_degree,
@@ -141,14 +173,9 @@ class DeviceCrypto:
                 "coefficient modulus may total at most 109/218/438/881 bits for N=4096/8192/16384/32768"
             ) from None
         ctx.global_scale = config.scale
-        self.context = ctx
-        sc = ctx.seal_context().data
-        self.seal_context = sc
-        self.chain = _Chain(sc)
-        self.encoder = seal.CKKSEncoder(sc)
-        self.encryptor = seal.Encryptor(sc, ctx.public_key().data)
+        super().__init__(config, ctx)
+        sc = self.seal_context
         self.decryptor = seal.Decryptor(sc, ctx.secret_key().data)
-        self.scratch = Scratch()
         self.rotation_steps = sorted({s % config.slots for s in rotation_steps} - {0})
         self.galois_bytes = b""
         if self.rotation_steps:
@@ -160,14 +187,9 @@ class DeviceCrypto:
             save_public_key=True, save_secret_key=False, save_galois_keys=False, save_relin_keys=relin_keys
         )
 
-    def encrypt(self, values: np.ndarray, parms_id) -> bytes:
-        """Encode a slot vector (slots,) at scale 2^scale_bits on level ``parms_id``, encrypt with the
-        public key and serialize: what crosses the wire."""
-        plain = seal.Plaintext()
-        self.encoder.encode(values.tolist(), parms_id, self.config.scale, plain)
-        ct = seal.Ciphertext()
-        self.encryptor.encrypt(plain, ct)
-        return self.scratch.dump(ct)
+    def public_encryptor(self) -> PublicEncryptor:
+        """An encryptor built from this device's public bytes only (the secret key stays here)."""
+        return PublicEncryptor.from_public_bytes(self.config, self.public_context)
 
     def decrypt(self, data: bytes) -> np.ndarray:
         """Deserialize a ciphertext from the cloud and decrypt it to its slot vector (slots,)."""

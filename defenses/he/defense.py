@@ -32,6 +32,7 @@ pool3, fc1 of the UTKFace model; conv1 of the tiny 1-block test model).
 """
 from __future__ import annotations
 
+import copy
 import time
 from dataclasses import dataclass
 from typing import Any, Literal
@@ -193,6 +194,18 @@ class HomomorphicEncryption(Defense):
                         raise RuntimeError(f"ciphertext stream of {len(stream)} bytes shorter than expected")
                     rows.append(np.frombuffer(window, dtype=np.uint8))
         return torch.from_numpy(np.stack(rows).copy())
+
+    def query_copy(self, seed: int) -> "HomomorphicEncryption":
+        """The release channel as the cloud can run it itself: the same edge and round-1 encoding, with
+        encryption under the device's public key rebuilt from its public bytes. It holds no secret key
+        and no decryptor, so it can release (encrypt) but not predict. ``seed``: unused (SEAL draws the
+        encryption randomness itself)."""
+        twin = copy.copy(self)
+        twin.device_crypto = self.device_crypto.public_encryptor()
+        twin.protocol = Protocol(Device(twin.device_crypto, self.schedule, self.layouts), self.protocol.cloud,
+                                 self.schedule)
+        twin.agreement, twin.max_logit_error = [0, 0], 0.0
+        return twin
 
     @torch.no_grad()
     def predict(self, x: torch.Tensor, features: torch.Tensor | None = None) -> torch.Tensor:
