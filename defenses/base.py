@@ -102,7 +102,10 @@ class Defense:
         """A copy of this fitted defense to answer the attacker's release queries: the same parameters
         and weights, every random stream (each ``torch.Generator`` it holds) re-seeded from ``seed``, so
         the copy carries none of the device's draws. Defenses holding other secrets (keys) override it."""
-        twin = copy.deepcopy(self)
+        # weights and other tensors are public and read-only here: shared, not copied (a conv1 PCA basis
+        # is hundreds of MB); everything else, random streams included, is the copy's own
+        shared = {id(t): t for t in instances_of(self, torch.Tensor)}
+        twin = copy.deepcopy(self, memo=shared)
         for i, generator in enumerate(generators_of(twin)):
             generator.manual_seed(seed + i)
         return twin
@@ -137,17 +140,24 @@ class Defense:
 
 
 def generators_of(obj: Any) -> list[torch.Generator]:
-    """Every ``torch.Generator`` reachable from ``obj`` through attributes, containers and submodules,
+    """Every ``torch.Generator`` reachable from ``obj`` (see :func:`instances_of`)."""
+    return instances_of(obj, torch.Generator)
+
+
+def instances_of(obj: Any, kind: type) -> list:
+    """Every instance of ``kind`` reachable from ``obj`` through attributes, containers and submodules,
     in a fixed order (attribute order; each once)."""
-    found: list[torch.Generator] = []
+    found: list = []
     seen: set[int] = set()
 
     def walk(o: Any) -> None:
-        if id(o) in seen or isinstance(o, (torch.Tensor, str, bytes, int, float, bool, type(None))):
+        if id(o) in seen:
             return
         seen.add(id(o))
-        if isinstance(o, torch.Generator):
+        if isinstance(o, kind):
             found.append(o)
+        elif isinstance(o, (torch.Tensor, str, bytes, int, float, bool, type(None))):
+            return
         elif isinstance(o, dict):
             for v in o.values():
                 walk(v)
