@@ -30,9 +30,15 @@ def classification_scores(
     extra: dict | None = None,
 ) -> list[Score]:
     """accuracy (chance: majority-class rate), balanced_accuracy (chance 1/K) and auroc
-    (chance 0.5, macro one-vs-rest) of predicted class probabilities ``probs`` (N, K) for labels ``y`` (N,)."""
+    (chance 0.5, macro one-vs-rest) of predicted class probabilities ``probs`` (N, K) for labels ``y`` (N,).
+
+    Each score's ``extra`` says how many distinct classes the attack predicted on the test split
+    (``predicted_classes``) and ``degenerate: true`` when that is one: a constant predictor measures
+    nothing, and its chance-level figure must not be read as "no leakage"."""
     k, n = num_classes, y.shape[0]
     preds = probs.argmax(dim=1)
+    predicted = int(torch.unique(preds).numel())
+    extra = {**(extra or {}), "predicted_classes": predicted, "degenerate": predicted < 2}
     majority = float(torch.bincount(y, minlength=k).max()) / n
     metrics = {
         "balanced_accuracy": (lambda p, t: multiclass_accuracy(p, t, num_classes=k, average="macro"), preds, 1.0 / k),

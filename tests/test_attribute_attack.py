@@ -128,3 +128,21 @@ def test_attacks_that_transform_the_release_refuse_mirrored_views(attack, params
 
     with pytest.raises(ValueError, match="augment: 'hflip' is not supported inside"):
         ATTACKS.create(attack, **params)
+
+
+def test_a_constant_predictor_is_flagged_degenerate_not_read_as_chance():
+    """One predicted class (e.g. the linear probe on features drowned in noise): balanced accuracy is
+    exactly 1/K, which would read as 'at chance'; the scores say it measured nothing."""
+    from attacks.metrics import classification_scores
+
+    gen = torch.Generator().manual_seed(0)
+    y = torch.randint(0, 5, (300,), generator=gen)
+    constant = torch.zeros(300, 5)
+    constant[:, 2] = 1.0
+    scores = classification_scores("race", constant, y, 5, n_boot=50, seed=0)
+    bacc = next(s for s in scores if s.metric == "balanced_accuracy")
+    assert bacc.value == pytest.approx(0.2) and bacc.ci95 == pytest.approx((0.2, 0.2))
+    assert all(s.extra["predicted_classes"] == 1 and s.extra["degenerate"] is True for s in scores)
+    informative = classification_scores("race", torch.softmax(torch.randn(300, 5, generator=gen), 1), y, 5,
+                                        n_boot=50, seed=0)
+    assert all(s.extra["predicted_classes"] == 5 and s.extra["degenerate"] is False for s in informative)
