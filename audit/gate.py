@@ -434,9 +434,8 @@ def evaluate(report: dict[str, Any], policy: Policy, baseline: dict[str, Any] | 
                 result.warnings.append(f"{message} (left out: --allow-non-finite)")
             else:
                 result.outcomes.append(Outcome("non-finite", case, False, message, r))
-    if allow_non_finite:
-        records = [r for r in records if id(r) not in non_finite]
-    ok = [r for r in records if r.get("status") == "ok"]
+    checked = [r for r in records if id(r) not in non_finite] if allow_non_finite else records
+    ok = [r for r in checked if r.get("status") == "ok"]
     for rule in policy.rules:
         selected = [r for r in ok if rule.select.matches(r, measurement=not rule.per_group)]
         if rule.per_group:
@@ -446,7 +445,7 @@ def evaluate(report: dict[str, Any], policy: Policy, baseline: dict[str, Any] | 
             result.warnings.append(f"rule {rule.name!r}: no record matches its selector ({rule.select.text()})")
             continue
         result.outcomes += [_apply(rule, r, labels) for r in selected]
-    failed = [r for r in records if r.get("status") != "ok"]
+    failed = [r for r in checked if r.get("status") != "ok"]
     if failed and not policy.allow_failed_cells:
         for r in failed:
             case = describe(r, labels)
@@ -466,7 +465,8 @@ def _regressions(result: CheckResult, old: list[Record], new: list[Record], regr
     with a counterpart (or none: added), one ``removed-records`` case per baseline record it lost."""
     failed_cells = {measurement_key(r)[:6] for r in new if r.get("status") != "ok"}
     compared = removed = 0
-    for c in compare_records(old, new, regression):
+    changes = compare_records(old, new, regression)
+    for c in changes:
         if c.new is None:
             if not regression.select.matches(c.old) or measurement_key(c.old)[:6] in failed_cells:
                 continue  # not gated, or its cell failed in the report (the failed-cells case)
@@ -488,6 +488,10 @@ def _regressions(result: CheckResult, old: list[Record], new: list[Record], regr
             continue
         passed = c.status not in ("regressed", "non-finite")
         result.outcomes.append(Outcome("regression", case, passed, f"{case}: {c.explain()}", c.new))
+    retuned = [c for c in changes if c.new is not None and c.params_change]
+    if retuned:
+        result.warnings.append(f"regression: {len(retuned)} record(s) compared with a baseline whose defense "
+                               f"parameters differ (e.g. {retuned[0].new['defense']} {retuned[0].params_change})")
     if not compared and not removed:
         result.unmatched.append("regression")
         result.warnings.append("regression: no record of the report has a counterpart in the baseline")

@@ -100,6 +100,9 @@ def test_nan_fails_a_baseline_comparison_on_either_side(tmp_path, capsys):
     assert main(["check", finite, "--policy", no_rules, "--baseline", with_nan]) == 1
     fails = failures_in(capsys.readouterr().out)
     assert len(fails) == 1 and "the baseline's value or CI is not finite" in fails[0] and "cut=conv1" in fails[0]
+    # --allow-non-finite leaves the comparison out, without calling the record removed
+    assert main(["check", with_nan, "--policy", no_rules, "--baseline", finite, "--allow-non-finite"]) == 0
+    assert "removed" not in capsys.readouterr().out
 
 
 def test_check_and_compare_take_an_output_folder(tmp_path, capsys):
@@ -154,7 +157,10 @@ def test_compare_pairs_a_retuned_defense_and_catches_the_rise(tmp_path, capsys):
 
     # the gate pairs them the same way: a regression, nothing removed
     assert main(["check", b, "--policy", policy(tmp_path, "rules: []\n"), "--baseline", a]) == 1
-    fails = failures_in(capsys.readouterr().out)
+    captured = capsys.readouterr()
+    assert ("warning: regression: 18 record(s) compared with a baseline whose defense parameters differ "
+            "(e.g. noise scale 10.0 -> 3.0)") in captured.err
+    fails = failures_in(captured.out)
     assert len(fails) == 1 and fails[0].startswith("FAIL [regression]") and "cut=conv1" in fails[0]
     assert "leakage rose" in fails[0] and "defense parameters changed: scale 10.0 -> 3.0" in fails[0]
 
