@@ -295,9 +295,11 @@ class ResultStore:
         return bool(records) and all(r.get("status") == "ok" for r in records)
 
     def commit(self, cell_id: str, records: list[dict[str, Any]]) -> None:
-        """Write the cell file atomically, with the content hash of its records."""
+        """Write the cell file atomically, with the content hash of its records as they will be read back
+        (hashed after a JSON round trip: tuples become lists, integer dict keys strings)."""
+        stored = json.loads(json.dumps(records, allow_nan=False))
         write_json_atomic(self._cell_path(cell_id),
-                          {"cell_id": cell_id, "records": records, "sha256": records_sha256(records)})
+                          {"cell_id": cell_id, "records": stored, "sha256": records_sha256(stored)})
         self._refused.discard(cell_id)
 
     def cell_ids(self) -> list[str]:

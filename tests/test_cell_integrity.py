@@ -89,6 +89,9 @@ def test_commit_records_the_sha256_of_the_canonical_records(tmp_path):
         data = json.loads((tmp_path / "out" / "cells" / "c.json").read_text())
         assert data["sha256"] == canonical_sha256(records)
         assert store.load("c") == records and store.done("c")
+        # hashed as read back: integer keys (10 sorts before 2 as text) and tuples
+        store.commit("d", [{"status": "ok", "extra": {2: "a", 10: "b"}, "ci95": (0.1, 0.2)}])
+        assert store.load("d") == [{"status": "ok", "extra": {"2": "a", "10": "b"}, "ci95": [0.1, 0.2]}]
 
 
 @pytest.mark.parametrize("how", ["no_hash", "edited", "nan", "tripled", "relabelled"])
