@@ -18,7 +18,12 @@ Every (rule, selected record) pair is one test case. Against a baseline report,
 a record *regresses* when its leakage rose by more than the combined 95%
 confidence interval of the two estimates plus a tolerance (see :func:`change_of`),
 so that bootstrap noise alone does not fail a build, and a baseline equal to
-the report never does.
+the report never does. Records are paired across reports by :func:`measurement_key`
+(defense name, not parameters), so a retuned defense is still compared.
+
+The gate cannot be fooled by what a report lacks: unless explicitly allowed, a
+partial report, a NaN / inf number in a record, a baseline record missing from
+the report, and a failed cell each fail the check (see :func:`evaluate`).
 
 Leakage direction: a record's leakage grows with ``value``, except where the
 attack reports ``advantage = chance - value`` (e.g. a normalised rank, where a
@@ -26,18 +31,20 @@ lower rank means more leakage); :func:`orientation` tells which.
 """
 from __future__ import annotations
 
+import difflib
 import fnmatch
 import json
 import math
 import xml.etree.ElementTree as ET
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, Literal, get_args
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from audit.errors import AuditInputError
+from audit.store import non_finite_paths
 
 Record = dict[str, Any]
 
@@ -272,9 +279,41 @@ def load_policy(path: str | Path) -> Policy:
         lines = []
         for e in err.errors():
             loc = ".".join(str(p) for p in e["loc"]) or "(top level)"
-            msg = "unknown key" if e["type"] == "extra_forbidden" else e["msg"].removeprefix("Value error, ")
+            if e["type"] == "extra_forbidden":
+                msg = "unknown key" + _did_you_mean(str(e["loc"][-1]), _keys_at(e["loc"][:-1]))
+            else:
+                msg = e["msg"].removeprefix("Value error, ")
             lines.append(f"{path}: {loc}: {msg}")
         raise AuditInputError("\n".join(lines)) from None
+
+
+def _keys_at(loc: tuple) -> list[str]:
+    """The keys the policy model allows at ``loc`` (e.g. ``("rules", 0, "select")``: a Selector's)."""
+    model: type[BaseModel] = Policy
+    for part in loc:
+        if isinstance(part, int):
+            continue
+        field = model.model_fields.get(str(part))
+        inner = _model_in(field.annotation) if field else None
+        if inner is None:
+            return []
+        model = inner
+    return list(model.model_fields)
+
+
+def _model_in(annotation: Any) -> type[BaseModel] | None:
+    """The pydantic model inside a field annotation (``list[Rule]`` -> Rule), if any."""
+    if isinstance(annotation, type) and issubclass(annotation, BaseModel):
+        return annotation
+    for arg in get_args(annotation):
+        if (found := _model_in(arg)) is not None:
+            return found
+    return None
+
+
+def _did_you_mean(key: str, known: list[str]) -> str:
+    close = difflib.get_close_matches(key, known, n=1, cutoff=0.6)
+    return f"; did you mean {close[0]!r}?" if close else (f" (known: {', '.join(known)})" if known else "")
 
 
 # ----------------------------------------------------------------------- evaluation
@@ -332,6 +371,8 @@ def _apply(rule: Rule, record: Record, labels) -> Outcome:
     compared = {"estimate": estimate, "ci_high": (ci or [None, None])[1], "ci_low": (ci or [None, None])[0]}[rule.use]
     if compared is None:
         return Outcome(rule.name, case, False, f"{case}: {shown} has no confidence interval for use: {rule.use}", record)
+    if not (math.isfinite(estimate) and math.isfinite(compared)):
+        return Outcome(rule.name, case, False, f"{case}: {shown} is not finite (NaN/inf)", record)
     which = "" if rule.use == "estimate" else f" ({rule.use.replace('_', ' ')} {compared:.4g})"
     if rule.max is not None and compared > rule.max:
         return Outcome(rule.name, case, False, f"{case}: {shown}{which} > max {rule.max:g}", record)
@@ -346,12 +387,55 @@ def _group_key(record: Record) -> tuple:
     return (record["dataset"], record["model"], record["seed"], record["cut_point"], *defense_key(record))
 
 
-def evaluate(report: dict[str, Any], policy: Policy, baseline: dict[str, Any] | None = None) -> CheckResult:
-    """Apply ``policy`` to ``report`` (and the regression rule against ``baseline`` when given)."""
+def partial_report(report: dict[str, Any]) -> str | None:
+    """Why ``report`` covers only part of its audit's grid (a ``merge --partial`` report, or one
+    shard's report), or None when it covers all of it."""
+    env = report.get("environment") or {}
+    if env.get("partial"):
+        missing = env.get("missing_cells") or []
+        shards = env.get("missing_shards") or []
+        return (f"the report is partial (merged with --partial): {len(missing)} cell(s) missing"
+                + (f", in shard(s) {', '.join(shards)}" if shards else "")
+                + (f" (e.g. {', '.join(missing[:3])})" if missing else ""))
+    if env.get("shard"):
+        i, n = env["shard"]
+        return f"the report covers shard {i}/{n} of the grid only; merge the shards with `splitaudit merge`"
+    return None
+
+
+def evaluate(report: dict[str, Any], policy: Policy, baseline: dict[str, Any] | None = None, *,
+             allow_removed: bool = False, allow_partial: bool = False, allow_non_finite: bool = False) -> CheckResult:
+    """Apply ``policy`` to ``report`` (and the regression rule against ``baseline`` when given).
+
+    Besides the rules, these fail the check unless allowed: a partial report (``partial-report``,
+    ``allow_partial``); a record holding a NaN / inf number (``non-finite``, ``allow_non_finite``:
+    such records are then left out of the rules and the baseline comparison); a baseline record
+    the report no longer has (``removed-records``, ``allow_removed``; a record whose cell failed
+    in the report is left to ``failed-cells``); failed cells (``failed-cells``, the policy's
+    ``allow_failed_cells``)."""
     result = CheckResult()
     records = report["results"]
-    ok = [r for r in records if r.get("status") == "ok"]
     labels = defense_labels(records + (baseline["results"] if baseline else []))
+    partial = partial_report(report)
+    if partial and allow_partial:
+        result.warnings.append(f"{partial} (allowed: --allow-partial)")
+    elif partial:
+        result.outcomes.append(Outcome("partial-report", "report", False,
+                                       f"{partial}; pass --allow-partial to accept a partial report"))
+    if baseline is not None and (partial_baseline := partial_report(baseline)):
+        result.warnings.append(f"baseline: {partial_baseline}; its missing records are not compared")
+
+    non_finite = {id(r): paths for r in records if r.get("status") == "ok" and (paths := non_finite_paths(r))}
+    for r in records:
+        if id(r) in non_finite:
+            case = describe(r, labels)
+            message = f"{case}: not finite (NaN/inf) at {', '.join(non_finite[id(r)][:4])}"
+            if allow_non_finite:
+                result.warnings.append(f"{message} (left out: --allow-non-finite)")
+            else:
+                result.outcomes.append(Outcome("non-finite", case, False, message, r))
+    checked = [r for r in records if id(r) not in non_finite] if allow_non_finite else records
+    ok = [r for r in checked if r.get("status") == "ok"]
     for rule in policy.rules:
         selected = [r for r in ok if rule.select.matches(r, measurement=not rule.per_group)]
         if rule.per_group:
@@ -361,7 +445,7 @@ def evaluate(report: dict[str, Any], policy: Policy, baseline: dict[str, Any] | 
             result.warnings.append(f"rule {rule.name!r}: no record matches its selector ({rule.select.text()})")
             continue
         result.outcomes += [_apply(rule, r, labels) for r in selected]
-    failed = [r for r in records if r.get("status") != "ok"]
+    failed = [r for r in checked if r.get("status") != "ok"]
     if failed and not policy.allow_failed_cells:
         for r in failed:
             case = describe(r, labels)
@@ -370,29 +454,108 @@ def evaluate(report: dict[str, Any], policy: Policy, baseline: dict[str, Any] | 
     elif failed:
         result.warnings.append(f"{len(failed)} failed record(s) ignored (allow_failed_cells: true)")
     if baseline is not None:
-        changes = [c for c in compare_records(baseline["results"], records, policy.regression)
-                   if c.new is not None and policy.regression.select.matches(c.new)]
-        if not changes:
-            result.unmatched.append("regression")
-            result.warnings.append("regression: no record of the report has a counterpart in the baseline")
-        for c in changes:
-            case = describe(c.new, labels)
-            passed = c.status != "regressed"
-            result.outcomes.append(Outcome("regression", case, passed, f"{case}: {c.explain()}", c.new))
+        _regressions(result, baseline["results"], records, policy.regression, labels,
+                     allow_removed=allow_removed, allow_non_finite=allow_non_finite)
     return result
 
 
+def _regressions(result: CheckResult, old: list[Record], new: list[Record], regression: Regression, labels, *,
+                 allow_removed: bool, allow_non_finite: bool) -> None:
+    """The baseline part of :func:`evaluate`: one ``regression`` case per record of the report
+    with a counterpart (or none: added), one ``removed-records`` case per baseline record it lost."""
+    failed_cells = {measurement_key(r)[:6] for r in new if r.get("status") != "ok"}
+    compared = removed = 0
+    changes = compare_records(old, new, regression)
+    for c in changes:
+        if c.new is None:
+            if not regression.select.matches(c.old) or measurement_key(c.old)[:6] in failed_cells:
+                continue  # not gated, or its cell failed in the report (the failed-cells case)
+            removed += 1
+            case = describe(c.old, labels)
+            message = f"{case}: in the baseline, missing from the report (removed)"
+            if allow_removed:
+                result.warnings.append(f"{message} (allowed: --allow-removed)")
+            else:
+                result.outcomes.append(Outcome(
+                    "removed-records", case, False, f"{message}; pass --allow-removed if that is intended", c.old))
+            continue
+        if not regression.select.matches(c.new):
+            continue
+        compared += c.old is not None
+        case = describe(c.new, labels)
+        if c.status == "non-finite" and allow_non_finite:
+            result.warnings.append(f"regression: {case}: {c.explain()} (left out: --allow-non-finite)")
+            continue
+        passed = c.status not in ("regressed", "non-finite")
+        result.outcomes.append(Outcome("regression", case, passed, f"{case}: {c.explain()}", c.new))
+    retuned = [c for c in changes if c.new is not None and c.params_change]
+    if retuned:
+        result.warnings.append(f"regression: {len(retuned)} record(s) compared with a baseline whose defense "
+                               f"parameters differ (e.g. {retuned[0].new['defense']} {retuned[0].params_change})")
+    if not compared and not removed:
+        result.unmatched.append("regression")
+        result.warnings.append("regression: no record of the report has a counterpart in the baseline")
+
+
+def report_path(path: str | Path) -> Path:
+    """``path``, or ``path/report.json`` when ``path`` is an audit's output folder."""
+    path = Path(path)
+    if path.is_dir():
+        if not (path / "report.json").is_file():
+            raise AuditInputError(f"{str(path)!r} is a folder without a report.json (is the audit finished?)")
+        return path / "report.json"
+    return path
+
+
 # ------------------------------------------------------------------------ comparison
-def match_key(record: Record) -> tuple:
-    """What identifies a measurement across two reports (attack parameters may differ)."""
-    return (record["dataset"], record["model"], record["seed"], record["cut_point"], *defense_key(record),
+def measurement_key(record: Record) -> tuple:
+    """What identifies a measurement across two reports: dataset, model, seed, cut point,
+    defense *name*, attack, target and metric. Defense parameters are left out so that a
+    retuned defense (noise scale 10 -> 3) is compared with what it was (see :func:`pair_records`);
+    attack parameters may differ too."""
+    return (record["dataset"], record["model"], record["seed"], record["cut_point"], record["defense"],
             record["attack"], record.get("target"), record.get("metric"))
+
+
+def pair_records(old: list[Record], new: list[Record]) -> list[tuple[Record | None, Record | None]]:
+    """(old, new) pairs of the same measurement (:func:`measurement_key`), None on the side that
+    lacks it. Under one key, records with equal defense parameters pair first; then one record
+    left on each side pairs too (the defense's parameters changed); when more are left (a report
+    with several configurations of a defense) which is which is ambiguous: they stay unpaired."""
+    groups: dict[tuple, tuple[list[Record], list[Record]]] = {}
+    for side, records in enumerate((old, new)):
+        for r in records:
+            groups.setdefault(measurement_key(r), ([], []))[side].append(r)
+    pairs: list[tuple[Record | None, Record | None]] = []
+    for olds, news in groups.values():
+        by_params = {defense_key(n): n for n in news}
+        left_old = []
+        for o in olds:
+            same = by_params.pop(defense_key(o), None)
+            if same is None:
+                left_old.append(o)
+            else:
+                pairs.append((o, same))
+        left_new = list(by_params.values())
+        if len(left_old) == 1 and len(left_new) == 1:
+            pairs.append((left_old[0], left_new[0]))
+        else:
+            pairs += [(o, None) for o in left_old] + [(None, n) for n in left_new]
+    return pairs
+
+
+def params_change(old: Record, new: Record) -> str:
+    """The defense parameters that differ, e.g. ``scale 10.0 -> 3.0`` ('' when none does)."""
+    a, b = old.get("defense_params") or {}, new.get("defense_params") or {}
+    shown = lambda params, k: json.dumps(params[k]) if k in params else "(unset)"
+    return ", ".join(f"{k} {shown(a, k)} -> {shown(b, k)}" for k in sorted(set(a) | set(b)) if a.get(k, ...) != b.get(k, ...))
 
 
 @dataclass
 class Change:
     """One measurement in two reports. ``status``: regressed (leakage rose, or utility fell,
-    beyond the noise), improved, unchanged, added, removed or failed (no value on a side)."""
+    beyond the noise), improved, unchanged, non-finite (a NaN/inf value or CI: nothing can be
+    said), added, removed or failed (no value on a side)."""
 
     old: Record | None
     new: Record | None
@@ -401,29 +564,47 @@ class Change:
     margin: float | None = None  # combined CI half-width + tolerance
     kind: str = "leakage"  # or "utility"
 
+    @property
+    def params_change(self) -> str:
+        """The defense parameters that changed between the two sides ('' when none or one-sided)."""
+        return params_change(self.old, self.new) if self.old is not None and self.new is not None else ""
+
     def explain(self) -> str:
         rec = self.new or self.old
         if self.status in ("added", "removed", "failed"):
             return self.status
+        params = f"; defense parameters changed: {self.params_change}" if self.params_change else ""
         unit = unit_of(rec)
         old = fmt_ci(self.old["value"], self.old.get("ci95"))
         new = fmt_ci(self.new["value"], self.new.get("ci95"))
+        values = f"{rec['metric']} {old} -> {new}{' ' + unit if unit else ''}"
+        if self.status == "non-finite":
+            side = "the report's" if not _finite_record(self.new) else "the baseline's"
+            return f"{values}: {side} value or CI is not finite (NaN/inf), nothing can be compared{params}"
         if self.kind == "utility":
             verb = {"regressed": "accuracy fell", "improved": "accuracy rose"}.get(self.status, "within noise")
             direction = ""
         else:
             verb = {"regressed": "leakage rose", "improved": "leakage fell"}.get(self.status, "within noise")
             direction = "" if orientation(rec) > 0 else " (lower value = more leakage)"
-        return (f"{rec['metric']} {old} -> {new}{' ' + unit if unit else ''}: {verb}{direction}, "
-                f"change {self.rise:+.4g} vs combined CI + tolerance {self.margin:.4g}")
+        return (f"{values}: {verb}{direction}, change {self.rise:+.4g} vs combined CI + tolerance "
+                f"{self.margin:.4g}{params}")
 
 
-def classify(old: tuple[float, float, float], new: tuple[float, float, float], tolerance: float) -> tuple[str, float, float]:
+def _finite_record(record: Record) -> bool:
+    return all(v is None or math.isfinite(v) for v in [record.get("value"), *(record.get("ci95") or [])])
+
+
+def classify(old: tuple[float, float, float], new: tuple[float, float, float],
+             tolerance: float) -> tuple[str, float | None, float | None]:
     """(status, rise, margin) for two oriented (estimate, low, high) triples (higher = worse).
 
     Worse (``regressed``) when ``new - old > sqrt(h_new^2 + h_old^2) + tolerance``, with h the
     facing half-widths of the two 95% CIs (new's lower, old's upper): the half-width of the
-    CI of a difference of independent estimates. Better (``improved``) symmetrically."""
+    CI of a difference of independent estimates. Better (``improved``) symmetrically.
+    ``non-finite`` (rise and margin None) when a number of either triple is NaN or infinite."""
+    if not all(math.isfinite(x) for x in (*old, *new)):
+        return "non-finite", None, None
     rise = new[0] - old[0]
     if rise >= 0:
         h = math.hypot(new[0] - new[1], old[2] - old[0])
@@ -442,17 +623,17 @@ def change_of(old: Record, new: Record, tolerance: float) -> Change:
     return Change(old, new, *classify(a, b, tolerance))
 
 
-def _pair(before: dict, after: dict, make) -> list[Change]:
-    changes = [make(before[k], rec) if k in before else Change(None, rec, "added") for k, rec in after.items()]
-    return changes + [Change(rec, None, "removed") for k, rec in before.items() if k not in after]
+def _changes(old: list[Record], new: list[Record], make) -> list[Change]:
+    """:func:`pair_records`, each pair classified by ``make(old, new)`` (or added / removed)."""
+    return [make(a, b) if a is not None and b is not None else Change(a, b, "added" if a is None else "removed")
+            for a, b in pair_records(old, new)]
 
 
 def compare_records(old: list[Record], new: list[Record], regression: Regression | None = None) -> list[Change]:
-    """Pair the records of two reports by :func:`match_key` and classify each leakage change."""
+    """Pair the measurements of two reports (:func:`pair_records`) and classify each leakage change."""
     regression = regression or Regression()
-    before = {match_key(r): r for r in old if r.get("target") is not None}
-    after = {match_key(r): r for r in new if r.get("target") is not None}
-    return _pair(before, after, lambda a, b: change_of(a, b, regression.tolerance_for(b.get("metric"))))
+    return _changes([r for r in old if r.get("target") is not None], [r for r in new if r.get("target") is not None],
+                    lambda a, b: change_of(a, b, regression.tolerance_for(b.get("metric"))))
 
 
 def _utility_record(record: Record) -> Record | None:
@@ -466,24 +647,29 @@ def _utility_record(record: Record) -> Record | None:
 
 
 def utility_changes(old: list[Record], new: list[Record], tolerance: float = 0.0) -> list[Change]:
-    """Primary accuracy per (dataset, model, seed, cut point, defense) in two reports; a fall
-    beyond the combined CI + tolerance is ``regressed``."""
+    """Primary accuracy per (dataset, model, seed, cut point, defense) in two reports, paired like
+    the measurements; a fall beyond the combined CI + tolerance is ``regressed``."""
     def groups(records):
-        return {_group_key(r): u for r in records if (u := _utility_record(r)) is not None}
+        return list({_group_key(r): u for r in records if (u := _utility_record(r)) is not None}.values())
 
     def make(a: Record, b: Record) -> Change:  # worse = lower accuracy
         loss = [oriented(r["value"], r.get("ci95"), -1) for r in (a, b)]
         return Change(a, b, *classify(*loss, tolerance), kind="utility")
 
-    changes = _pair(groups(old), groups(new), make)
+    changes = _changes(groups(old), groups(new), make)
     for c in changes:
         c.kind = "utility"
     return changes
 
 
 # ---------------------------------------------------------------------------- JUnit
+FAILURE_TYPES = {"regression": "LeakageRegression", "removed-records": "RemovedRecord", "non-finite": "NonFiniteValue",
+                 "partial-report": "PartialReport", "failed-cells": "FailedCell"}
+
+
 def junit_xml(result: CheckResult, name: str = "splitaudit check") -> str:
-    """JUnit XML: one ``testsuite`` per rule (plus ``regression`` and ``failed-cells``), one
+    """JUnit XML: one ``testsuite`` per rule (plus ``regression``, ``removed-records``, ``non-finite``,
+    ``partial-report`` and ``failed-cells``), one
     ``testcase`` per (rule, record); a selector that matched nothing is a skipped case."""
     suites: dict[str, list[Outcome]] = {}
     for o in result.outcomes:
@@ -498,8 +684,8 @@ def junit_xml(result: CheckResult, name: str = "splitaudit check") -> str:
             if o.passed:
                 ET.SubElement(case, "system-out").text = o.message
             else:
-                ET.SubElement(case, "failure", message=o.message, type="LeakageBound" if suite != "regression"
-                              else "LeakageRegression").text = o.message
+                ET.SubElement(case, "failure", message=o.message,
+                              type=FAILURE_TYPES.get(suite, "LeakageBound")).text = o.message
     for suite in result.unmatched:
         el = ET.SubElement(root, "testsuite", name=suite, tests="1", failures="0", errors="0", skipped="1")
         case = ET.SubElement(el, "testcase", classname=f"splitaudit.{suite}", name="(no record matched)", time="0")

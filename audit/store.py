@@ -4,7 +4,7 @@ Layout of an output folder::
 
     audit.json            manifest: config hash, config, shard
     .lock                 held (flock) by the run writing into the folder
-    cells/<cell id>.json  {"cell_id", "records"}: one file per finished cell
+    cells/<cell id>.json  {"cell_id", "records", "sha256"}: one file per finished cell
     tasks/<task key>.json summary of a prepared (task, seed)
 
 A cell file appears whole or not at all (written to a temporary file in the
@@ -16,11 +16,22 @@ while the first holds the lock (the lock dies with its process).
 
 The manifest records the config hash: a folder holding another audit's
 results is refused (the message names the keys that differ), never mixed.
+
+Cell integrity: a cell file records ``sha256``, the hash of the canonical JSON of its
+records (:func:`records_sha256`). :func:`read_cell` refuses, with a
+:class:`CellIntegrityError` naming the file and the reason, a cell whose hash is missing
+(written by splitaudit before hashes, or edited) or wrong, whose records carry another
+``cell_id`` than the file (relabelled by hand), that holds one measurement twice, or
+that holds a non-finite number. :meth:`ResultStore.load` treats such a cell as not
+finished: a resumed run recomputes it and logs a warning; ``splitaudit merge`` refuses it.
 """
 from __future__ import annotations
 
 import fcntl
+import hashlib
 import json
+import logging
+import math
 import os
 import tempfile
 from collections.abc import Iterator
@@ -32,6 +43,12 @@ from audit.errors import AuditInputError
 
 MANIFEST = "audit.json"
 LOCK = ".lock"
+
+log = logging.getLogger("splitaudit")
+
+
+class CellIntegrityError(AuditInputError):
+    """A cell file that cannot be trusted (see :func:`read_cell`); the message names the file."""
 
 
 def _fsync_dir(path: Path) -> None:
@@ -80,6 +97,62 @@ def write_json_atomic(path: Path, data: Any) -> None:
             json.dump(data, fh, indent=1, sort_keys=False, allow_nan=False)
 
 
+def records_sha256(records: list[dict[str, Any]]) -> str:
+    """sha256 (hex) of the canonical JSON of a cell's records (sorted keys, no spaces, no NaN)."""
+    text = json.dumps(records, sort_keys=True, separators=(",", ":"), allow_nan=False)
+    return hashlib.sha256(text.encode("utf-8")).hexdigest()
+
+
+def non_finite_paths(value: Any, where: str = "") -> list[str]:
+    """Dotted paths (``records.0.ci95.1``) of the NaN / inf numbers inside a JSON-like value."""
+    if isinstance(value, float):
+        return [] if math.isfinite(value) else [where or "(value)"]
+    if isinstance(value, dict):
+        items = value.items()
+    elif isinstance(value, list):
+        items = enumerate(value)
+    else:
+        return []
+    return [p for k, v in items for p in non_finite_paths(v, f"{where}.{k}" if where else str(k))]
+
+
+def read_cell(path: Path) -> list[dict[str, Any]]:
+    """The records of the cell file ``path`` after checking its integrity (cell id = file name,
+    content hash, record labels, no measurement twice, finite numbers); raises
+    :class:`CellIntegrityError` naming the file and what is wrong, :class:`FileNotFoundError`
+    when it does not exist."""
+    path = Path(path)
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except (json.JSONDecodeError, UnicodeDecodeError) as err:
+        raise CellIntegrityError(f"{path}: not valid JSON ({err})") from None
+    if not isinstance(data, dict) or not isinstance(data.get("records"), list):
+        raise CellIntegrityError(f"{path}: not a splitaudit cell file (no 'records' list)")
+    if data.get("cell_id") != path.stem:
+        raise CellIntegrityError(f"{path}: holds cell {data.get('cell_id')!r}, not the cell its name says")
+    records = data["records"]
+    if not all(isinstance(r, dict) for r in records):
+        raise CellIntegrityError(f"{path}: a record is not a JSON object")
+    bad = non_finite_paths(records, "records")
+    if bad:
+        raise CellIntegrityError(f"{path}: holds non-finite numbers (NaN/inf) at {', '.join(bad[:3])}")
+    relabelled = sorted({str(r["cell_id"]) for r in records if "cell_id" in r and r["cell_id"] != path.stem})
+    if relabelled:
+        raise CellIntegrityError(f"{path}: holds records of cell {', '.join(relabelled)} (relabelled)")
+    seen: set[tuple] = set()
+    for r in records:
+        key = (r.get("attack"), r.get("target"), r.get("metric"))
+        if key in seen:
+            raise CellIntegrityError(f"{path}: holds the record attack={key[0]} target={key[1]} metric={key[2]} "
+                                     "more than once")
+        seen.add(key)
+    if "sha256" not in data:
+        raise CellIntegrityError(f"{path}: has no content hash (written by an older splitaudit, or edited)")
+    if data["sha256"] != records_sha256(records):
+        raise CellIntegrityError(f"{path}: its records do not match its content hash (edited after it was written)")
+    return records
+
+
 def config_differences(old: Any, new: Any, prefix: str = "", limit: int = 6) -> list[str]:
     """Dotted keys where two JSON-like configs differ, with both values (at most ``limit``)."""
     out: list[str] = []
@@ -124,6 +197,7 @@ class ResultStore:
         shard: tuple[int, int] | None = None,
     ):
         self.out_dir = Path(out_dir)
+        self._refused: set[str] = set()  # cells refused by the integrity check (warned once)
         if self.out_dir.exists() and not self.out_dir.is_dir():
             raise AuditInputError(f"--out {str(self.out_dir)!r} is a file, not a folder; pass another --out")
         manifest = self.out_dir / MANIFEST
@@ -203,17 +277,17 @@ class ResultStore:
         return self.out_dir / "cells" / f"{cell_id}.json"
 
     def load(self, cell_id: str) -> list[dict[str, Any]] | None:
-        """The cell's records, or None when it has not finished (or its file is unreadable)."""
-        path = self._cell_path(cell_id)
+        """The cell's records, or None when it has not finished or fails :func:`read_cell`'s
+        integrity check (logged once as a warning: the cell will be recomputed)."""
         try:
-            data = json.loads(path.read_text())
+            return read_cell(self._cell_path(cell_id))
         except FileNotFoundError:
             return None
-        except (json.JSONDecodeError, UnicodeDecodeError):
-            return None  # not written by us (our writes are atomic): recompute the cell
-        if not isinstance(data, dict) or data.get("cell_id") != cell_id or not isinstance(data.get("records"), list):
+        except CellIntegrityError as err:
+            if cell_id not in self._refused:
+                self._refused.add(cell_id)
+                log.warning("%s; recomputing the cell", err)
             return None
-        return data["records"]
 
     def done(self, cell_id: str) -> bool:
         """True when the cell finished with every record ``ok`` (failed cells are retried)."""
@@ -221,7 +295,12 @@ class ResultStore:
         return bool(records) and all(r.get("status") == "ok" for r in records)
 
     def commit(self, cell_id: str, records: list[dict[str, Any]]) -> None:
-        write_json_atomic(self._cell_path(cell_id), {"cell_id": cell_id, "records": records})
+        """Write the cell file atomically, with the content hash of its records as they will be read back
+        (hashed after a JSON round trip: tuples become lists, integer dict keys strings)."""
+        stored = json.loads(json.dumps(records, allow_nan=False))
+        write_json_atomic(self._cell_path(cell_id),
+                          {"cell_id": cell_id, "records": stored, "sha256": records_sha256(stored)})
+        self._refused.discard(cell_id)
 
     def cell_ids(self) -> list[str]:
         """Ids of every cell file in the folder."""

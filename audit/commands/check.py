@@ -1,7 +1,11 @@
-"""``splitaudit check REPORT.json --policy POLICY.yaml [--baseline OLD.json] [--junit OUT.xml] [--strict]``:
-the CI gate. Exit 0 when every bound holds (and nothing regressed against the baseline),
-1 on a violation, 2 on bad input (missing file, other schema version, invalid policy;
-with --strict also a rule whose selector matches nothing)."""
+"""``splitaudit check REPORT --policy POLICY.yaml [--baseline OLD] [--junit OUT.xml] [--strict]
+[--allow-removed] [--allow-partial] [--allow-non-finite]``: the CI gate (REPORT and OLD: a
+report.json or an output folder holding one).
+
+Exit 0 when every bound holds (and nothing regressed against the baseline), 1 on a violation
+(a bound, a regression, a failed cell, and unless allowed: a baseline record missing from the
+report, a partial report, a NaN / inf number), 2 on bad input (missing file, other schema
+version, invalid policy; with --strict also a rule whose selector matches nothing)."""
 from __future__ import annotations
 
 import argparse
@@ -13,11 +17,18 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser(
         "check", help="CI gate: check a report against a leakage policy (and a baseline report)",
         description="Check REPORT.json against the bounds of a policy YAML; with --baseline also flag leakage "
-                    "that rose beyond the combined confidence intervals plus the policy's tolerance. "
+                    "that rose beyond the combined confidence intervals plus the policy's tolerance, and baseline "
+                    "records the report lost. A partial report or a NaN/inf number fails too unless allowed. "
                     "Exit 0 pass, 1 violation, 2 bad input.")
-    p.add_argument("report", help="report.json of an audit")
+    p.add_argument("report", help="report.json of an audit (or its output folder)")
     p.add_argument("--policy", required=True, help="policy YAML (see configs/policy.example.yaml)")
-    p.add_argument("--baseline", help="an earlier report.json to check for regressions against")
+    p.add_argument("--baseline", help="an earlier report.json (or output folder) to check for regressions against")
+    p.add_argument("--allow-removed", action="store_true",
+                   help="records of the baseline that the report no longer has are warnings, not failures")
+    p.add_argument("--allow-partial", action="store_true",
+                   help="accept a partial report (merge --partial, or one shard's report) with a warning")
+    p.add_argument("--allow-non-finite", action="store_true",
+                   help="records holding NaN/inf are warnings and are left out of the check")
     p.add_argument("--junit", metavar="OUT.xml", help="also write JUnit XML (one test case per rule x cell)")
     p.add_argument("--strict", action="store_true", help="a rule whose selector matches nothing is an error (exit 2)")
     p.add_argument("-q", "--quiet", action="store_true", help="print failures only")
@@ -27,13 +38,14 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
 def main(args: argparse.Namespace) -> int:
     from audit.cli import EXIT_BAD_INPUT, EXIT_FAILED, EXIT_OK
     from audit.errors import AuditInputError
-    from audit.gate import evaluate, junit_xml, load_policy
+    from audit.gate import evaluate, junit_xml, load_policy, report_path
     from audit.report import read_report
 
     policy = load_policy(args.policy)
-    report = read_report(args.report)
-    baseline = read_report(args.baseline) if args.baseline else None
-    result = evaluate(report, policy, baseline)
+    report = read_report(report_path(args.report))
+    baseline = read_report(report_path(args.baseline)) if args.baseline else None
+    result = evaluate(report, policy, baseline, allow_removed=args.allow_removed, allow_partial=args.allow_partial,
+                      allow_non_finite=args.allow_non_finite)
     for warning in result.warnings:
         print(f"splitaudit check: warning: {warning}", file=sys.stderr)
     if args.junit:
