@@ -79,24 +79,25 @@ def _read_cells(folders: list[Path], planned_ids: set[str]) -> dict[str, tuple[P
     that has it). Every cell file of every folder must pass :func:`read_cell`'s integrity check and
     belong to the audit; otherwise one error lists every refused file."""
     chosen: dict[str, tuple[Path, list[dict[str, Any]]]] = {}
-    problems = []
+    problems, damaged = [], False
     for folder in folders:
         for path in sorted((folder / "cells").glob("*.json")):
             try:
                 records = read_cell(path)
             except CellIntegrityError as err:
                 problems.append(str(err))
+                damaged = True
                 continue
             if path.stem not in planned_ids:
-                problems.append(f"{path}: not a cell of this audit")
+                problems.append(f"{path}: not a cell of this audit (remove it)")
             elif path.stem not in chosen or (not _ok(chosen[path.stem][1]) and _ok(records)):
                 chosen[path.stem] = (folder, records)
     if problems:
         shown = "\n  ".join(problems[:10]) + (f"\n  ... and {len(problems) - 10} more" if len(problems) > 10 else "")
         raise AuditInputError(
-            f"merge: {len(problems)} cell file(s) refused, nothing was written:\n  {shown}\n"
-            "rerun the audit into the folder named (`splitaudit run CONFIG --out FOLDER`, with the folder's --shard) "
-            "to recompute the refused cells, then merge again")
+            f"merge: {len(problems)} cell file(s) refused, nothing was written:\n  {shown}"
+            + ("\nrerun the audit into the folder named (`splitaudit run CONFIG --out FOLDER`, with the folder's "
+               "--shard) to recompute the refused cells, then merge again" if damaged else ""))
     return chosen
 
 
