@@ -54,9 +54,9 @@ Method = Literal["ica", "nonneg"]
 
 
 def request_rows() -> int:
-    """Rows per release call the audit runner makes (its ``release_all`` batch): the groups a
+    """Rows per release call the audit runner makes (its ``audit.pipeline.release_all`` batch): the groups a
     mixing defense forms never cross these boundaries."""
-    from audit.runner import release_all
+    from audit.pipeline import release_all
 
     return int(inspect.signature(release_all).parameters["batch_size"].default)
 

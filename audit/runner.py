@@ -16,7 +16,6 @@ ran before it, in which process, or in which order.
 from __future__ import annotations
 
 import contextlib
-import hashlib
 import json
 import logging
 import math
@@ -29,22 +28,23 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Callable, Iterable
 
-import lightning as L
 import torch
 
-from attacks import ATTACKS, AttackContext, AttackView, ReleaseChannel, Score
-from audit.config import AuditConfig, PluginSpec, TaskConfig
+from attacks import ATTACKS, Score
+from audit import pipeline
+from audit.config import AuditConfig, TaskConfig
 from audit.data import DATASETS, AuditData, split_indices
 from audit.data.features import model_free_measures, model_free_split, model_free_summary, precomputed_features
 from audit.errors import AuditInputError
-from audit.features import FeatureStore, Rows, map_batches
+from audit.features import FeatureStore
+from audit.pipeline import stable_hash, stage_seed
 from audit.models import MODELS, SplitModel, flops_per_sample
 from audit.records import AuditRecord
 from audit.report import SCHEMA_VERSION, environment, write_report
 from audit.stats import mean_ci
 from audit.store import ResultStore, atomic_write, write_json_atomic
 from audit.training import fit_classifier, inference_device, predict
-from defenses import DEFENSES, Defense, FitContext, SplitPoint
+from defenses import DEFENSES, SplitPoint
 
 if TYPE_CHECKING:  # pragma: no cover
     from audit.executors import CellResult, Executor
@@ -52,15 +52,6 @@ if TYPE_CHECKING:  # pragma: no cover
 log = logging.getLogger("splitaudit")
 
 CACHE_VERSION = 1  # bump when task training changes in a way that invalidates cached models
-
-
-def stable_hash(*parts: Any, length: int = 16) -> str:
-    return hashlib.sha256(json.dumps(parts, sort_keys=True, default=str).encode()).hexdigest()[:length]
-
-
-def stage_seed(seed: int, *identity: Any) -> int:
-    """A seed for one stage, derived from the audit seed and what the stage is."""
-    return int(stable_hash(seed, *identity, length=8), 16) % (2**31 - 1)
 
 
 def default_cache_dir() -> Path:
@@ -197,25 +188,6 @@ def _finite(value: Any) -> Any:
 def attacker_splits(task: TaskConfig) -> tuple[str, ...]:
     """The splits the attacks train on (``attacker_data``), rows in this order."""
     return ("train", "aux") if task.attacker_data == "train+aux" else ("aux",)
-
-
-def release_all(
-    defense: Defense, x: torch.Tensor, features: torch.Tensor | Rows, batch_size: int = 512,
-    scratch_dir: Path | None = None, max_ram_mb: float = math.inf, label: str | None = None,
-) -> torch.Tensor:
-    """``defense.release`` over a whole split, in batches; with ``scratch_dir`` a result larger
-    than ``max_ram_mb`` is memory-mapped from a scratch file there instead of held in RAM.
-    With ``label`` a slow release (e.g. encryption) logs its progress."""
-    return map_batches(lambda a, b: defense.release(x[a:b], features[a:b]), x.shape[0], scratch_dir,
-                       max_ram_mb, batch_size, label)
-
-
-def predict_all(defense: Defense, x: torch.Tensor, features: torch.Tensor, batch_size: int = 512,
-                label: str | None = None) -> torch.Tensor:
-    """``defense.predict`` (primary logits through the defended pipeline) over a whole split, in batches;
-    with ``label`` a slow one (e.g. encrypted inference) logs its progress."""
-    return map_batches(lambda a, b: defense.predict(x[a:b], features[a:b]), x.shape[0], None, math.inf,
-                       batch_size, label)
 
 
 @contextlib.contextmanager
@@ -404,34 +376,18 @@ class AuditRun:
         compute = features or (lambda part: predict(edge, data.part(part).x, device=self.device))
         split = SplitPoint(cut, state.model, edge, cloud, compute_features=compute)
         scratch, max_ram = self.features.scratch(), self.features.max_ram_mb
+        where = f"{spec.label()} at {cut} (seed {seed})"
         try:
-            fit_seed = self.stage_seeds(cells[0], state.seed_key)["defense"]
-            L.seed_everything(fit_seed, verbose=False)
-            defense = DEFENSES.create(spec.name, **spec.params)
-            train = data.part("train")
-            defense.fit(FitContext(split, train, data.num_classes(data.primary), self.config.trainer, fit_seed,
-                                   audit_seed=seed))
-            attacker = attacker_splits(self.config.tasks[cells[0].task])
-            aux, test = data.part(*attacker), data.part("test")
-            where = f"{spec.label()} at {cut} (seed {seed})"
-            z_aux = release_all(defense, aux.x, Rows(*(split.features(p) for p in attacker)), scratch_dir=scratch,
-                                max_ram_mb=max_ram, label=f"{where}: release of the {'+'.join(attacker)} split")
-            z_test = release_all(defense, test.x, split.features("test"), scratch_dir=scratch, max_ram_mb=max_ram,
-                                 label=f"{where}: release of the test split")
-            for name, z in (("aux", z_aux), ("test", z_test)):
-                if z.is_floating_point() and not all_finite(z):
-                    raise ValueError(f"defense {spec.label()} released NaN/inf features for the {name} split at {cut}")
+            defense = pipeline.fit_defense(
+                spec.name, spec.params, split, data.part("train"), data.num_classes(data.primary),
+                self.config.trainer, self.stage_seeds(cells[0], state.seed_key)["defense"], audit_seed=seed)
+            aux, test = pipeline.release_views(defense, split, data, attacker_splits(self.config.tasks[cells[0].task]),
+                                               scratch_dir=scratch, max_ram_mb=max_ram, label=where)
             if state.model is None:  # no cloud to measure utility with, no edge to time
-                utility, cost = model_free_measures(defense, z_test)
+                utility, cost = model_free_measures(defense, test.z)
             else:
-                logits = predict_all(defense, test.x, split.features("test"), label=f"{where}: prediction on the test split")
-                correct = (logits.argmax(1) == test.y).float()
-                utility = {
-                    "primary_accuracy": float(correct.mean()),
-                    "primary_accuracy_ci95": list(mean_ci(correct, seed=seed)),
-                    "task_accuracy": state.summary["primary_accuracy"],
-                    "n_eval": len(test),
-                }
+                utility = pipeline.measure_utility(defense, split, data.part("test"), state.summary["primary_accuracy"],
+                                                   seed, label=where)
                 cost = defense.cost(test.x[:32], state.full_flops)
         except Exception as err:  # noqa: BLE001 - a failing defense fails its cells, the rest go on
             error = f"defense {spec.label()} failed: {type(err).__name__}: {err}"
@@ -439,24 +395,15 @@ class AuditRun:
             for cell in cells:
                 emit(cell, [self._failed(cell, error, state.seed_key)], 0.0)
             return
-        num_classes = {name: data.num_classes(name) for name in [data.primary, *data.private]}
-        context = dict(
-            aux=AttackView(z_aux, aux.x, aux.y, aux.private),
-            test=AttackView(z_test, test.x, test.y, test.private),
-            num_classes=num_classes, primary=data.primary, split=split,
-            settings=self.config.trainer, n_boot=self.config.n_boot, scratch_dir=scratch, max_ram_mb=max_ram,
-        )
+        inputs = pipeline.AttackInputs(
+            aux, test, {name: data.num_classes(name) for name in [data.primary, *data.private]}, data.primary, split,
+            self.config.trainer, self.config.n_boot, scratch, max_ram)
         for cell in cells:
             start = time.perf_counter()
             try:
-                attack_seed = self.stage_seeds(cell, state.seed_key)["attack"]
-                L.seed_everything(attack_seed, verbose=False)
-                # the attack gets a cloud view: a release channel with no device secrets, never `defense`
-                ctx = AttackContext(**context, channel=ReleaseChannel(defense, attack_seed), seed=attack_seed,
-                                    artifact_dir=self.out_dir / "artifacts" / cell.id)
-                attack = ATTACKS.create(cell.attack, **self.config.attacks[cell.attack])
-                attack.fit(ctx)
-                scores = attack.score(ctx)
+                scores = pipeline.run_attack(cell.attack, self.config.attacks[cell.attack], inputs, defense,
+                                             self.stage_seeds(cell, state.seed_key)["attack"],
+                                             artifact_dir=self.out_dir / "artifacts" / cell.id)
                 records = [self._record(cell, s, utility, cost, state.seed_key) for s in scores]
             except Exception as err:  # noqa: BLE001
                 log.debug("%s", traceback.format_exc())
@@ -589,8 +536,3 @@ class AuditRun:
             "tasks": [t for t in (self.store.task(k) for k in keys) if t is not None],
             "results": records,
         }
-
-
-def all_finite(z: torch.Tensor, batch: int = 4096) -> bool:
-    """``torch.isfinite(z).all()`` in row batches (no full-size temporary for large, mapped arrays)."""
-    return all(bool(torch.isfinite(z[i : i + batch]).all()) for i in range(0, z.shape[0], batch))
