@@ -36,9 +36,10 @@ from attacks import ATTACKS, AttackContext, AttackView, Score
 from audit.config import AuditConfig, PluginSpec, TaskConfig
 from audit.data import DATASETS, AuditData, split_indices
 from audit.data.features import model_free_measures, model_free_split, model_free_summary, precomputed_features
-from audit.errors import AuditInputError
+from audit.errors import AuditInputError, interruptible
 from audit.features import FeatureStore, Rows, map_batches
 from audit.models import MODELS, SplitModel, flops_per_sample
+from audit.preflight import check_run
 from audit.report import SCHEMA_VERSION, environment, write_report
 from audit.stats import mean_ci
 from audit.store import ResultStore, atomic_write, write_json_atomic
@@ -526,9 +527,12 @@ class AuditRun:
 
         config = self.config
         cells = self.planned_cells()
+        check_run(self)  # before the store: a run that fails validation leaves OUT as it was
         executor = self.executor or SequentialExecutor()
-        with ResultStore(self.out_dir, config.config_hash(), config.model_dump(mode="json"),
-                         resume=self.resume, shard=self.shard) as store, torch_threads(executor.threads):
+        # SIGINT / SIGTERM raise AuditInterrupted: finished cells stay committed, the lock is released
+        with interruptible(), ResultStore(self.out_dir, config.config_hash(), config.model_dump(mode="json"),
+                                          resume=self.resume, shard=self.shard) as store, \
+                torch_threads(executor.threads):
             self.store = store
             shutil.rmtree(self.features.scratch(), ignore_errors=True)  # left by a killed run
             pending = [c for c in cells if not store.done(c.id)]
