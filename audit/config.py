@@ -299,6 +299,8 @@ def apply_override(data: dict[str, Any], parts: list[str], value: Any) -> None:
     node: Any = data
     for i, part in enumerate(parts[:-1]):
         nxt = parts[i + 1]
+        if not isinstance(node, (list, dict)):
+            raise AuditInputError(f"--set {'.'.join(parts)}: {'.'.join(parts[:i])} is not a mapping")
         if isinstance(node, list):
             if not part.isdigit() or int(part) >= len(node):
                 raise AuditInputError(f"--set {'.'.join(parts)}: no list item {part!r} under {'.'.join(parts[:i]) or 'the top level'}")
@@ -440,8 +442,9 @@ def parse_yaml(text: str, source: str) -> Any:
     too_deep = AuditInputError(f"{source}: nested too deeply (more than {MAX_DEPTH} levels)")
     if _too_nested(text):
         raise too_deep
-    loader = ConfigLoader(text)
+    loader = None
     try:
+        loader = ConfigLoader(text)  # the reader checks the characters here
         raw = loader.get_single_data()
     except yaml.constructor.ConstructorError as err:
         mark = err.problem_mark
@@ -457,7 +460,8 @@ def parse_yaml(text: str, source: str) -> Any:
     except RecursionError:
         raise too_deep from None
     finally:
-        loader.dispose()
+        if loader is not None:
+            loader.dispose()
     budget = [MAX_CONFIG_NODES]
 
     def count(node: Any, depth: int) -> None:
