@@ -62,31 +62,47 @@ def mounts():
 
 
 # ------------------------------------------------------------------------------------------- signals
+SIGNAL_CONFIG = {"name": "signals", "seeds": [0], "n_boot": 100,
+                 "dataset": {"name": "synthetic", "n": 200, "image_size": 8, "strength": 0.3},
+                 "model": {"name": "small_cnn", "widths": [8], "fc": [16]}, "cut_points": ["conv1", "fc1"],
+                 "training": {"epochs": 1}, "defenses": ["none"],
+                 "attacks": {"attribute_linear": {}, "test_slow_fit": {}}}
+
+
 @pytest.mark.parametrize("signum, code, says", [(signal.SIGINT, EXIT_INTERRUPTED, "splitaudit: interrupted"),
                                                 (signal.SIGTERM, EXIT_TERMINATED, "splitaudit: stopped by SIGTERM")])
-def test_a_signal_stops_the_run_with_one_line_keeping_finished_cells(tmp_path, config_path, signum, code, says):
-    out = tmp_path / "out"
+def test_a_signal_during_training_stops_the_run_with_one_line_keeping_finished_cells(tmp_path, signum, code, says):
+    """The signal lands inside a Lightning fit (test_slow_fit, after one cell is committed): the run
+    ends with one line and 130 / 143, the finished cell is kept, and the rerun resumes."""
+    from tests.signal_plugins import MARK_ENV, register
+
+    register()
+    config_path = tmp_path / "signals.yaml"
+    config_path.write_text(yaml.safe_dump(SIGNAL_CONFIG))
+    out, mark = tmp_path / "out", tmp_path / "in-fit"
+    code_ = ("import sys; from tests.signal_plugins import register; register(); "
+             "from audit.cli import main; sys.exit(main(sys.argv[1:]))")
     env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(ROOT), os.environ.get("PYTHONPATH", "")])}
-    cmd = [sys.executable, "-m", "audit", "run", str(config_path), "--out", str(out), "-q", "--threads", "1"]
-    proc = subprocess.Popen(cmd, env=env, cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-    while not _cells(out):  # the signal comes while the next cells are running
+    cmd = [sys.executable, "-c", code_, "run", str(config_path), "--out", str(out), "-q", "--threads", "1"]
+    proc = subprocess.Popen(cmd, env={**env, MARK_ENV: str(mark)}, cwd=ROOT,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    while not (mark.exists() and _cells(out)):
         assert proc.poll() is None, proc.communicate()
         time.sleep(0.05)
     proc.send_signal(signum)
     _, err = proc.communicate(timeout=300)
     assert proc.returncode == code, err
     line = _one_line(err)
-    assert line.startswith(says) and "finished cell(s) kept" in line and "rerun" in line, err
+    assert line.startswith(says) and "1 finished cell(s) kept" in line and "rerun" in line, err
     kept = _cells(out)
-    assert kept and not (out / "report.json").exists()
+    assert len(kept) == 1 and not (out / "report.json").exists()
     assert not list(out.glob("**/.*.tmp"))
-    # the rerun resumes: the kept cells are not recomputed, the rest are done
-    again = subprocess.run(cmd, env=env, cwd=tmp_path, capture_output=True, text=True, timeout=600)
+    # the rerun resumes: the kept cell is not recomputed, the rest are done
+    again = subprocess.run(cmd, env=env, cwd=ROOT, capture_output=True, text=True, timeout=600)
     assert again.returncode == 0, again.stderr
     after = _cells(out)
     assert {k: after[k] for k in kept} == kept
-    planned = {c.id for c in plan_cells(build_config(yaml.safe_load(config_path.read_text())))}
-    assert {Path(k).stem for k in after} == planned
+    assert {Path(k).stem for k in after} == {c.id for c in plan_cells(build_config(SIGNAL_CONFIG))}
 
 
 # ------------------------------------------------------------------------------------------- I/O
