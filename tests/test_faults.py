@@ -152,6 +152,15 @@ def test_a_read_only_out_is_an_io_error_before_anything_runs(tmp_path, config_pa
     assert line.startswith("splitaudit: I/O error: --out") and "Read-only file system" in line
 
 
+def test_a_read_only_cache_is_an_io_error_naming_it(tmp_path, config_path, mounts, capsys):
+    ro = mounts(tmp_path / "ro", "ro,size=64k")
+    out = tmp_path / "out"
+    assert main(["run", str(config_path), "--out", str(out), "--cache-dir", str(ro / "cache"), "-q"]) == EXIT_IO
+    line = _one_line(capsys.readouterr().err)
+    assert line.startswith("splitaudit: I/O error: Read-only file system (EROFS)") and str(ro) in line
+    assert main(["run", str(config_path), "--out", str(out), "-q"]) == 0  # the same OUT, a writable cache
+
+
 def test_a_dangling_symlink_out_is_bad_input(tmp_path, config_path, capsys):
     link = tmp_path / "out"
     link.symlink_to(tmp_path / "gone")
