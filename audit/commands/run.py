@@ -95,7 +95,7 @@ def main(args: argparse.Namespace) -> int:
     try:
         report = Audit(config, cache_dir=args.cache_dir).run(args.out, executor=executor, shard=shard,
                                                              resume=args.resume)
-    except (OSError, AuditInterrupted) as err:
+    except (OSError, AuditInterrupted, KeyboardInterrupt) as err:
         raise with_detail(err, stop_message(err, args.out)) from None
     failed = [r for r in report["results"] if r["status"] != "ok"]
     log.info("wrote %s/report.json, results.csv and report.html (%d records)", args.out, len(report["results"]))
