@@ -35,10 +35,11 @@ from audit import pipeline
 from audit.config import AuditConfig, TaskConfig
 from audit.data import DATASETS, AuditData, split_indices
 from audit.data.features import model_free_measures, model_free_split, model_free_summary, precomputed_features
-from audit.errors import AuditInputError
+from audit.errors import AuditInputError, interruptible
 from audit.features import FeatureStore
-from audit.pipeline import stable_hash, stage_seed
 from audit.models import MODELS, SplitModel, flops_per_sample
+from audit.pipeline import stable_hash, stage_seed
+from audit.preflight import check_run
 from audit.records import AuditRecord
 from audit.report import SCHEMA_VERSION, environment, write_report
 from audit.stats import mean_ci
@@ -477,9 +478,12 @@ class AuditRun:
 
         config = self.config
         cells = self.planned_cells()
+        check_run(self)  # before the store: a run that fails validation leaves OUT as it was
         executor = self.executor or SequentialExecutor()
-        with ResultStore(self.out_dir, config.config_hash(), config.model_dump(mode="json"),
-                         resume=self.resume, shard=self.shard) as store, torch_threads(executor.threads):
+        # SIGINT / SIGTERM raise AuditInterrupted: finished cells stay committed, the lock is released
+        with interruptible(), ResultStore(self.out_dir, config.config_hash(), config.model_dump(mode="json"),
+                                          resume=self.resume, shard=self.shard) as store, \
+                torch_threads(executor.threads):
             self.store = store
             shutil.rmtree(self.features.scratch(), ignore_errors=True)  # left by a killed run
             pending = [c for c in cells if not store.done(c.id)]
