@@ -28,6 +28,7 @@ import torch
 from attacks import ATTACKS, AttackContext, AttackView, ReleaseChannel, Score
 from audit.data import AuditData, Part
 from audit.features import Rows, map_batches
+from audit.profile import timed
 from audit.stats import mean_ci
 from audit.training import TrainerSettings
 from defenses import DEFENSES, Defense, FitContext, SplitPoint
@@ -137,10 +138,14 @@ def attack_context(inputs: AttackInputs, defense: Defense, seed: int, artifact_d
 
 
 def run_attack(name: str, params: dict[str, Any], inputs: AttackInputs, defense: Defense, seed: int,
-               artifact_dir: Path | None = None) -> list[Score]:
-    """Fit attack ``name`` on the aux view and score it on the test view (seeded with ``seed``)."""
+               artifact_dir: Path | None = None, timings: dict[str, float] | None = None) -> list[Score]:
+    """Fit attack ``name`` on the aux view and score it on the test view (seeded with ``seed``);
+    ``timings`` (when given) receives ``attack_fit_seconds`` and ``attack_score_seconds``."""
+    timings = {} if timings is None else timings
     L.seed_everything(seed, verbose=False)
-    ctx = attack_context(inputs, defense, seed, artifact_dir)
-    attack = ATTACKS.create(name, **params)
-    attack.fit(ctx)
-    return attack.score(ctx)
+    with timed(timings, "attack_fit_seconds"):
+        ctx = attack_context(inputs, defense, seed, artifact_dir)
+        attack = ATTACKS.create(name, **params)
+        attack.fit(ctx)
+    with timed(timings, "attack_score_seconds"):
+        return attack.score(ctx)

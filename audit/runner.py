@@ -40,6 +40,7 @@ from audit.features import FeatureStore
 from audit.models import MODELS, SplitModel, flops_per_sample
 from audit.pipeline import stable_hash, stage_seed
 from audit.preflight import check_run
+from audit.profile import report_timings, timed
 from audit.records import AuditRecord
 from audit.report import SCHEMA_VERSION, environment, write_report
 from audit.stats import mean_ci
@@ -239,6 +240,7 @@ class AuditRun:
         self.shard = shard
         self.resume = resume
         self.features = FeatureStore(self.out_dir / "features", config.memory.feature_ram_mb)
+        self.driver_timings: dict[str, float] = {}  # data / task model / features seconds of this run (audit.profile)
 
     # ----------------------------------------------------------------- describe
     def describe(self, cell: Cell) -> str:
@@ -257,12 +259,15 @@ class AuditRun:
         task = self.config.tasks[t]
         key = task_key(task, seed)
         given = self.objects.get(t, {})
+        started = time.perf_counter()
         dataset = given.get("dataset") or DATASETS.create(task.dataset.name, **task.dataset.params)
         loaded = dataset.load(self.cache_dir)
         # a dataset may bring its own split (a LightningDataModule's train/val/test)
         splits = getattr(loaded, "splits", None) or split_indices(loaded.x.shape[0], task.splits.model_dump(), seed)
         data = AuditData(task.display_name, loaded, splits)
         features = precomputed_features(loaded, task.cut_points, with_model=task.model is not None)
+        self._add_time("data_seconds", started)
+        started = time.perf_counter()
         attacker = {"attacker_data": task.attacker_data,
                     "n_attacker": sum(len(splits[p]) for p in attacker_splits(task))}
         if task.model is None:  # saved features audited without a model (audit/data/features.py)
@@ -328,11 +333,19 @@ class AuditRun:
         }
         log.info("%s/%s seed=%d: primary accuracy %.3f on %d test samples",
                  task.display_name, task.model_name, seed, summary["primary_accuracy"], len(test))
+        self._add_time("task_model_seconds", started)
         return TaskState(key, data, model, full_flops, summary, features)
 
     def extract_features(self, state: TaskState, cut: str) -> dict[str, str]:
         """Edge features of every split at ``cut`` into the feature store (once); split -> file path.
         A feature dump's saved rows are used as they are."""
+        with timed(self.driver_timings, "features_seconds"):
+            return self._extract_features(state, cut)
+
+    def _add_time(self, stage: str, started: float) -> None:
+        self.driver_timings[stage] = self.driver_timings.get(stage, 0.0) + time.perf_counter() - started
+
+    def _extract_features(self, state: TaskState, cut: str) -> dict[str, str]:
         if state.features is not None:
             saved = state.features[cut]
             return {
@@ -378,18 +391,23 @@ class AuditRun:
         split = SplitPoint(cut, state.model, edge, cloud, compute_features=compute)
         scratch, max_ram = self.features.scratch(), self.features.max_ram_mb
         where = f"{spec.label()} at {cut} (seed {seed})"
+        group_timings: dict[str, float] = {}
         try:
-            defense = pipeline.fit_defense(
-                spec.name, spec.params, split, data.part("train"), data.num_classes(data.primary),
-                self.config.trainer, self.stage_seeds(cells[0], state.seed_key)["defense"], audit_seed=seed)
-            aux, test = pipeline.release_views(defense, split, data, attacker_splits(self.config.tasks[cells[0].task]),
-                                               scratch_dir=scratch, max_ram_mb=max_ram, label=where)
-            if state.model is None:  # no cloud to measure utility with, no edge to time
-                utility, cost = model_free_measures(defense, test.z)
-            else:
-                utility = pipeline.measure_utility(defense, split, data.part("test"), state.summary["primary_accuracy"],
-                                                   seed, label=where)
-                cost = defense.cost(test.x[:32], state.full_flops)
+            with timed(group_timings, "defense_fit_seconds"):
+                defense = pipeline.fit_defense(
+                    spec.name, spec.params, split, data.part("train"), data.num_classes(data.primary),
+                    self.config.trainer, self.stage_seeds(cells[0], state.seed_key)["defense"], audit_seed=seed)
+            with timed(group_timings, "release_seconds"):
+                aux, test = pipeline.release_views(
+                    defense, split, data, attacker_splits(self.config.tasks[cells[0].task]),
+                    scratch_dir=scratch, max_ram_mb=max_ram, label=where)
+            with timed(group_timings, "utility_cost_seconds"):
+                if state.model is None:  # no cloud to measure utility with, no edge to time
+                    utility, cost = model_free_measures(defense, test.z)
+                else:
+                    utility = pipeline.measure_utility(defense, split, data.part("test"),
+                                                       state.summary["primary_accuracy"], seed, label=where)
+                    cost = defense.cost(test.x[:32], state.full_flops)
         except Exception as err:  # noqa: BLE001 - a failing defense fails its cells, the rest go on
             error = f"defense {spec.label()} failed: {type(err).__name__}: {err}"
             log.debug("%s", traceback.format_exc())
@@ -401,11 +419,13 @@ class AuditRun:
             self.config.trainer, self.config.n_boot, scratch, max_ram)
         for cell in cells:
             start = time.perf_counter()
+            timings = {k: round(v, 3) for k, v in group_timings.items()}
             try:
                 scores = pipeline.run_attack(cell.attack, self.config.attacks[cell.attack], inputs, defense,
                                              self.stage_seeds(cell, state.seed_key)["attack"],
-                                             artifact_dir=self.out_dir / "artifacts" / cell.id)
-                records = [self._record(cell, s, utility, cost, state.seed_key) for s in scores]
+                                             artifact_dir=self.out_dir / "artifacts" / cell.id, timings=timings)
+                timings = {k: round(v, 3) for k, v in timings.items()}
+                records = [dict(self._record(cell, s, utility, cost, state.seed_key), timings=timings) for s in scores]
             except Exception as err:  # noqa: BLE001
                 log.debug("%s", traceback.format_exc())
                 records = [self._failed(cell, f"attack {cell.attack} failed: {type(err).__name__}: {err}",
@@ -477,6 +497,7 @@ class AuditRun:
         from audit.executors import GroupJob, SequentialExecutor
 
         config = self.config
+        self._started = time.perf_counter()
         cells = self.planned_cells()
         check_run(self)  # before the store: a run that fails validation leaves OUT as it was
         executor = self.executor or SequentialExecutor()
@@ -539,4 +560,6 @@ class AuditRun:
             "environment": env,
             "tasks": [t for t in (self.store.task(k) for k in keys) if t is not None],
             "results": records,
+            "timings": report_timings(records, self.driver_timings,
+                                      time.perf_counter() - self._started if hasattr(self, "_started") else None),
         }
