@@ -1,5 +1,7 @@
-"""Audit configuration: YAML read with ``yaml.safe_load``, validated by pydantic models
-that forbid unknown keys; ``--set key=value`` overrides; the embedded default audit.
+"""Audit configuration: YAML read as plain data (:class:`ConfigLoader`, a ``yaml.SafeLoader`` that
+also refuses duplicate keys), validated by pydantic models that forbid unknown keys, non-finite
+numbers and out-of-range integers; ``--set key=value`` overrides (errors name the flag); the
+embedded default audit.
 
 Two equivalent shapes. One task::
 
