@@ -171,6 +171,7 @@ def _die_with_parent() -> None:
 def _pool_worker(conn, init_blob: bytes) -> None:
     """Body of a local worker process: receive task states and groups, send back finished cells."""
     _die_with_parent()
+    signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C is the driver's to handle: it ends the workers
     from audit.runner import AuditRun
     from audit.features import open_array
 

@@ -197,8 +197,6 @@ def test_reserving_a_mapped_file_turns_sigbus_on_a_full_disk_into_enospc(tmp_pat
     assert reserved.returncode == 3 and reserved.stdout.split() == [str(errno.ENOSPC), str(small / "b.npy")]
 
 
-@pytest.mark.xfail(strict=True, reason="needs audit.errors.reserve_file_space called in audit/features.py "
-                                       "(write_batches / map_batches) before the mapped writes")
 def test_a_full_disk_during_feature_extraction_is_an_io_error_not_sigbus(tmp_path, config_path, mounts):
     small = mounts(tmp_path / "small", "size=512k")  # cells fit; the conv1 features (~800 KB) do not
     env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(ROOT), os.environ.get("PYTHONPATH", "")])}
