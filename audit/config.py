@@ -29,10 +29,10 @@ from pathlib import Path
 from typing import Annotated, Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, ValidationError, field_validator, model_validator
 
 from audit.errors import AuditInputError
-from audit.registry import PluginParamsError, Registry, UnknownPluginError
+from audit.registry import PluginParams, PluginParamsError, Registry, UnknownPluginError
 from audit.training import TrainerSettings
 
 TASK_KEYS = ("dataset", "model", "cut_points", "training", "splits", "label", "model_label", "attacker_data")
@@ -186,6 +186,21 @@ class AuditConfig(Strict):
     cache_dir: Path | None = Field(None, description="trained task models and decoded data (default ~/.cache/splitaudit)")
     tracking: TrackingConfig = TrackingConfig()
     memory: MemoryConfig = MemoryConfig()
+    # the plugins' parameters as validated once, at load time: ("defenses", i) / ("attacks", name) -> Params
+    _plugin_params: dict[tuple[str, Any], PluginParams] = PrivateAttr(default_factory=dict)
+
+    def plugin_params(self, *loc: Any) -> PluginParams:
+        """The validated parameters of the plugin at ``loc``: ``("tasks", 0, "dataset")``,
+        ``("tasks", 0, "model")``, ``("defenses", 1)`` or ``("attacks", "mi")``."""
+        return self._plugin_params[loc]
+
+    def defense_params(self, index: int) -> PluginParams:
+        """The validated parameters of ``defenses[index]`` (every parameter, defaults filled in)."""
+        return self._plugin_params[("defenses", index)]
+
+    def attack_params(self, name: str) -> PluginParams:
+        """The validated parameters of attack ``name``."""
+        return self._plugin_params[("attacks", name)]
 
     @field_validator("defenses", mode="before")
     @classmethod
@@ -229,6 +244,7 @@ class AuditConfig(Strict):
                 raise KeyedError(loc, str(err)) from None
             given = validated.model_dump(include=validated.model_fields_set)  # defaults may be inf on purpose
             check_numbers(given, loc)
+            self._plugin_params[loc] = validated
 
         for i, task in enumerate(self.tasks):
             check(DATASETS, task.dataset.name, task.dataset.params, ("tasks", i, "dataset"))

@@ -29,6 +29,7 @@ from attacks import ATTACKS, AttackContext, AttackView, ReleaseChannel, Score
 from audit.data import AuditData, Part
 from audit.features import Rows, map_batches
 from audit.profile import timed
+from audit.registry import PluginParams, Registry
 from audit.stats import mean_ci
 from audit.training import TrainerSettings
 from defenses import DEFENSES, Defense, FitContext, SplitPoint
@@ -42,6 +43,11 @@ def stable_hash(*parts: Any, length: int = 16) -> str:
 def stage_seed(seed: int, *identity: Any) -> int:
     """A seed for one stage, derived from the audit seed and what the stage is."""
     return int(stable_hash(seed, *identity, length=8), 16) % (2**31 - 1)
+
+
+def _create(registry: Registry, name: str, params: dict[str, Any] | PluginParams):
+    """A plugin from validated parameters as they are, or from a dict (validated here)."""
+    return registry.from_params(name, params) if isinstance(params, PluginParams) else registry.create(name, **params)
 
 
 def release_all(
@@ -68,11 +74,12 @@ def all_finite(z: torch.Tensor, batch: int = 4096) -> bool:
     return all(bool(torch.isfinite(z[i : i + batch]).all()) for i in range(0, z.shape[0], batch))
 
 
-def fit_defense(name: str, params: dict[str, Any], split: SplitPoint, train: Part, num_classes: int,
-                settings: TrainerSettings, seed: int, audit_seed: int | None = None) -> Defense:
-    """The defense ``name`` with ``params``, fitted at ``split`` on the task-train split (seeded with ``seed``)."""
+def fit_defense(name: str, params: dict[str, Any] | PluginParams, split: SplitPoint, train: Part,
+                num_classes: int, settings: TrainerSettings, seed: int, audit_seed: int | None = None) -> Defense:
+    """The defense ``name`` with ``params`` (a dict, or parameters validated before: the config's),
+    fitted at ``split`` on the task-train split (seeded with ``seed``)."""
     L.seed_everything(seed, verbose=False)
-    defense = DEFENSES.create(name, **params)
+    defense = _create(DEFENSES, name, params)
     defense.fit(FitContext(split, train, num_classes, settings, seed, audit_seed=audit_seed))
     return defense
 
@@ -137,7 +144,7 @@ def attack_context(inputs: AttackInputs, defense: Defense, seed: int, artifact_d
     )
 
 
-def run_attack(name: str, params: dict[str, Any], inputs: AttackInputs, defense: Defense, seed: int,
+def run_attack(name: str, params: dict[str, Any] | PluginParams, inputs: AttackInputs, defense: Defense, seed: int,
                artifact_dir: Path | None = None, timings: dict[str, float] | None = None) -> list[Score]:
     """Fit attack ``name`` on the aux view and score it on the test view (seeded with ``seed``);
     ``timings`` (when given) receives ``attack_fit_seconds`` and ``attack_score_seconds``."""
@@ -145,7 +152,7 @@ def run_attack(name: str, params: dict[str, Any], inputs: AttackInputs, defense:
     L.seed_everything(seed, verbose=False)
     with timed(timings, "attack_fit_seconds"):
         ctx = attack_context(inputs, defense, seed, artifact_dir)
-        attack = ATTACKS.create(name, **params)
+        attack = _create(ATTACKS, name, params)
         attack.fit(ctx)
     with timed(timings, "attack_score_seconds"):
         return attack.score(ctx)

@@ -52,12 +52,12 @@ def check_tasks(config: Any, objects: dict[int, dict[str, Any]], cache_dir: Path
 
     for t, task in enumerate(config.tasks):
         given = objects.get(t, {})
-        dataset = given.get("dataset") or DATASETS.create(task.dataset.name, **task.dataset.params)
+        dataset = given.get("dataset") or DATASETS.from_params(task.dataset.name, config.plugin_params("tasks", t, "dataset"))
         loaded = dataset.load(cache_dir)
         precomputed_features(loaded, task.cut_points, with_model=task.model is not None)
         if task.model is None:
             continue
-        factory = given.get("model") or MODELS.create(task.model.name, **task.model.params)
+        factory = given.get("model") or MODELS.from_params(task.model.name, config.plugin_params("tasks", t, "model"))
         with torch.random.fork_rng(devices=[]):  # building draws initial weights: leave the global RNG as it was
             model = factory.build(tuple(loaded.x.shape[1:]), len(loaded.classes[loaded.primary]))
         for cut in task.cut_points:

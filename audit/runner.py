@@ -30,7 +30,7 @@ from typing import TYPE_CHECKING, Any, Callable, Iterable
 
 import torch
 
-from attacks import ATTACKS, Score
+from attacks import Score
 from audit import pipeline
 from audit.config import AuditConfig, TaskConfig
 from audit.data import DATASETS, AuditData, split_indices
@@ -46,7 +46,7 @@ from audit.report import SCHEMA_VERSION, environment, write_report
 from audit.stats import mean_ci
 from audit.store import ResultStore, atomic_write, write_json_atomic
 from audit.training import fit_classifier, inference_device, predict
-from defenses import DEFENSES, SplitPoint
+from defenses import SplitPoint
 
 if TYPE_CHECKING:  # pragma: no cover
     from audit.executors import CellResult, Executor
@@ -76,10 +76,6 @@ class Cell:
         return (self.task, self.seed, self.cut_point, self.defense)
 
 
-def _validated(registry, spec_name: str, params: dict[str, Any]) -> dict[str, Any]:
-    return registry.validate_params(spec_name, params).model_dump(mode="json")
-
-
 def _training_record(path: Path) -> dict[str, Any]:
     """What the run that trained a cached task model recorded beside it (``KEY.json``): when, how
     long, torch version and thread count; empty for a model cached before such records existed."""
@@ -104,8 +100,8 @@ def task_key(task: TaskConfig, seed: int) -> str:
 
 def plan_cells(config: AuditConfig) -> list[Cell]:
     """Every cell of the audit, in execution order."""
-    defense_params = [_validated(DEFENSES, d.name, d.params) for d in config.defenses]
-    attack_params = {a: _validated(ATTACKS, a, p) for a, p in config.attacks.items()}
+    defense_params = [config.defense_params(d).model_dump(mode="json") for d in range(len(config.defenses))]
+    attack_params = {a: config.attack_params(a).model_dump(mode="json") for a in config.attacks}
     cells = []
     for t, task in enumerate(config.tasks):
         for seed in config.seeds:
@@ -234,8 +230,9 @@ class AuditRun:
         self.callbacks = list(callbacks)
         self.cache_dir = Path(cache_dir or config.cache_dir or default_cache_dir()).expanduser()
         self.device = inference_device(config.trainer)
-        self.defense_params = [_validated(DEFENSES, d.name, d.params) for d in config.defenses]
-        self.attack_params = {a: _validated(ATTACKS, a, p) for a, p in config.attacks.items()}
+        # as JSON (the records' defense_params / attack_params, and the stage seeds' identity)
+        self.defense_params = [config.defense_params(d).model_dump(mode="json") for d in range(len(config.defenses))]
+        self.attack_params = {a: config.attack_params(a).model_dump(mode="json") for a in config.attacks}
         self.executor = executor
         self.shard = shard
         self.resume = resume
@@ -260,7 +257,7 @@ class AuditRun:
         key = task_key(task, seed)
         given = self.objects.get(t, {})
         started = time.perf_counter()
-        dataset = given.get("dataset") or DATASETS.create(task.dataset.name, **task.dataset.params)
+        dataset = given.get("dataset") or DATASETS.from_params(task.dataset.name, self.config.plugin_params("tasks", t, "dataset"))
         loaded = dataset.load(self.cache_dir)
         # a dataset may bring its own split (a LightningDataModule's train/val/test)
         splits = getattr(loaded, "splits", None) or split_indices(loaded.x.shape[0], task.splits.model_dump(), seed)
@@ -273,7 +270,7 @@ class AuditRun:
         if task.model is None:  # saved features audited without a model (audit/data/features.py)
             summary = {**model_free_summary(task, seed, key, data), **attacker}
             return TaskState(key, data, None, None, summary, features)
-        factory = given.get("model") or MODELS.create(task.model.name, **task.model.params)
+        factory = given.get("model") or MODELS.from_params(task.model.name, self.config.plugin_params("tasks", t, "model"))
         with torch.random.fork_rng(devices=[]):  # the initial weights depend on the seed only
             torch.manual_seed(stage_seed(seed, key, "init"))
             model = factory.build(data.input_shape, data.num_classes(data.primary))
@@ -395,7 +392,7 @@ class AuditRun:
         try:
             with timed(group_timings, "defense_fit_seconds"):
                 defense = pipeline.fit_defense(
-                    spec.name, spec.params, split, data.part("train"), data.num_classes(data.primary),
+                    spec.name, self.config.defense_params(d), split, data.part("train"), data.num_classes(data.primary),
                     self.config.trainer, self.stage_seeds(cells[0], state.seed_key)["defense"], audit_seed=seed)
             with timed(group_timings, "release_seconds"):
                 aux, test = pipeline.release_views(
@@ -421,7 +418,7 @@ class AuditRun:
             start = time.perf_counter()
             timings = {k: round(v, 3) for k, v in group_timings.items()}
             try:
-                scores = pipeline.run_attack(cell.attack, self.config.attacks[cell.attack], inputs, defense,
+                scores = pipeline.run_attack(cell.attack, self.config.attack_params(cell.attack), inputs, defense,
                                              self.stage_seeds(cell, state.seed_key)["attack"],
                                              artifact_dir=self.out_dir / "artifacts" / cell.id, timings=timings)
                 timings = {k: round(v, 3) for k, v in timings.items()}
