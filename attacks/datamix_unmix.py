@@ -159,7 +159,8 @@ class DataMixUnmix(Attack):
         ica_samples: int = Field(20000, ge=100, description="feature elements used to estimate each group's unmixing")
         ica_max_iter: int = Field(400, ge=10)
         select_rows: int = Field(512, ge=2, description="aux rows on which `auto` compares the methods")
-        attack: Literal["attribute", "attribute_linear"] = Field("attribute", description="the attack run on the recovered features")
+        attack: Literal["attribute", "attribute_linear"] = Field(
+            "attribute", description="the attack run on the recovered features")
         attack_params: dict[str, Any] = Field(default_factory=dict, description="parameters of that attack")
 
         @model_validator(mode="after")

@@ -321,7 +321,8 @@ def apply_override(data: dict[str, Any], parts: list[str], value: Any) -> None:
             raise AuditInputError(f"--set {'.'.join(parts)}: {'.'.join(parts[:i])} is not a mapping")
         if isinstance(node, list):
             if not part.isdigit() or int(part) >= len(node):
-                raise AuditInputError(f"--set {'.'.join(parts)}: no list item {part!r} under {'.'.join(parts[:i]) or 'the top level'}")
+                raise AuditInputError(
+                    f"--set {'.'.join(parts)}: no list item {part!r} under {'.'.join(parts[:i]) or 'the top level'}")
             part = int(part)  # type: ignore[assignment]
         elif part not in node or node[part] is None:
             node[part] = [] if nxt.isdigit() else {}

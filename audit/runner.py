@@ -257,7 +257,8 @@ class AuditRun:
         key = task_key(task, seed)
         given = self.objects.get(t, {})
         started = time.perf_counter()
-        dataset = given.get("dataset") or DATASETS.from_params(task.dataset.name, self.config.plugin_params("tasks", t, "dataset"))
+        dataset = given.get("dataset") or DATASETS.from_params(
+            task.dataset.name, self.config.plugin_params("tasks", t, "dataset"))
         loaded = dataset.load(self.cache_dir)
         # a dataset may bring its own split (a LightningDataModule's train/val/test)
         splits = getattr(loaded, "splits", None) or split_indices(loaded.x.shape[0], task.splits.model_dump(), seed)

@@ -98,7 +98,8 @@ def table(rows: list[dict]) -> str:
         lines.append(
             f"| {r['case']} | {r['layout']} | {r['batch']} | {r['samples_per_ciphertext']} | {r['samples']} "
             f"| {r['cloud_ms']:.1f} | {r['device_ms']:.1f} | {r['bytes_up'] / 1e3:.0f} KB / {r['bytes_down'] / 1e3:.1f} KB "
-            f"| {r['rotations']:.1f} | {r['agree']}/{r['samples']} | {r['setup_bytes'] / 1e6:.1f} MB, {r['galois_keys']} Galois keys |"
+            f"| {r['rotations']:.1f} | {r['agree']}/{r['samples']} "
+            f"| {r['setup_bytes'] / 1e6:.1f} MB, {r['galois_keys']} Galois keys |"
         )
     return "\n".join(lines)
 

@@ -47,7 +47,8 @@ def test_shorthand_errors_use_the_users_key_names(tiny_config):
 
 def test_unknown_plugin_names_list_the_known_ones(tiny_config):
     tiny_config["defenses"].append("nosie")
-    with pytest.raises(AuditInputError, match=r"defenses\.2: unknown defense 'nosie' \(did you mean 'noise'\?\); known defenses: .*none"):
+    with pytest.raises(AuditInputError,
+                       match=r"defenses\.2: unknown defense 'nosie' \(did you mean 'noise'\?\); known defenses: .*none"):
         build_config(tiny_config)
 
 

@@ -85,7 +85,8 @@ def test_second_cut_point_and_rerun_reuse_the_cached_task_model(first_run, tmp_p
         report = Audit(cfg).run(tmp_path / "other")
     assert "task model from cache" in caplog.text and "training the task model" not in caplog.text
     by_cell = {(r["cut_point"], r["defense"], r["metric"]): r["value"] for r in report["results"]}
-    first = {(r["cut_point"], r["defense"], r["metric"]): r["value"] for r in first_run[1]["results"] if r["cut_point"] == "conv1"}
+    first = {(r["cut_point"], r["defense"], r["metric"]): r["value"]
+             for r in first_run[1]["results"] if r["cut_point"] == "conv1"}
     assert by_cell == first  # a cell's values do not depend on which other cells ran
 
 
