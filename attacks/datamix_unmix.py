@@ -47,7 +47,7 @@ from pydantic import Field, model_validator
 
 from attacks import ATTACKS, register_attack
 from attacks.base import Attack, AttackContext, AttackView, Score
-from audit.features import map_batches
+from audit.feature_store import map_batches
 from audit.stats import mean_ci
 
 Method = Literal["ica", "nonneg"]

@@ -27,7 +27,7 @@ import torch
 
 from attacks import ATTACKS, AttackContext, AttackView, ReleaseChannel, Score
 from audit.data import AuditData, Part
-from audit.features import Rows, map_batches
+from audit.feature_store import Rows, map_batches
 from audit.profile import timed
 from audit.registry import PluginParams, Registry
 from audit.stats import mean_ci

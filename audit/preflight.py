@@ -47,7 +47,7 @@ def check_tasks(config: Any, objects: dict[int, dict[str, Any]], cache_dir: Path
     import torch
 
     from audit.data import DATASETS
-    from audit.data.features import precomputed_features
+    from audit.data.feature_dump import precomputed_features
     from audit.models import MODELS
 
     for t, task in enumerate(config.tasks):

@@ -3,7 +3,7 @@
 Work is shared where it can be: per (task, seed) the data is split and the
 task model trained once (cached on disk by a hash of what determines it); per
 cut point the edge features are extracted once (into ``OUT/features``,
-memory-mapped when large, see :mod:`audit.features`); per (cut point,
+memory-mapped when large, see :mod:`audit.feature_store`); per (cut point,
 defense) *group* the defense is fitted and the aux/test features released
 once, then every attack runs on them. The driver does the shared steps and
 hands groups to an executor (:mod:`audit.executors`: in the driver, local
@@ -34,9 +34,9 @@ from attacks import Score
 from audit import pipeline
 from audit.config import AuditConfig, TaskConfig
 from audit.data import DATASETS, AuditData, split_indices
-from audit.data.features import model_free_measures, model_free_split, model_free_summary, precomputed_features
+from audit.data.feature_dump import model_free_measures, model_free_split, model_free_summary, precomputed_features
 from audit.errors import AuditInputError, interruptible
-from audit.features import FeatureStore
+from audit.feature_store import FeatureStore
 from audit.models import MODELS, SplitModel, flops_per_sample
 from audit.pipeline import stable_hash, stage_seed
 from audit.preflight import check_run
@@ -268,7 +268,7 @@ class AuditRun:
         started = time.perf_counter()
         attacker = {"attacker_data": task.attacker_data,
                     "n_attacker": sum(len(splits[p]) for p in attacker_splits(task))}
-        if task.model is None:  # saved features audited without a model (audit/data/features.py)
+        if task.model is None:  # saved features audited without a model (audit/data/feature_dump.py)
             summary = {**model_free_summary(task, seed, key, data), **attacker}
             return TaskState(key, data, None, None, summary, features)
         factory = given.get("model") or MODELS.from_params(task.model.name, self.config.plugin_params("tasks", t, "model"))

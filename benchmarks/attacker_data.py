@@ -15,21 +15,19 @@ from __future__ import annotations
 
 import argparse
 import json
-import sys
 import time
 from pathlib import Path
 
 import torch
 
-ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
+from attacks import AttackView
+from audit.config import load_config
+from audit.pipeline import AttackInputs, fit_defense, run_attack
+from audit.runner import AuditRun
+from audit.training import predict
+from defenses import SplitPoint
 
-from attacks import AttackView  # noqa: E402
-from audit.config import load_config  # noqa: E402
-from audit.pipeline import AttackInputs, fit_defense, run_attack  # noqa: E402
-from audit.runner import AuditRun  # noqa: E402
-from audit.training import predict  # noqa: E402
-from defenses import SplitPoint  # noqa: E402
+ROOT = Path(__file__).resolve().parents[1]
 
 ATTACKER_DATA = {"aux": ("aux",), "train": ("train",), "train+aux": ("train", "aux")}
 RESULTS = ROOT / "benchmarks" / "attacker_data.jsonl"

@@ -30,17 +30,15 @@ from __future__ import annotations
 import argparse
 import json
 import platform
-import sys
 import time
 from pathlib import Path
 
 import torch
 from torch import nn
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from defenses.he.defense import HomomorphicEncryption, build_session  # noqa: E402
-from defenses.he.protocol import Traffic  # noqa: E402
+from defenses.he.defense import HomomorphicEncryption, build_session
+from defenses.he.protocol import Traffic
 
 
 def make_case(name: str, seed: int, state_dict: str | None) -> tuple[nn.Module, tuple[int, ...]]:

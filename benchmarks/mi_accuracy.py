@@ -30,7 +30,6 @@ import argparse
 import json
 import math
 import statistics
-import sys
 import time
 import warnings
 from collections import defaultdict
@@ -38,10 +37,9 @@ from pathlib import Path
 
 import torch
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from attacks.mi import estimate_mi, list_methods  # noqa: E402
-from attacks.mi.synthetic import (  # noqa: E402
+from attacks.mi import estimate_mi, list_methods
+from attacks.mi.synthetic import (
     correlated_gaussian,
     gaussian_club,
     gaussian_mixture,

@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from audit import Audit, build_config
-from audit.data.features import check_feature_dump, read_feature_dump, save_feature_dump
+from audit.data.feature_dump import check_feature_dump, read_feature_dump, save_feature_dump
 from audit.errors import AuditInputError
 
 CUTS = ["conv1", "fc1"]

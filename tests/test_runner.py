@@ -157,7 +157,7 @@ def test_attacker_data_train_plus_aux_gives_the_attacks_those_rows(tmp_path, tin
 def test_rows_slices_like_the_concatenation():
     import torch
 
-    from audit.features import Rows
+    from audit.feature_store import Rows
 
     a, b, c = torch.arange(10.0).view(5, 2), torch.arange(10.0, 16.0).view(3, 2), torch.arange(16.0, 24.0).view(4, 2)
     rows, whole = Rows(a, b, c), torch.cat([a, b, c])
