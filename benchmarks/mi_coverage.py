@@ -20,7 +20,8 @@ contains the truth; a lower bound's CI meets [0, truth]; an upper bound's CI mee
 (``intervals.nonnegative``); the raw ones are stored and their coverage at I = 0 shown too.
 
     nice -n 10 python benchmarks/mi_coverage.py --seeds 0 1 2 3 4
-    nice -n 10 python benchmarks/mi_coverage.py --seeds 0 1 --folds 5
+    nice -n 10 python benchmarks/mi_coverage.py --seeds 0 1 --folds 5 --methods classifier infonce \
+        --tasks indep-label mixture
     python benchmarks/mi_coverage.py --table
 """
 from __future__ import annotations
@@ -46,7 +47,16 @@ AUDIT_BUDGET = {"steps": 200, "batch_size": 128}
 SEP, K = 1.5, 4
 
 
-def cases(seeds):
+TASKS = ["indep-label", "indep-cont", "gauss", "mixture"]
+
+
+def cases(seeds, tasks=tuple(TASKS)):
+    for case in _all_cases(seeds):
+        if case["task"] in tasks:
+            yield case
+
+
+def _all_cases(seeds):
     for seed in seeds:
         for n in (1000, 3000):
             for dim in (1, 10):
@@ -84,7 +94,7 @@ def key(rec):
 def run(args) -> None:
     done = mi_cli.start(args, key)
     methods = {m.name: m for m in list_methods()}
-    for case in cases(args.seeds):
+    for case in cases(args.seeds, args.tasks):
         z, s = data(case)
         for name in args.methods:
             m = methods[name]
@@ -115,9 +125,7 @@ def table(path: Path) -> str:
     kinds = {m.name: m.kind for m in list_methods()}
     out = []
     for folds in sorted({r["folds"] for r in recs if r["folds"] > 1} | {1}):
-        rows = [r for r in recs if r["folds"] == folds or (folds > 1 and r["method"] == "ksg")]
-        if folds > 1 and not any(r["folds"] == folds for r in rows):
-            continue
+        rows = [r for r in recs if r["folds"] == folds]
         by: dict[tuple[str, str], list] = defaultdict(list)
         for r in rows:
             by[(r["method"], "indep" if r["task"].startswith("indep") else "leak")].append(r)
@@ -140,6 +148,13 @@ def table(path: Path) -> str:
                 f"| {frac(i0, lambda r: r['p_value'] < 0.05)} | {frac(i1, lambda r: r['p_value'] < 0.05)} "
                 f"| {statistics.fmean(r['ci95'][1] - r['ci95'][0] for r in a):.3f} "
                 f"| {statistics.fmean(r['cpu_s'] for r in a):.2f} |")
+        if folds > 1:  # cost against the same runs with one split
+            one = {key({**r, "folds": 1}): r for r in recs if r["folds"] == 1}
+            pairs = [(r["cpu_s"], one[key({**r, "folds": 1})]["cpu_s"]) for r in rows if key({**r, "folds": 1}) in one]
+            if pairs:
+                out += ["", f"CPU s of these {len(pairs)} runs: {statistics.fmean(a for a, _ in pairs):.2f} with {folds} "
+                        f"folds vs {statistics.fmean(b for _, b in pairs):.2f} with one split of the same cases "
+                        f"({sum(a for a, _ in pairs) / sum(b for _, b in pairs):.1f}x)."]
         out.append("")
     # where coverage fails: the cells
     miss = defaultdict(int)
@@ -155,6 +170,7 @@ def table(path: Path) -> str:
 def arguments(p) -> None:
     p.add_argument("--seeds", nargs="+", type=int, default=[0, 1, 2, 3, 4])
     p.add_argument("--folds", type=int, default=1)
+    p.add_argument("--tasks", nargs="+", default=TASKS, choices=TASKS)
     p.add_argument("--n-perm", type=int, default=100)
 
 

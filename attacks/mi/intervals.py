@@ -14,7 +14,10 @@
   (2003) correction for overlapping training sets, variance (1/K + n_test/n_train) x
   the between-fold variance, K - 1 degrees of freedom, which carries the training-set
   and training-run variability, and (b) the folds' bootstrap standard errors pooled,
-  the evaluation-sample spread alone.
+  the evaluation-sample spread alone. Its p-value is twice the mean of the folds' permutation
+  p-values (valid under any dependence between them, Vovk & Wang 2020): the folds' statistics
+  are dependent, each estimator having trained on the other folds, and a sum of independent
+  per-fold shuffles understates their spread (measured: p < 0.05 in 7 of 16 independent runs).
 """
 from __future__ import annotations
 
