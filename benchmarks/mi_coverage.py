@@ -172,5 +172,9 @@ def arguments(p) -> None:
     p.add_argument("--n-perm", type=int, default=100)
 
 
+def main(argv=None) -> int:
+    return mi_cli.main(__doc__, DEFAULT_OUT, arguments, run, table, argv)
+
+
 if __name__ == "__main__":
-    raise SystemExit(mi_cli.main(__doc__, DEFAULT_OUT, arguments, run, table))
+    raise SystemExit(main())
