@@ -43,6 +43,7 @@ from audit.report import SCHEMA_VERSION, environment, write_report
 from audit.stats import mean_ci
 from audit.store import ResultStore, atomic_write, write_json_atomic
 from audit.training import fit_classifier, inference_device, predict
+from audit.verdicts import fresh_verdicts
 from defenses import DEFENSES, Defense, FitContext, SplitPoint
 
 if TYPE_CHECKING:  # pragma: no cover
@@ -578,7 +579,7 @@ class AuditRun:
             env["executor"] = executor.describe()
             env["torch_threads"] = executor.cell_threads()
         env["shard"] = list(self.shard) if self.shard else None
-        return {
+        report = {
             "schema_version": SCHEMA_VERSION,
             "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
             "config": self.config.model_dump(mode="json"),
@@ -586,6 +587,8 @@ class AuditRun:
             "tasks": [t for t in (self.store.task(k) for k in keys) if t is not None],
             "results": records,
         }
+        report["verdicts"] = fresh_verdicts(report)  # audit.verdicts: leaks / no_evidence / inconclusive
+        return report
 
 
 def all_finite(z: torch.Tensor, batch: int = 4096) -> bool:

@@ -1,0 +1,121 @@
+"""False-alarm rate of the verdicts on the null control: the strength-0 synthetic task of
+``audit/default.yaml`` (nothing planted: no attack can do better than chance) with the default
+defenses and the task's attacks (attribute, mi), over many seeds. Each seed is one audit
+(its own data draw, task model and attacks); the audit *alarms* when any of its verdicts is
+``leaks``. With family-wise error control at alpha, the alarm fraction must be <= alpha.
+
+    SPLITAUDIT_CACHE=/tmp/nullctl_cache nice -n 10 python benchmarks/null_control.py --seeds 20 --n 2000
+    python benchmarks/null_control.py --table          # markdown of the committed results
+
+The audit runs once into --out (one config, seeds 0..N-1; a rerun resumes), then verdicts are
+computed per seed from that seed's records (``audit.verdicts.verdicts``) and one JSON line per
+seed is written to --results: seed, number of verdicts by kind, number of comparisons, the
+smallest Holm-adjusted p-value, and the uncorrected "any 95% CI clears chance" alarm that the
+summary table used before verdicts (for contrast).
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import sys
+from pathlib import Path
+
+import yaml
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+RESULTS = ROOT / "benchmarks" / "null_control.jsonl"
+
+
+def null_config(seeds: int, n: int) -> dict:
+    """audit/default.yaml with only its null task (``synthetic_null``) at ``n`` samples, seeds 0..seeds-1."""
+    raw = yaml.safe_load((ROOT / "audit" / "default.yaml").read_text(encoding="utf-8"))
+    task = next(t for t in raw["tasks"] if t.get("label") == "synthetic_null")
+    task["dataset"]["n"] = n
+    attacks = {name: raw["attacks"][name] for name in task["attacks"]}
+    return {"name": "null_control", "seeds": list(range(seeds)), "tasks": [task],
+            "defenses": raw["defenses"], "attacks": attacks}
+
+
+def wilson(k: int, n: int, z: float = 1.959964) -> tuple[float, float]:
+    """Wilson score 95% interval of a binomial proportion k/n."""
+    if n == 0:
+        return 0.0, 1.0
+    p = k / n
+    centre = (p + z * z / (2 * n)) / (1 + z * z / n)
+    half = z * math.sqrt(p * (1 - p) / n + z * z / (4 * n * n)) / (1 + z * z / n)
+    return max(0.0, centre - half), min(1.0, centre + half)
+
+
+def uncorrected_alarm(records: list[dict]) -> bool:
+    """The pre-verdict summary's reading: any record whose 95% CI clears chance in the leaky direction."""
+    from audit.html.tables import verdict
+
+    return any(verdict(r) == "leak" for r in records if r.get("status") == "ok")
+
+
+def analyse(report: dict, alpha: float) -> list[dict]:
+    from audit.verdicts import VerdictSettings, comparisons, verdicts
+
+    settings = VerdictSettings(alpha=alpha)
+    rows = []
+    for seed in sorted({r["seed"] for r in report["results"]}):
+        records = [r for r in report["results"] if r["seed"] == seed]
+        found = verdicts(records, settings)
+        tests = comparisons(records, settings)
+        kinds = {k: sum(v["verdict"] == k for v in found) for k in ("leaks", "no_evidence", "inconclusive")}
+        rows.append({
+            "seed": seed, "alpha": alpha, "n_eval": sorted({r.get("n_eval") for r in records if r.get("n_eval")}),
+            "verdicts": kinds, "comparisons": len(tests), "alarm": kinds["leaks"] > 0,
+            "min_p_holm": min((t.p_holm for t in tests), default=None),
+            "uncorrected_alarm": uncorrected_alarm(records),
+            "leaks": [f"{v['cut_point']}/{v['defense_label']}/{v['family']}" for v in found if v["verdict"] == "leaks"],
+        })
+    return rows
+
+
+def table(path: Path) -> str:
+    rows = [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
+    n = len(rows)
+    k = sum(r["alarm"] for r in rows)
+    u = sum(r["uncorrected_alarm"] for r in rows)
+    lo, hi = wilson(k, n)
+    ulo, uhi = wilson(u, n)
+    alpha = rows[0]["alpha"] if rows else None
+    per = rows[0]["comparisons"] if rows else 0
+    kinds = {key: sum(r["verdicts"][key] for r in rows) for key in ("leaks", "no_evidence", "inconclusive")}
+    return "\n".join([
+        "| audits (seeds) | comparisons per audit | alpha | audits with a `leaks` verdict | fraction [95% Wilson CI] "
+        "| uncorrected (any CI clears chance) | verdicts: leaks / no_evidence / inconclusive |",
+        "|---|---|---|---|---|---|---|",
+        f"| {n} | {per} | {alpha} | {k} | {k / n:.3f} [{lo:.3f}, {hi:.3f}] | {u} of {n}: {u / n:.3f} "
+        f"[{ulo:.3f}, {uhi:.3f}] | {kinds['leaks']} / {kinds['no_evidence']} / {kinds['inconclusive']} |",
+    ])
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--seeds", type=int, default=20)
+    ap.add_argument("--n", type=int, default=2000, help="samples of the synthetic task (a quarter is the test split)")
+    ap.add_argument("--alpha", type=float, default=0.05)
+    ap.add_argument("--out", default="/tmp/splitaudit_null_control", help="the audit's output folder (resumable)")
+    ap.add_argument("--results", type=Path, default=RESULTS)
+    ap.add_argument("--table", action="store_true", help="print the markdown table of --results and exit")
+    args = ap.parse_args()
+    if args.table:
+        print(table(args.results))
+        return
+    from audit.api import Audit
+
+    report = Audit(null_config(args.seeds, args.n)).run(args.out, callbacks=[])
+    rows = analyse(report, args.alpha)
+    with args.results.open("w", encoding="utf-8") as fh:
+        for row in rows:
+            fh.write(json.dumps(row) + "\n")
+    print(table(args.results))
+
+
+if __name__ == "__main__":
+    main()
