@@ -59,21 +59,17 @@ class Report(dict):
         return self["results"]
 
     def to_frame(self):
-        """The records as a pandas DataFrame: one row per record, ``utility.*`` / ``cost.*`` /
-        ``ci95_low`` / ``ci95_high`` flattened (the columns of results.csv)."""
+        """The records as a pandas DataFrame: the flat form of results.csv and the W&B table
+        (:func:`audit.records.flat_columns`: ``ci95_low`` / ``ci95_high``, ``utility.*``, ``cost.*``;
+        dicts and lists as JSON text)."""
         try:
             import pandas as pd
         except ImportError:
             raise ImportError("Report.to_frame() needs pandas: pip install pandas") from None
-        rows = []
-        for r in self["results"]:
-            row = {k: v for k, v in r.items() if k not in ("utility", "cost", "ci95")}
-            low, high = r.get("ci95") or (None, None)
-            row.update(ci95_low=low, ci95_high=high)
-            row.update({f"utility.{k}": v for k, v in (r.get("utility") or {}).items()})
-            row.update({f"cost.{k}": v for k, v in (r.get("cost") or {}).items()})
-            rows.append(row)
-        return pd.DataFrame(rows)
+        from audit.records import flat_columns, flat_row
+
+        columns = flat_columns(self["results"])
+        return pd.DataFrame([flat_row(r, columns) for r in self["results"]], columns=columns)
 
 
 def _spec(value: Any, what: str) -> dict[str, Any]:

@@ -9,7 +9,10 @@ from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
 from typing import Any
 
+from pydantic import ValidationError
+
 from audit.errors import AuditInputError
+from audit.records import AuditRecord, flat_columns, flat_row
 from audit.store import atomic_write, write_json_atomic
 
 log = logging.getLogger("splitaudit")
@@ -17,12 +20,6 @@ log = logging.getLogger("splitaudit")
 SCHEMA_VERSION = 1
 PACKAGES = ("splitaudit", "torch", "torchvision", "lightning", "torchmetrics", "scikit-learn", "numpy", "wandb", "pydantic",
             "scipy", "pillow", "pyyaml", "tenseal", "ray")
-CSV_HEAD = [
-    "dataset", "model", "cut_point", "defense", "defense_params", "attack", "attack_params", "target",
-    "metric", "value", "ci95_low", "ci95_high", "chance", "advantage", "seed", "n_eval", "status", "error",
-]
-
-
 def package_versions() -> dict[str, str | None]:
     out: dict[str, str | None] = {}
     for name in PACKAGES:
@@ -63,28 +60,14 @@ def write_report(out_dir: Path, report: dict[str, Any]) -> None:
         log.debug("report.html", exc_info=True)
 
 
-def _flat(record: dict[str, Any], utility_keys: list[str], cost_keys: list[str]) -> list[Any]:
-    ci = record.get("ci95") or [None, None]
-    row = {
-        **record,
-        "defense_params": json.dumps(record.get("defense_params", {}), sort_keys=True),
-        "attack_params": json.dumps(record.get("attack_params", {}), sort_keys=True),
-        "ci95_low": ci[0], "ci95_high": ci[1],
-    }
-    values = [row.get(k) for k in CSV_HEAD]
-    values += [(record.get("utility") or {}).get(k) for k in utility_keys]
-    values += [(record.get("cost") or {}).get(k) for k in cost_keys]
-    return ["" if v is None else v for v in values]
-
-
 def write_results_csv(path: Path, records: list[dict[str, Any]]) -> None:
-    utility_keys = sorted({k for r in records for k, v in (r.get("utility") or {}).items() if not isinstance(v, (list, dict))})
-    cost_keys = sorted({k for r in records for k, v in (r.get("cost") or {}).items() if not isinstance(v, (list, dict))})
+    """The records flat (:func:`audit.records.flat_columns`): one row each, empty cells for None."""
+    columns = flat_columns(records)
     with atomic_write(path) as tmp, open(tmp, "w", newline="", encoding="utf-8") as fh:
         writer = csv.writer(fh)
-        writer.writerow(CSV_HEAD + [f"utility.{k}" for k in utility_keys] + [f"cost.{k}" for k in cost_keys])
+        writer.writerow(columns)
         for record in records:
-            writer.writerow(_flat(record, utility_keys, cost_keys))
+            writer.writerow(flat_row(record, columns))
 
 
 def read_report(path: str | Path) -> dict[str, Any]:
@@ -102,4 +85,19 @@ def read_report(path: str | Path) -> dict[str, Any]:
         raise AuditInputError(
             f"{path} has schema_version {report.get('schema_version')!r}; this splitaudit reads version {SCHEMA_VERSION}"
         )
+    check_records(report["results"], str(path))
     return report
+
+
+def check_records(records: Any, where: str) -> None:
+    """Raise AuditInputError naming the first record (and field) of ``records`` that does not follow
+    the record schema (:class:`audit.records.AuditRecord`)."""
+    if not isinstance(records, list):
+        raise AuditInputError(f"{where}: 'results' is a {type(records).__name__}, not a list of records")
+    for i, record in enumerate(records):
+        try:
+            AuditRecord.model_validate(record)
+        except ValidationError as err:
+            e = err.errors()[0]
+            loc = ".".join(str(p) for p in e["loc"]) or "(record)"
+            raise AuditInputError(f"{where}: results[{i}].{loc}: {e['msg']}") from None

@@ -39,6 +39,7 @@ from audit.data.features import model_free_measures, model_free_split, model_fre
 from audit.errors import AuditInputError
 from audit.features import FeatureStore, Rows, map_batches
 from audit.models import MODELS, SplitModel, flops_per_sample
+from audit.records import AuditRecord
 from audit.report import SCHEMA_VERSION, environment, write_report
 from audit.stats import mean_ci
 from audit.store import ResultStore, atomic_write, write_json_atomic
@@ -494,6 +495,8 @@ class AuditRun:
         return rec
 
     def _commit(self, cell: Cell, records: list[dict[str, Any]], seconds: float) -> None:
+        for record in records:  # the schema of report.json's results (a plugin's Score cannot break it)
+            AuditRecord.model_validate(record)
         self.store.commit(cell.id, records)
         self._emit("on_cell_end", cell, records, seconds)
 

@@ -29,6 +29,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from audit.config import TrackingConfig, WandbSettings  # noqa: F401 - re-exported
+from audit.records import flat_columns, flat_row
 from audit.runner import RunCallback
 
 if TYPE_CHECKING:  # pragma: no cover
@@ -56,41 +57,6 @@ def run_name(config: "AuditConfig") -> str:
         join(d.label() for d in config.defenses),
     ])
     return name if len(name) <= 128 else name[:125] + "..."
-
-
-# ----------------------------------------------------------------- flat records
-FIXED_COLUMNS = [
-    "cell_id", "dataset", "model", "seed", "cut_point", "defense", "defense_params", "attack", "attack_params",
-    "target", "metric", "value", "ci95_low", "ci95_high", "chance", "advantage", "n_eval", "status", "error", "extra",
-]
-
-
-def _scalar(value: Any) -> Any:
-    return json.dumps(value, sort_keys=True) if isinstance(value, (dict, list, tuple)) else value
-
-
-def table_columns(records: list[dict[str, Any]]) -> list[str]:
-    utility = sorted({k for r in records for k in (r.get("utility") or {})})
-    cost = sorted({k for r in records for k in (r.get("cost") or {})})
-    return FIXED_COLUMNS + [f"utility.{k}" for k in utility] + [f"cost.{k}" for k in cost]
-
-
-def table_row(record: dict[str, Any], columns: list[str]) -> list[Any]:
-    """One record as a row of ``columns``: ci95 split in low/high, utility.* and cost.* flattened,
-    dicts and lists as JSON text, missing values None."""
-    ci = record.get("ci95") or [None, None]
-    row = []
-    for col in columns:
-        if col == "ci95_low":
-            row.append(ci[0])
-        elif col == "ci95_high":
-            row.append(ci[1])
-        elif col.startswith(("utility.", "cost.")):
-            group, key = col.split(".", 1)
-            row.append(_scalar((record.get(group) or {}).get(key)))
-        else:
-            row.append(_scalar(record.get(col)))
-    return row
 
 
 def cell_row(records: list[dict[str, Any]], index: int, seconds: float | None, label: str) -> dict[str, Any]:
@@ -125,7 +91,7 @@ def cell_row(records: list[dict[str, Any]], index: int, seconds: float | None, l
 def summary_figures(records: list[dict[str, Any]]) -> dict[str, Any]:
     """``worst/<target>/<metric>`` (the most leaking record's value, over every cell),
     ``utility/primary_accuracy_min`` and ``_mean``, ``cells/total`` and ``cells/failed``."""
-    from audit.gate import leakage
+    from audit.records import leakage
 
     out: dict[str, Any] = {}
     best: dict[str, tuple[float, float]] = {}
@@ -207,7 +173,7 @@ class WandbTracker(RunCallback):
             return
         import wandb
 
-        from audit.gate import defense_key, defense_labels
+        from audit.records import defense_key, defense_labels
 
         try:
             records = report["results"]
@@ -219,8 +185,8 @@ class WandbTracker(RunCallback):
                 if cell_id not in self.logged:
                     self.index += 1
                     self.run.log(cell_row(recs, self.index, None, labels.get(defense_key(recs[0]), recs[0]["defense"])))
-            columns = table_columns(records)
-            table = wandb.Table(columns=columns, data=[table_row(r, columns) for r in records], allow_mixed_types=True)
+            columns = flat_columns(records)
+            table = wandb.Table(columns=columns, data=[flat_row(r, columns) for r in records], allow_mixed_types=True)
             final: dict[str, Any] = {"results": table}
             figures_dir = run.out_dir / "figures"
             index = figures_dir / "figures.json"

@@ -23,7 +23,7 @@ FIGURES_DIR = "figures"
 
 
 def _task_infos(report: dict[str, Any]) -> list[dict[str, str]]:
-    from audit.gate import fmt_ci
+    from audit.records import fmt_ci
     from audit.html.tables import human_count
 
     rows = []

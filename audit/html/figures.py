@@ -8,7 +8,7 @@ import io
 import math
 from dataclasses import dataclass
 
-from audit.gate import leakage, orientation, unit_of
+from audit.records import leakage, orientation, unit_of
 from audit.html.tables import Point, Task, aggregate, worst
 from audit.paths import path_component
 
