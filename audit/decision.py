@@ -22,7 +22,7 @@ from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
-from audit.gate import defense_key
+from audit.records import defense_key, defense_labels
 from audit.verdicts import FAMILIES, report_verdicts
 
 
@@ -147,7 +147,6 @@ def decision_rows(report: dict[str, Any]) -> list[Row]:
     """One row per (dataset, model, cut point, defense) of the report's ok records, with its
     verdicts (recomputed for a report without them); per task ordered by edge cost (edge FLOPs
     fraction, then bytes sent)."""
-    from audit.gate import defense_labels
 
     ok = [r for r in report["results"] if r.get("status") == "ok"]
     labels = defense_labels(ok) if ok else {}

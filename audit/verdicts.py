@@ -42,7 +42,7 @@ from dataclasses import dataclass, field
 from statistics import NormalDist
 from typing import Any, Iterable
 
-from audit.gate import Record, defense_key, defense_labels, leakage, orientation, unit_of
+from audit.records import Record, defense_key, defense_labels, leakage, orientation, unit_of
 
 VERDICTS = ("leaks", "no_evidence", "inconclusive")
 FAMILIES = ("attribute", "reconstruction", "identity")
