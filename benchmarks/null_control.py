@@ -4,7 +4,7 @@ defenses and the task's attacks (attribute, mi), over many seeds. Each seed is o
 (its own data draw, task model and attacks); the audit *alarms* when any of its verdicts is
 ``leaks``. With family-wise error control at alpha, the alarm fraction must be <= alpha.
 
-    SPLITAUDIT_CACHE=/tmp/nullctl_cache nice -n 10 python benchmarks/null_control.py --seeds 20 --n 2000
+    SPLITAUDIT_CACHE=/tmp/nullctl_cache nice -n 10 python benchmarks/null_control.py --seeds 20 --n 2000 --n-boot 200
     python benchmarks/null_control.py --table          # markdown of the committed results
 
 The audit runs once into --out (one config, seeds 0..N-1; a rerun resumes), then verdicts are
@@ -29,13 +29,14 @@ sys.path.insert(0, str(ROOT))
 RESULTS = ROOT / "benchmarks" / "null_control.jsonl"
 
 
-def null_config(seeds: int, n: int) -> dict:
-    """audit/default.yaml with only its null task (``synthetic_null``) at ``n`` samples, seeds 0..seeds-1."""
+def null_config(seeds: int, n: int, n_boot: int) -> dict:
+    """audit/default.yaml with only its null task (``synthetic_null``) at ``n`` samples, seeds 0..seeds-1,
+    ``n_boot`` bootstrap resamples per CI."""
     raw = yaml.safe_load((ROOT / "audit" / "default.yaml").read_text(encoding="utf-8"))
     task = next(t for t in raw["tasks"] if t.get("label") == "synthetic_null")
     task["dataset"]["n"] = n
     attacks = {name: raw["attacks"][name] for name in task["attacks"]}
-    return {"name": "null_control", "seeds": list(range(seeds)), "tasks": [task],
+    return {"name": "null_control", "seeds": list(range(seeds)), "n_boot": n_boot, "tasks": [task],
             "defenses": raw["defenses"], "attacks": attacks}
 
 
@@ -99,6 +100,7 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--seeds", type=int, default=20)
     ap.add_argument("--n", type=int, default=2000, help="samples of the synthetic task (a quarter is the test split)")
+    ap.add_argument("--n-boot", type=int, default=200, help="bootstrap resamples per CI (the audit default: 500)")
     ap.add_argument("--alpha", type=float, default=0.05)
     ap.add_argument("--out", default="/tmp/splitaudit_null_control", help="the audit's output folder (resumable)")
     ap.add_argument("--results", type=Path, default=RESULTS)
@@ -109,7 +111,7 @@ def main() -> None:
         return
     from audit.api import Audit
 
-    report = Audit(null_config(args.seeds, args.n)).run(args.out, callbacks=[])
+    report = Audit(null_config(args.seeds, args.n, args.n_boot)).run(args.out, callbacks=[])
     rows = analyse(report, args.alpha)
     with args.results.open("w", encoding="utf-8") as fh:
         for row in rows:
