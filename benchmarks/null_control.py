@@ -1,6 +1,7 @@
 """False-alarm rate of the verdicts on the null control: the strength-0 synthetic task of
 ``audit/default.yaml`` (nothing planted: no attack can do better than chance) with the default
-defenses and the task's attacks (attribute, mi), over many seeds. Each seed is one audit
+defenses and the task's attacks (attribute; mi with its decision member only, the classifier lower
+bound: KSG, a point estimate, never decides), over many seeds. Each seed is one audit
 (its own data draw, task model and attacks); the audit *alarms* when any of its verdicts is
 ``leaks``. With family-wise error control at alpha, the alarm fraction must be <= alpha.
 
@@ -35,7 +36,8 @@ def null_config(seeds: int, n: int, n_boot: int) -> dict:
     raw = yaml.safe_load((ROOT / "audit" / "default.yaml").read_text(encoding="utf-8"))
     task = next(t for t in raw["tasks"] if t.get("label") == "synthetic_null")
     task["dataset"]["n"] = n
-    attacks = {name: raw["attacks"][name] for name in task["attacks"]}
+    attacks = {name: dict(raw["attacks"][name]) for name in task["attacks"]}
+    attacks["mi"]["methods"] = ["classifier"]  # the decision's MI member (a lower bound); KSG is a point estimate
     return {"name": "null_control", "seeds": list(range(seeds)), "n_boot": n_boot, "tasks": [task],
             "defenses": raw["defenses"], "attacks": attacks}
 

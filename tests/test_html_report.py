@@ -205,6 +205,9 @@ def decision_report(out: Path) -> dict:
     report = fake_report(out, seeds=(0,))
     for r in report["results"]:
         r["utility"] = {**r["utility"], "task_accuracy": 0.95}
+        if r["defense_params"].get("scale") == 0.5:  # the widest labels and figures of the default audit
+            r["defense_params"] = {**r["defense_params"], "scale": 100.0}
+            r["attack"] = {"inversion": "inversion_rmle"}.get(r["attack"], r["attack"])
     report["config"]["decision"] = {"max_edge_flops": 0.7, "max_accuracy_drop": 0.25,
                                     "require_no_evidence": ["attribute"]}
     return report
@@ -224,6 +227,7 @@ def test_decision_table_orders_by_edge_cost_and_names_verdicts_and_the_best_pair
     assert by[("conv1", "none")]["cells"][0]["verdict"] == "leaks"
     assert by[("conv1", "none")]["cells"][0]["figure"] == "+0.400 [+0.370, +0.430]"
     assert by[("fc1", "noise(scale=2.0)")]["cells"][0]["verdict"] == "no_evidence"
+    assert by[("conv1", "noise(scale=100.0)")]["cells"][1]["detail"].startswith("inversion_rmle")
     assert "detectable ≥" in by[("fc1", "noise(scale=2.0)")]["cells"][0]["detail"]
     assert [k for k, r in by.items() if not r["failures"]] == [("pool2", "noise(scale=2.0)")]
     best = next(k for k, r in by.items() if r["best"])
