@@ -100,9 +100,23 @@ def family_of(record: Record) -> str | None:
     metric = str(record.get("metric") or "")
     if record.get("target") is None or decision_default(metric) is None:
         return None
-    if unit_of(record) == "nats" and (record.get("extra") or {}).get("kind") != "lower":
+    if unit_of(record) == "nats" and not is_lower_bound(record):
         return None
     return FAMILY_BY_TARGET.get(str(record["target"]), "attribute")
+
+
+def is_lower_bound(record: Record) -> bool:
+    """A mutual-information lower bound (nats, ``extra.kind == "lower"``)."""
+    return unit_of(record) == "nats" and (record.get("extra") or {}).get("kind") == "lower"
+
+
+def shown_value(record: Record) -> tuple[float | None, list | None]:
+    """(value, ci95) as summaries show them: an MI lower bound below 0 says only "I >= 0", so
+    max(0, .) of the value and both CI ends; other records as recorded. The record keeps the raw value."""
+    value, ci = record.get("value"), record.get("ci95")
+    if value is None or not is_lower_bound(record):
+        return value, ci
+    return max(0.0, value), None if ci is None else [None if x is None else max(0.0, x) for x in ci]
 
 
 def invalid_reason(record: Record, settings: VerdictSettings) -> str | None:
@@ -199,7 +213,7 @@ def one_sided_test(record: Record, family: str, settings: VerdictSettings) -> Co
         p = 1 - NormalDist().cdf(ta / se_low)
     else:
         p = 0.0 if ta > 0 else 1.0
-    if unit_of(record) == "nats":
+    if is_lower_bound(record):
         a, lo, hi = max(0.0, a), max(0.0, lo), max(0.0, hi)
     return Comparison(record, family, a, lo, hi, p, se, settings.threshold(str(record["metric"])))
 

@@ -152,3 +152,14 @@ def test_verdicts_pool_seeds_and_old_reports_are_recomputed():
     report = {"config": {"decision": {"alpha": 0.01}}, "results": records}
     (again,) = report_verdicts(report)
     assert again["alpha"] == 0.01
+
+
+def test_the_summary_shows_a_negative_mi_lower_bound_as_zero_and_keeps_the_raw_value():
+    from audit.html.tables import summary, tasks_of
+
+    bound = rec(-0.05, half=0.04, chance=0.0, attack="mi", metric="mi_classifier", extra={"unit": "nats", "kind": "lower"})
+    report = {"results": [bound]}
+    (task,) = tasks_of(report)
+    (row,) = summary(task, {("none", "{}"): "none"})["rows"]
+    assert row["cells"][0]["value"] == "0 [0, 0] nats (raw -0.05)" and row["cells"][0]["advantage"] == "+0.000"
+    assert bound["value"] == -0.05

@@ -10,6 +10,7 @@ from pathlib import Path
 from typing import Any
 
 from audit.records import Record, defense_key, defense_labels, fmt, fmt_ci, leakage, orientation, unit_of
+from audit.verdicts import shown_value
 
 
 @dataclass
@@ -142,10 +143,12 @@ def summary(task: Task, labels: dict, leaking: set[int] | None = None) -> dict[s
             if w is None:
                 cells.append(None)
                 continue
+            value, ci = shown_value(w)  # MI lower bounds: max(0, .), the raw value in the note
+            raw = f" (raw {fmt(w['value'])})" if value != w["value"] else ""
             cells.append({
-                "value": fmt_ci(w["value"], w.get("ci95"), unit_of(w)),
+                "value": fmt_ci(value, ci, unit_of(w)) + raw,
                 "chance": fmt(w.get("chance")),
-                "advantage": None if w.get("advantage") is None else f"{w['advantage']:+.3f}",
+                "advantage": None if w.get("advantage") is None else f"{w['advantage'] + value - w['value']:+.3f}",
                 "where": f"{w['cut_point']} · {w['attack']} · seed {w['seed']} · n={w.get('n_eval')}",
                 "verdict": _colour(w, leaking),
             })
