@@ -23,7 +23,7 @@ from typing import Any
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from audit.records import defense_key, defense_labels
-from audit.verdicts import FAMILIES, report_verdicts
+from audit.verdicts import FAMILIES, VerdictSettings, verdicts
 
 
 class Decision(BaseModel):
@@ -41,6 +41,11 @@ class Decision(BaseModel):
     max_bytes_sent: float | None = Field(None, ge=0, description="bytes sent per sample, at most")
     require_no_evidence: list[str] = Field(
         default_factory=list, description=f"families whose verdict must be no_evidence ({', '.join(FAMILIES)})")
+
+    def settings(self) -> VerdictSettings:
+        """The verdict settings of this block."""
+        return VerdictSettings(alpha=self.alpha, power=self.power, min_advantage=dict(self.min_advantage),
+                               min_n_eval=self.min_n_eval)
 
     def text(self) -> str:
         """The constraints in words, e.g. "edge FLOPs <= 20%; accuracy drop <= 0.02; ..."."""
@@ -66,8 +71,6 @@ class Decision(BaseModel):
     @field_validator("min_advantage")
     @classmethod
     def _metrics(cls, value: dict[str, float]) -> dict[str, float]:
-        from audit.verdicts import VerdictSettings
-
         VerdictSettings(min_advantage=value)  # raises naming a metric that does not decide
         return value
 
@@ -143,10 +146,11 @@ class Row:
         return why
 
 
-def decision_rows(report: dict[str, Any]) -> list[Row]:
+def decision_rows(report: dict[str, Any], decision: Decision | None = None) -> list[Row]:
     """One row per (dataset, model, cut point, defense) of the report's ok records, with its
-    verdicts (recomputed for a report without them); per task ordered by edge cost (edge FLOPs
-    fraction, then bytes sent)."""
+    verdicts, computed from the records under ``decision``'s settings (default: the report's
+    config ``decision:`` block), so a report made before verdicts existed works too; per task
+    ordered by edge cost (edge FLOPs fraction, then bytes sent)."""
 
     ok = [r for r in report["results"] if r.get("status") == "ok"]
     labels = defense_labels(ok) if ok else {}
@@ -163,7 +167,7 @@ def decision_rows(report: dict[str, Any]) -> list[Row]:
             _mean([c.get("edge_flops_fraction") for c in cost]), _mean([c.get("bytes_sent") for c in cost]),
             _mean([u.get("primary_accuracy") for u in utility]), _mean([u.get("task_accuracy") for u in utility]),
             sorted({r["seed"] for r in recs}))
-    for v in report_verdicts(report):
+    for v in verdicts(ok, (decision or decision_of(report)).settings()):
         row = rows.get((v["dataset"], v["model"], v["cut_point"], v["defense_label"]))
         if row is not None:
             row.families[v["family"]] = v
@@ -201,7 +205,7 @@ class Recommendation:
 def recommend(report: dict[str, Any], decision: Decision, tasks: list[str] | None = None) -> list[Recommendation]:
     """Per task (``dataset/model``; ``tasks`` selects by that or by dataset label), its rows and best pair."""
     by_task: dict[str, list[Row]] = {}
-    for row in decision_rows(report):
+    for row in decision_rows(report, decision):
         by_task.setdefault(row.task, []).append(row)
     if tasks:
         unknown = [t for t in tasks if not any(t in (name, name.split("/")[0]) for name in by_task)]

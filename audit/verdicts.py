@@ -302,22 +302,12 @@ def verdicts(records: list[Record], settings: VerdictSettings | None = None) -> 
 
 def settings_of(report: dict[str, Any]) -> VerdictSettings:
     """The verdict settings of a report's config (its ``decision:`` block), defaults without one."""
-    decision = ((report.get("config") or {}).get("decision") or {})
-    return VerdictSettings(alpha=decision.get("alpha", 0.05), power=decision.get("power", 0.8),
-                           min_advantage=dict(decision.get("min_advantage") or {}),
-                           min_n_eval=decision.get("min_n_eval", 10))
+    from audit.decision import decision_of  # the block's model; it imports this module
+
+    return decision_of(report).settings()
 
 
 def fresh_verdicts(report: dict[str, Any]) -> list[dict[str, Any]]:
-    """Verdicts of ``report``'s records under its config's ``decision:`` settings."""
+    """Verdicts of ``report``'s records under its config's ``decision:`` settings (report.json's
+    ``verdicts``; readers recompute them this way for a report made before verdicts existed)."""
     return verdicts(report["results"], settings_of(report))
-
-
-def report_verdicts(report: dict[str, Any]) -> list[dict[str, Any]]:
-    """report.json's ``verdicts``, recomputed from its records when the report lacks them
-    (written before verdicts existed) or their settings differ from the config's."""
-    settings = settings_of(report)
-    stored = report.get("verdicts")
-    if stored is not None and all(v.get("alpha") == settings.alpha for v in stored):
-        return stored
-    return fresh_verdicts(report)

@@ -103,3 +103,12 @@ def test_the_config_decision_block_drives_recommend_and_check(tmp_path, capsys):
 def test_an_invalid_decision_block_is_bad_input(tmp_path, capsys, bad):
     assert main(["recommend", write(tmp_path, records(), bad)]) == 2
     assert capsys.readouterr().err.strip()
+
+
+def test_recommend_alpha_recomputes_the_verdicts(tmp_path, capsys):
+    """One comparison, p = 1 - Phi(0.045 / (0.04 / 1.96)) = 0.014: leaks at alpha 0.05, not at 0.01."""
+    path = write(tmp_path, [rec("conv1", "none", 0.545, frac=0.1, acc=0.95, half=0.04)])
+    assert main(["recommend", path, "--require", "no-evidence:attribute"]) == 1
+    assert "attribute leaks" in capsys.readouterr().out
+    assert main(["recommend", path, "--require", "no-evidence:attribute", "--alpha", "0.01"]) == 0
+    assert "(alpha 0.01)" in capsys.readouterr().out

@@ -11,7 +11,7 @@ import pytest
 import torch
 
 from attacks.metrics import classification_scores
-from audit.verdicts import VerdictSettings, comparisons, holm, report_verdicts, one_sided_test, verdicts
+from audit.verdicts import VerdictSettings, comparisons, fresh_verdicts, holm, one_sided_test, verdicts
 
 
 def rec(value, half=0.03, chance=0.5, *, cut="conv1", defense="none", params=None, attack="attribute",
@@ -150,7 +150,7 @@ def test_verdicts_pool_seeds_and_old_reports_are_recomputed():
     assert v["seeds"] == [0, 1] and v["verdict"] == "leaks" and v["seed"] == 1
     assert len(comparisons(records)) == 2
     report = {"config": {"decision": {"alpha": 0.01}}, "results": records}
-    (again,) = report_verdicts(report)
+    (again,) = fresh_verdicts(report)
     assert again["alpha"] == 0.01
 
 

@@ -91,7 +91,7 @@ def render_html(report: dict[str, Any], out_dir: str | Path, figures: list | Non
     decision = decision_of(report)
     constrained = decision if decision.model_dump(include=CONSTRAINTS, exclude_defaults=True) else None
     rows_by_task: dict[str, list] = {}
-    for row in decision_rows(report):
+    for row in decision_rows(report, decision):
         rows_by_task.setdefault(f"{row.dataset} / {row.model}", []).append(row)
     figures = all_figures(tasks, labels) if figures is None else figures
     uri = lambda f: {"title": f.title, "caption": f.caption,
