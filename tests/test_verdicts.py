@@ -163,3 +163,28 @@ def test_the_summary_shows_a_negative_mi_lower_bound_as_zero_and_keeps_the_raw_v
     (row,) = summary(task, {("none", "{}"): "none"})["rows"]
     assert row["cells"][0]["value"] == "0 [0, 0] nats (raw -0.05)" and row["cells"][0]["advantage"] == "+0.000"
     assert bound["value"] == -0.05
+
+
+def records_of(scores, cut, defense, params=None, attack="attribute_linear"):
+    """Records of an attack's scores at a cut point under a defense (as the runner writes them)."""
+    return [rec(s.value, chance=s.chance, cut=cut, defense=defense, params=params, attack=attack, target=s.target,
+                metric=s.metric, n=s.n_eval, extra=s.extra) | {"ci95": list(s.ci95), "advantage": s.advantage}
+            for s in scores]
+
+
+def test_real_attack_planted_attribute_leaks_and_huge_noise_is_no_evidence():
+    """The tests' planted synthetic task (Bayes-optimal ~1.0): the linear probe on the raw conv1
+    feature leaks; under Gaussian noise of 100x the feature's scale it shows no evidence, with the
+    power stated (two comparisons: balanced accuracy decides, accuracy and AUROC stay figures)."""
+    from tests.helpers import attack_context, planted_task, run_attack
+
+    data, net = planted_task(0.25)
+    records = records_of(run_attack("attribute_linear", attack_context(data, net, "conv1")), "conv1", "none")
+    noisy = attack_context(data, net, "conv1", "noise", scale=100.0)
+    records += records_of(run_attack("attribute_linear", noisy), "conv1", "noise", {"scale": 100.0})
+    found = verdicts(records)
+    leak, quiet = one(found, defense="none"), one(found, defense="noise")
+    assert leak["verdict"] == "leaks" and leak["advantage"] > 0.25 and leak["metric"] == "balanced_accuracy"
+    assert quiet["verdict"] == "no_evidence", quiet
+    assert quiet["comparisons"] == 2 and 0 < quiet["min_detectable_advantage"] < 0.2
+    assert abs(quiet["advantage"]) < quiet["min_detectable_advantage"]
