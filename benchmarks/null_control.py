@@ -31,7 +31,7 @@ sys.path.insert(0, str(ROOT))
 RESULTS = ROOT / "benchmarks" / "null_control.jsonl"
 
 
-def null_config(seeds: int, n: int, n_boot: int, budget: str) -> dict:
+def null_config(seeds: list[int], n: int, n_boot: int, budget: str, generator_seed: int | None = None) -> dict:
     """audit/default.yaml with only its null task (``synthetic_null``) at ``n`` samples, seeds 0..seeds-1,
     ``n_boot`` bootstrap resamples per CI. ``budget``: ``default`` keeps the default's training budgets;
     ``small`` trains the task model 2 epochs, the attribute heads 3, the MI classifier 100 steps (under
@@ -39,13 +39,15 @@ def null_config(seeds: int, n: int, n_boot: int, budget: str) -> dict:
     raw = yaml.safe_load((ROOT / "audit" / "default.yaml").read_text(encoding="utf-8"))
     task = next(t for t in raw["tasks"] if t.get("label") == "synthetic_null")
     task["dataset"]["n"] = n
+    if generator_seed is not None:  # a fresh draw of the data (default: the default's fixed draw, 0)
+        task["dataset"]["generator_seed"] = generator_seed
     attacks = {name: dict(raw["attacks"][name]) for name in task["attacks"]}
     attacks["mi"]["methods"] = ["classifier"]  # the decision's MI member (a lower bound); KSG is a point estimate
     if budget == "small":
         task["training"] = {**task.get("training", {}), "epochs": 2}
         attacks["attribute"]["epochs"] = 3
         attacks["mi"]["steps"] = 100
-    return {"name": "null_control", "seeds": list(range(seeds)), "n_boot": n_boot, "tasks": [task],
+    return {"name": "null_control", "seeds": seeds, "n_boot": n_boot, "tasks": [task],
             "defenses": raw["defenses"], "attacks": attacks}
 
 
@@ -66,7 +68,7 @@ def uncorrected_alarm(records: list[dict]) -> bool:
     return any(verdict(r) == "leak" for r in records if r.get("status") == "ok")
 
 
-def analyse(report: dict, alpha: float) -> list[dict]:
+def analyse(report: dict, alpha: float, data: str) -> list[dict]:
     from audit.verdicts import VerdictSettings, comparisons, verdicts
 
     settings = VerdictSettings(alpha=alpha)
@@ -77,7 +79,7 @@ def analyse(report: dict, alpha: float) -> list[dict]:
         tests = comparisons(records, settings)
         kinds = {k: sum(v["verdict"] == k for v in found) for k in ("leaks", "no_evidence", "inconclusive")}
         rows.append({
-            "seed": seed, "alpha": alpha, "n_eval": sorted({r.get("n_eval") for r in records if r.get("n_eval")}),
+            "data": data, "seed": seed, "alpha": alpha, "n_eval": sorted({r.get("n_eval") for r in records if r.get("n_eval")}),
             "verdicts": kinds, "comparisons": len(tests), "alarm": kinds["leaks"] > 0,
             "min_p_holm": min((t.p_holm for t in tests), default=None),
             "uncorrected_alarm": uncorrected_alarm(records),
@@ -86,23 +88,28 @@ def analyse(report: dict, alpha: float) -> list[dict]:
     return rows
 
 
+DATA = {"fresh": "a fresh draw per audit (generator_seed = 1000 + seed)",
+        "fixed": "one draw for every audit (generator_seed 0, as audit/default.yaml)"}
+
+
 def table(path: Path) -> str:
+    """One markdown row per data mode in ``path``."""
     rows = [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
-    n = len(rows)
-    k = sum(r["alarm"] for r in rows)
-    u = sum(r["uncorrected_alarm"] for r in rows)
-    lo, hi = wilson(k, n)
-    ulo, uhi = wilson(u, n)
-    alpha = rows[0]["alpha"] if rows else None
-    per = rows[0]["comparisons"] if rows else 0
-    kinds = {key: sum(r["verdicts"][key] for r in rows) for key in ("leaks", "no_evidence", "inconclusive")}
-    return "\n".join([
-        "| audits (seeds) | comparisons per audit | alpha | audits with a `leaks` verdict | fraction [95% Wilson CI] "
-        "| uncorrected (any CI clears chance) | verdicts: leaks / no_evidence / inconclusive |",
-        "|---|---|---|---|---|---|---|",
-        f"| {n} | {per} | {alpha} | {k} | {k / n:.3f} [{lo:.3f}, {hi:.3f}] | {u} of {n}: {u / n:.3f} "
-        f"[{ulo:.3f}, {uhi:.3f}] | {kinds['leaks']} / {kinds['no_evidence']} / {kinds['inconclusive']} |",
-    ])
+    lines = ["| data | audits (seeds) | comparisons per audit | alpha | audits with a `leaks` verdict "
+             "| fraction [95% Wilson CI] | uncorrected: audits where any CI clears chance "
+             "| verdicts: leaks / no_evidence / inconclusive |", "|---|---|---|---|---|---|---|---|"]
+    for mode in DATA:
+        mine = [r for r in rows if r.get("data", "fixed") == mode]
+        if not mine:
+            continue
+        n, k, u = len(mine), sum(r["alarm"] for r in mine), sum(r["uncorrected_alarm"] for r in mine)
+        (lo, hi), (ulo, uhi) = wilson(k, n), wilson(u, n)
+        per = sorted({r["comparisons"] for r in mine})
+        kinds = {key: sum(r["verdicts"][key] for r in mine) for key in ("leaks", "no_evidence", "inconclusive")}
+        lines.append(f"| {DATA[mode]} | {n} | {per[0]}-{per[-1]} | {mine[0]['alpha']} | {k} | {k / n:.3f} "
+                     f"[{lo:.3f}, {hi:.3f}] | {u}: {u / n:.3f} [{ulo:.3f}, {uhi:.3f}] "
+                     f"| {kinds['leaks']} / {kinds['no_evidence']} / {kinds['inconclusive']} |")
+    return "\n".join(lines)
 
 
 def main() -> None:
@@ -112,6 +119,8 @@ def main() -> None:
     ap.add_argument("--n-boot", type=int, default=200, help="bootstrap resamples per CI (the audit default: 500)")
     ap.add_argument("--budget", choices=["default", "small"], default="small", help="training budgets (see null_config)")
     ap.add_argument("--workers", type=int, default=1, help="local worker processes")
+    ap.add_argument("--data", choices=list(DATA), default="fresh",
+                    help="fresh: a new draw of the synthetic data per audit; fixed: the default's one draw for all")
     ap.add_argument("--alpha", type=float, default=0.05)
     ap.add_argument("--out", default="/tmp/splitaudit_null_control", help="the audit's output folder (resumable)")
     ap.add_argument("--results", type=Path, default=RESULTS)
@@ -123,12 +132,23 @@ def main() -> None:
     from audit.api import Audit
     from audit.executors import make_executor
 
-    report = Audit(null_config(args.seeds, args.n, args.n_boot, args.budget)).run(
-        args.out, callbacks=[], executor=make_executor("local", args.workers))
-    rows = analyse(report, args.alpha)
-    with args.results.open("w", encoding="utf-8") as fh:
-        for row in rows:
-            fh.write(json.dumps(row) + "\n")
+    seeds = list(range(args.seeds))
+    rows = []
+    if args.data == "fixed":  # one audit over every seed: the seeds share the data draw
+        report = Audit(null_config(seeds, args.n, args.n_boot, args.budget)).run(
+            args.out, callbacks=[], executor=make_executor("local", args.workers))
+        rows = analyse(report, args.alpha, "fixed")
+    else:  # one audit per seed, each on its own draw of the data
+        for seed in seeds:
+            config = null_config([seed], args.n, args.n_boot, args.budget, generator_seed=1000 + seed)
+            report = Audit(config).run(Path(args.out) / f"seed{seed}", callbacks=[],
+                                       executor=make_executor("local", args.workers))
+            rows += analyse(report, args.alpha, "fresh")
+    kept = []
+    if args.results.is_file():
+        kept = [line for line in args.results.read_text(encoding="utf-8").splitlines()
+                if line.strip() and json.loads(line).get("data", "fixed") != args.data]
+    args.results.write_text("\n".join(kept + [json.dumps(row) for row in rows]) + "\n", encoding="utf-8")
     print(table(args.results))
 
 
