@@ -105,6 +105,13 @@ class Row:
             return None
         return self.task_accuracy - self.primary_accuracy
 
+    def change_text(self) -> str:
+        """The accuracy change from the undefended model, e.g. "-0.144" ("±0.000" within 0.0005; "" unknown)."""
+        drop = self.accuracy_drop
+        if drop is None:
+            return ""
+        return "±0.000" if abs(drop) < 5e-4 else f"{-drop:+.3f}"
+
     @property
     def verdict(self) -> str:
         """leaks if a family leaks; else inconclusive if one is; else no_evidence ('' without verdicts)."""

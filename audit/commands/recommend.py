@@ -68,7 +68,7 @@ def constraints(args: argparse.Namespace, report: dict):
 def row_text(row) -> str:
     frac = "n/a" if row.edge_flops_fraction is None else f"{100 * row.edge_flops_fraction:.1f}%"
     acc = "n/a" if row.primary_accuracy is None else f"{row.primary_accuracy:.3f}"
-    drop = "" if row.accuracy_drop is None else f" ({-row.accuracy_drop:+.3f})"
+    drop = f" ({row.change_text()})" if row.change_text() else ""
     sent = "n/a" if row.bytes_sent is None else f"{row.bytes_sent:,.0f} B"
     fams = ", ".join(f"{f} {v['verdict']}" for f, v in row.families.items())
     return f"cut={row.cut_point} defense={row.defense}: edge FLOPs {frac}, {sent}, accuracy {acc}{drop}; {fams}"

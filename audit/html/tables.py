@@ -195,13 +195,12 @@ def decision_table(rows: list, decision=None) -> dict[str, Any]:
     chosen = best(rows, decision) if decision is not None else None
     out = []
     for r in rows:
-        drop = r.accuracy_drop
         out.append({
             "cut": r.cut_point, "defense": r.defense,
             "fraction": "n/a" if r.edge_flops_fraction is None else f"{100 * r.edge_flops_fraction:.1f}%",
             "bytes": human_count(r.bytes_sent, "B"),
             "accuracy": "n/a" if r.primary_accuracy is None else f"{r.primary_accuracy:.3f}",
-            "change": "" if drop is None else ("±0.000" if abs(drop) < 5e-4 else f"{-drop:+.3f}"),
+            "change": r.change_text(),
             "cells": [_family_cell(r.families.get(f)) for f in families],
             "verdict": r.verdict, "verdict_text": VERDICT_TEXT[r.verdict],
             "failures": [f.split(" (")[0] for f in r.failures(decision)] if decision is not None else [],
