@@ -24,8 +24,9 @@ The statistics, per decision record (a *comparison*):
 - a comparison *leaks* when its Holm-adjusted p <= alpha AND a >= min_advantage (significant
   and material).
 - power: min_detectable_advantage = (z_{1-alpha/m} + z_{power}) * se with se the CI half-width
-  / 1.96 and m the number of comparisons: the advantage this n detects with probability
-  ``power`` (80%) at Holm's strictest level alpha/m; a leak must also reach min_advantage.
+  / 1.96 (for balanced accuracy at least sqrt(c (1 - c) / n), a random guess's, c = chance) and m
+  the number of comparisons: the advantage this n detects with probability ``power`` (80%) at
+  Holm's strictest level alpha/m; a leak must also reach min_advantage.
 
 Per (cell group, family): *the strongest member decides*. ``leaks`` when any member leaks (the
 one with the largest a / min_advantage decides); otherwise ``no_evidence`` from the strongest
@@ -169,13 +170,24 @@ class Comparison:
         return self.p_holm <= alpha and self.advantage >= self.min_advantage
 
     def min_detectable(self, settings: VerdictSettings) -> float | None:
-        """(z_{1-alpha/m} + z_power) * se; None when the attack's own p-value cannot get below alpha/m
-        (a permutation test with too few permutations)."""
+        """(z_{1-alpha/m} + z_power) * se, with se at least :func:`reference_se` (a nearly constant
+        predictor's narrow CI says nothing about what a working attack would have detected); None when
+        the attack's own p-value cannot get below alpha/m (a permutation test with too few permutations)."""
         floor = p_value_floor(self.record)
         level = settings.alpha / self.m
         if floor is not None and floor > level:
             return None
-        return (NormalDist().inv_cdf(1 - level) + NormalDist().inv_cdf(settings.power)) * self.se
+        se = max(self.se, reference_se(self.record))
+        return (NormalDist().inv_cdf(1 - level) + NormalDist().inv_cdf(settings.power)) * se
+
+
+def reference_se(record: Record) -> float:
+    """The standard error of balanced accuracy for a predictor guessing at random among K = 1/chance
+    balanced classes on n_eval samples, sqrt(chance (1 - chance) / n); 0 for other metrics."""
+    chance, n = record.get("chance"), record.get("n_eval")
+    if record.get("metric") != "balanced_accuracy" or not chance or not n or not 0 < chance < 1:
+        return 0.0
+    return math.sqrt(chance * (1 - chance) / n)
 
 
 def p_value_floor(record: Record) -> float | None:

@@ -33,15 +33,15 @@ def one(found, **where):
 
 
 def test_planted_leak_leaks_and_huge_noise_is_no_evidence_with_its_power():
-    records = [rec(0.90, cut="conv1"), rec(0.51, half=0.04, cut="conv1", defense="noise", params={"scale": 100.0})]
+    records = [rec(0.90, cut="conv1"), rec(0.51, half=0.05, cut="conv1", defense="noise", params={"scale": 100.0})]
     found = verdicts(records)
     leak = one(found, defense="none")
     assert leak["verdict"] == "leaks" and leak["deciding_attack"] == "attribute"
     assert leak["advantage"] == pytest.approx(0.40) and leak["ci95"] == pytest.approx([0.37, 0.43])
     quiet = one(found, defense="noise")
     assert quiet["verdict"] == "no_evidence" and quiet["reason"] is None
-    # power: (z_{1 - 0.05/2} + z_{0.8}) * se, se = 0.04 / 1.96 (2 comparisons in the task)
-    expected = (NormalDist().inv_cdf(1 - 0.05 / 2) + NormalDist().inv_cdf(0.8)) * 0.04 / NormalDist().inv_cdf(0.975)
+    # power: (z_{1 - 0.05/2} + z_{0.8}) * se, se = 0.05 / 1.96 (2 comparisons in the task)
+    expected = (NormalDist().inv_cdf(1 - 0.05 / 2) + NormalDist().inv_cdf(0.8)) * 0.05 / NormalDist().inv_cdf(0.975)
     assert quiet["min_detectable_advantage"] == pytest.approx(expected)
     assert quiet["comparisons"] == 2 and quiet["alpha"] == 0.05
 
@@ -188,3 +188,12 @@ def test_real_attack_planted_attribute_leaks_and_huge_noise_is_no_evidence():
     assert quiet["verdict"] == "no_evidence", quiet
     assert quiet["comparisons"] == 2 and 0 < quiet["min_detectable_advantage"] < 0.2
     assert abs(quiet["advantage"]) < quiet["min_detectable_advantage"]
+
+
+def test_a_nearly_constant_predictor_does_not_claim_a_tiny_detectable_advantage():
+    """Balanced accuracy 0.502 [0.500, 0.506] (two classes predicted, almost all one): its own CI is
+    narrow, but a working attack on n=500 has se sqrt(0.25 / 500); the power uses that."""
+    near = rec(0.502, half=0.0, n=500) | {"ci95": [0.500, 0.506]}
+    (v,) = verdicts([near])
+    z = NormalDist().inv_cdf(1 - 0.05) + NormalDist().inv_cdf(0.8)
+    assert v["verdict"] == "no_evidence" and v["min_detectable_advantage"] == pytest.approx(z * math.sqrt(0.25 / 500))
