@@ -17,4 +17,5 @@ create_attack = ATTACKS.create
 
 import_submodules(sys.modules[__name__], skip=("base", "metrics"))
 
-__all__ = ["ATTACKS", "Attack", "AttackContext", "AttackView", "ReleaseChannel", "Score", "create_attack", "list_attacks", "register_attack"]
+__all__ = ["ATTACKS", "Attack", "AttackContext", "AttackView", "ReleaseChannel", "Score", "create_attack", "list_attacks",
+           "register_attack"]

@@ -47,16 +47,16 @@ from pydantic import Field, model_validator
 
 from attacks import ATTACKS, register_attack
 from attacks.base import Attack, AttackContext, AttackView, Score
-from audit.features import map_batches
+from audit.feature_store import map_batches
 from audit.stats import mean_ci
 
 Method = Literal["ica", "nonneg"]
 
 
 def request_rows() -> int:
-    """Rows per release call the audit runner makes (its ``release_all`` batch): the groups a
+    """Rows per release call the audit runner makes (its ``audit.pipeline.release_all`` batch): the groups a
     mixing defense forms never cross these boundaries."""
-    from audit.runner import release_all
+    from audit.pipeline import release_all
 
     return int(inspect.signature(release_all).parameters["batch_size"].default)
 
@@ -159,7 +159,8 @@ class DataMixUnmix(Attack):
         ica_samples: int = Field(20000, ge=100, description="feature elements used to estimate each group's unmixing")
         ica_max_iter: int = Field(400, ge=10)
         select_rows: int = Field(512, ge=2, description="aux rows on which `auto` compares the methods")
-        attack: Literal["attribute", "attribute_linear"] = Field("attribute", description="the attack run on the recovered features")
+        attack: Literal["attribute", "attribute_linear"] = Field(
+            "attribute", description="the attack run on the recovered features")
         attack_params: dict[str, Any] = Field(default_factory=dict, description="parameters of that attack")
 
         @model_validator(mode="after")

@@ -150,7 +150,7 @@ def grid_extra(ctx: AttackContext, x: torch.Tensor, x_rec: torch.Tensor, data_ra
     (the runner's artifact_dir is OUT/artifacts/<cell_id>), or {} when there is no artifact dir or no image."""
     if ctx.artifact_dir is None or x.ndim != 4:
         return {}
-    path = save_grid(x, x_rec, data_range, Path(ctx.artifact_dir) / filename)
+    save_grid(x, x_rec, data_range, Path(ctx.artifact_dir) / filename)
     return {"grid": Path(ctx.artifact_dir.parent.name, ctx.artifact_dir.name, filename).as_posix()}
 
 

@@ -11,7 +11,7 @@ _EXPORTS = {
     "Audit": "audit.api",
     "Report": "audit.api",
     "TorchData": "audit.data.lightning_data",
-    "save_feature_dump": "audit.data.features",
+    "save_feature_dump": "audit.data.feature_dump",
     "AuditConfig": "audit.config",
     "build_config": "audit.config",
     "load_config": "audit.config",

@@ -246,7 +246,7 @@ class Audit:
         The task model is trained (or loaded from the cache) exactly as :meth:`run` would; rows are in the
         dataset's order, so an audit of the dump with the same seed sees the same train/aux/test rows.
         """
-        from audit.data.features import extract_features, save_feature_dump
+        from audit.data.feature_dump import extract_features, save_feature_dump
 
         config = self.config
         seed = config.seeds[0] if seed is None else seed

@@ -1,20 +1,23 @@
 """The ``splitaudit`` command line. Each subcommand lives in :mod:`audit.commands`.
 
-Exit codes: 0 success; 1 the audit ran but some cells failed (or a check
-found a violation); 2 bad input (config, file, report), with a message naming it.
+Exit codes (:mod:`audit.errors`): 0 success; 1 the audit ran but some cells failed (or a check
+found a violation); 2 bad input (config, file, report), with a message naming it; 3 an I/O error
+(full disk, read-only folder); 130 interrupted (SIGINT); 143 terminated (SIGTERM). Every error
+ends with one line ``splitaudit: ...`` on stderr, never a traceback (``-v`` shows it).
 """
 from __future__ import annotations
 
 import argparse
 import importlib
 import logging
+import signal
 import sys
 
-from audit.errors import AuditInputError
+from audit.errors import (EXIT_BAD_INPUT, EXIT_FAILED, EXIT_IO, EXIT_OK, AuditInputError, AuditInterrupted,
+                          describe_os_error)
 from audit.registry import PluginParamsError, UnknownPluginError
 
-
-EXIT_OK, EXIT_FAILED, EXIT_BAD_INPUT = 0, 1, 2
+__all__ = ["EXIT_BAD_INPUT", "EXIT_FAILED", "EXIT_IO", "EXIT_OK", "build_parser", "main"]
 
 # Every module under audit.commands is a subcommand with add_parser(sub) and main(args);
 # these come first in --help, the rest follow alphabetically.
@@ -45,10 +48,22 @@ def setup_logging(quiet: bool = False, verbose: bool = False) -> None:
     logger.propagate = False
 
 
+def version() -> str:
+    """The installed distribution's version (the source tree's pyproject.toml when not installed)."""
+    from importlib.metadata import PackageNotFoundError
+    from importlib.metadata import version as dist_version
+
+    try:
+        return dist_version("splitaudit")
+    except PackageNotFoundError:  # pragma: no cover - running from a source tree
+        return "unknown"
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="splitaudit", description="Adversarial privacy auditing for split (edge/cloud) deep inference."
     )
+    parser.add_argument("--version", action="version", version=f"%(prog)s {version()}")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     import audit.commands
     from audit.discovery import submodule_names
@@ -69,9 +84,17 @@ def main(argv: list[str] | None = None) -> int:
     except BrokenPipeError:  # e.g. `splitaudit list | head`
         sys.stderr.close()
         return EXIT_OK
-    except KeyboardInterrupt:
-        print("splitaudit: interrupted; finished cells are kept, rerun to resume", file=sys.stderr)
-        return 130
+    except OSError as err:  # a full disk, a read-only or vanished folder (run adds what was kept)
+        logging.getLogger("splitaudit").debug("I/O error", exc_info=True)
+        print(f"splitaudit: I/O error: {getattr(err, 'splitaudit_detail', None) or describe_os_error(err)}",
+              file=sys.stderr)
+        return EXIT_IO
+    except (AuditInterrupted, KeyboardInterrupt) as err:
+        signum = err.signum if isinstance(err, AuditInterrupted) else signal.SIGINT
+        what = "interrupted" if signum == signal.SIGINT else f"stopped by {signal.Signals(signum).name}"
+        print(f"splitaudit: {what}; {getattr(err, 'splitaudit_detail', None) or 'finished cells are kept'}",
+              file=sys.stderr)
+        return 128 + signum
 
 
 if __name__ == "__main__":  # pragma: no cover

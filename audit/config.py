@@ -1,5 +1,7 @@
-"""Audit configuration: YAML read with ``yaml.safe_load``, validated by pydantic models
-that forbid unknown keys; ``--set key=value`` overrides; the embedded default audit.
+"""Audit configuration: YAML read as plain data (:class:`ConfigLoader`, a ``yaml.SafeLoader`` that
+also refuses duplicate keys), validated by pydantic models that forbid unknown keys, non-finite
+numbers and out-of-range integers; ``--set key=value`` overrides (errors name the flag); the
+embedded default audit.
 
 Two equivalent shapes. One task::
 
@@ -20,23 +22,58 @@ from __future__ import annotations
 import copy
 import hashlib
 import json
+import math
+from collections import Counter
 from importlib.resources import files
 from pathlib import Path
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, ValidationError, field_validator, model_validator
 
 from audit.decision import Decision
 from audit.errors import AuditInputError
-from audit.registry import PluginParamsError, Registry, UnknownPluginError
+from audit.registry import PluginParams, PluginParamsError, Registry, UnknownPluginError
 from audit.training import TrainerSettings
 
 TASK_KEYS = ("dataset", "model", "cut_points", "training", "splits", "label", "model_label", "attacker_data")
 
 
+MAX_INT = 2**31 - 1  # any integer of a config (sizes, counts, seeds); larger ones are typos or overflow later
+MAX_EPOCHS = 100_000
+
+
 class Strict(BaseModel):
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(extra="forbid", allow_inf_nan=False)
+
+
+class KeyedError(ValueError):
+    """A validation error at a config key (``loc``), raised by model-level checks."""
+
+    def __init__(self, loc: tuple[Any, ...], message: str):
+        super().__init__(message)
+        self.loc, self.message = tuple(loc), message
+
+
+def check_numbers(values: dict[str, Any], loc: tuple[Any, ...]) -> None:
+    """Every float in ``values`` (nested) finite, every integer within +-MAX_INT; raises :class:`KeyedError`."""
+    for key, value in values.items():
+        where = (*loc, key)
+        if isinstance(value, float) and not math.isfinite(value):
+            raise KeyedError(where, f"{value} is not a finite number")
+        if isinstance(value, int) and not isinstance(value, bool) and abs(value) > MAX_INT:
+            raise KeyedError(where, f"{value} is out of range (at most {MAX_INT} in size)")
+        if isinstance(value, dict):
+            check_numbers(value, where)
+        elif isinstance(value, (list, tuple)):
+            check_numbers({str(i): v for i, v in enumerate(value)}, where)
+
+
+def _no_repeats(values: list[Any] | None, what: str) -> list[Any] | None:
+    repeated = [v for v, n in Counter(values or []).items() if n > 1]
+    if repeated:
+        raise ValueError(f"{what} {', '.join(map(repr, repeated))} listed more than once")
+    return values
 
 
 class PluginSpec(BaseModel):
@@ -58,8 +95,9 @@ class PluginSpec(BaseModel):
 class TrainingConfig(Strict):
     """Lightning training of the primary task."""
 
-    epochs: int = Field(5, ge=0, description="0 = no task training: the model is audited as built / loaded (weights)")
-    batch_size: int = Field(128, ge=1)
+    epochs: int = Field(5, ge=0, le=MAX_EPOCHS,
+                        description="0 = no task training: the model is audited as built / loaded (weights)")
+    batch_size: int = Field(128, ge=1, le=1 << 20)
     lr: float = Field(1e-3, gt=0)
     weight_decay: float = Field(0.0, ge=0)
     hflip: bool = Field(False, description="random horizontal flips (images)")
@@ -99,6 +137,16 @@ class TaskConfig(Strict):
         "the task-train split (an attacker holding the model's training data: stronger, ~3x the attack time "
         "and memory); evaluation stays on the test split")
 
+    @field_validator("cut_points")
+    @classmethod
+    def _distinct_cuts(cls, value: list[str]) -> list[str]:
+        return _no_repeats(value, "cut point")
+
+    @field_validator("attacks")
+    @classmethod
+    def _distinct_attacks(cls, value: list[str] | None) -> list[str] | None:
+        return _no_repeats(value, "attack")
+
     @property
     def display_name(self) -> str:
         return self.label or self.dataset.name
@@ -133,14 +181,29 @@ class AuditConfig(Strict):
     tasks: list[TaskConfig] = Field(min_length=1)
     defenses: list[PluginSpec] = Field(min_length=1)
     attacks: dict[str, dict[str, Any]] = Field(min_length=1)
-    seeds: list[int] = Field(default_factory=lambda: [0], min_length=1)
-    n_boot: int = Field(500, ge=50, description="bootstrap resamples per confidence interval")
+    seeds: list[Annotated[int, Field(ge=0, le=MAX_INT)]] = Field(default_factory=lambda: [0], min_length=1)
+    n_boot: int = Field(500, ge=50, le=1_000_000, description="bootstrap resamples per confidence interval")
     trainer: TrainerSettings = TrainerSettings()
     cache_dir: Path | None = Field(None, description="trained task models and decoded data (default ~/.cache/splitaudit)")
     tracking: TrackingConfig = TrackingConfig()
     memory: MemoryConfig = MemoryConfig()
     decision: Decision = Field(default_factory=Decision, description="verdict settings and the constraints a "
                                "shippable (cut point, defense) meets (audit.decision; not in the config hash)")
+    # the plugins' parameters as validated once, at load time: ("defenses", i) / ("attacks", name) -> Params
+    _plugin_params: dict[tuple[str, Any], PluginParams] = PrivateAttr(default_factory=dict)
+
+    def plugin_params(self, *loc: Any) -> PluginParams:
+        """The validated parameters of the plugin at ``loc``: ``("tasks", 0, "dataset")``,
+        ``("tasks", 0, "model")``, ``("defenses", 1)`` or ``("attacks", "mi")``."""
+        return self._plugin_params[loc]
+
+    def defense_params(self, index: int) -> PluginParams:
+        """The validated parameters of ``defenses[index]`` (every parameter, defaults filled in)."""
+        return self._plugin_params[("defenses", index)]
+
+    def attack_params(self, name: str) -> PluginParams:
+        """The validated parameters of attack ``name``."""
+        return self._plugin_params[("attacks", name)]
 
     @field_validator("defenses", mode="before")
     @classmethod
@@ -149,14 +212,24 @@ class AuditConfig(Strict):
             return [{"name": v} if isinstance(v, str) else v for v in value]
         return value
 
+    @field_validator("seeds")
+    @classmethod
+    def _distinct_seeds(cls, value: list[int]) -> list[int]:
+        return _no_repeats(value, "seed")
+
     @field_validator("attacks", mode="before")
     @classmethod
     def _attack_list(cls, value: Any) -> Any:
         if isinstance(value, list):  # [attribute, {name: mi, ...}] -> {attribute: {}, mi: {...}}
             out = {}
             for v in value:
-                entry = {"name": v} if isinstance(v, str) else dict(v)
-                out[entry.pop("name")] = entry
+                entry = {"name": v} if isinstance(v, str) else dict(v) if isinstance(v, dict) else {"name": v}
+                name = entry.pop("name", None)
+                if not isinstance(name, str):
+                    raise ValueError(f"an attack is a name or {{name: NAME, ...}}, got {v!r}")
+                if name in out:
+                    raise ValueError(f"attack {name!r} listed more than once")
+                out[name] = entry
             return out
         return {k: (v or {}) for k, v in value.items()} if isinstance(value, dict) else value
 
@@ -167,35 +240,38 @@ class AuditConfig(Strict):
         from audit.models import MODELS
         from defenses import DEFENSES
 
-        def check(registry: Registry, spec_name: str, params: dict, where: str) -> None:
+        def check(registry: Registry, spec_name: str, params: dict, loc: tuple[Any, ...]) -> None:
             try:
-                registry.validate_params(spec_name, params)
+                validated = registry.validate_params(spec_name, params)
             except (UnknownPluginError, PluginParamsError) as err:
-                raise ValueError(f"{where}: {err}") from None
+                raise KeyedError(loc, str(err)) from None
+            given = validated.model_dump(include=validated.model_fields_set)  # defaults may be inf on purpose
+            check_numbers(given, loc)
+            self._plugin_params[loc] = validated
 
         for i, task in enumerate(self.tasks):
-            check(DATASETS, task.dataset.name, task.dataset.params, f"tasks.{i}.dataset")
+            check(DATASETS, task.dataset.name, task.dataset.params, ("tasks", i, "dataset"))
             if task.model is not None:
-                check(MODELS, task.model.name, task.model.params, f"tasks.{i}.model")
+                check(MODELS, task.model.name, task.model.params, ("tasks", i, "model"))
             elif not getattr(DATASETS.get(task.dataset.name), "provides_features", False):
-                raise ValueError(
-                    f"tasks.{i}.model: required (only a dataset of saved features, e.g. "
+                raise KeyedError(
+                    ("tasks", i, "model"), "required (only a dataset of saved features, e.g. "
                     "{name: features, path: dump.npz}, can be audited without a model)"
                 )
         for i, spec in enumerate(self.defenses):
-            check(DEFENSES, spec.name, spec.params, f"defenses.{i}")
+            check(DEFENSES, spec.name, spec.params, ("defenses", i))
         for name, params in self.attacks.items():
-            check(ATTACKS, name, params, f"attacks.{name}")
+            check(ATTACKS, name, params, ("attacks", name))
         for i, task in enumerate(self.tasks):
             unknown = [a for a in task.attacks or [] if a not in self.attacks]
             if unknown:
-                raise ValueError(f"tasks.{i}.attacks: {', '.join(unknown)} not among the audit's attacks "
+                raise KeyedError(("tasks", i, "attacks"), f"{', '.join(unknown)} not among the audit's attacks "
                                  f"({', '.join(self.attacks)})")
         seen = set()
-        for spec in self.defenses:
+        for i, spec in enumerate(self.defenses):
             key = spec.label()
             if key in seen:
-                raise ValueError(f"defense {key} is listed twice")
+                raise KeyedError(("defenses", i), f"defense {key} is listed twice")
             seen.add(key)
         return self
 
@@ -245,9 +321,12 @@ def apply_override(data: dict[str, Any], parts: list[str], value: Any) -> None:
     node: Any = data
     for i, part in enumerate(parts[:-1]):
         nxt = parts[i + 1]
+        if not isinstance(node, (list, dict)):
+            raise AuditInputError(f"--set {'.'.join(parts)}: {'.'.join(parts[:i])} is not a mapping")
         if isinstance(node, list):
             if not part.isdigit() or int(part) >= len(node):
-                raise AuditInputError(f"--set {'.'.join(parts)}: no list item {part!r} under {'.'.join(parts[:i]) or 'the top level'}")
+                raise AuditInputError(
+                    f"--set {'.'.join(parts)}: no list item {part!r} under {'.'.join(parts[:i]) or 'the top level'}")
             part = int(part)  # type: ignore[assignment]
         elif part not in node or node[part] is None:
             node[part] = [] if nxt.isdigit() else {}
@@ -293,16 +372,24 @@ def resolve_relative_paths(raw: dict[str, Any], base: Path) -> None:
                     spec[field] = str((base / value).resolve())
 
 
-def _format_errors(err: ValidationError, source: str, shorthand: bool) -> str:
+def _format_errors(err: ValidationError, source: str, shorthand: bool,
+                   overrides: list[tuple[list[str], str]] = ()) -> str:
+    """One line per error: ``SOURCE: KEY: problem``; SOURCE is the ``--set`` flag whose key is
+    (under or over) the error's key, else the config file."""
     lines = []
     for e in err.errors():
-        loc = [str(p) for p in e["loc"]]
+        msg = e["msg"].removeprefix("Value error, ")
+        keyed = (e.get("ctx") or {}).get("error")
+        loc = [str(p) for p in (keyed.loc if isinstance(keyed, KeyedError) else e["loc"])]
+        if isinstance(keyed, KeyedError):
+            msg = keyed.message
         if shorthand and loc[:2] == ["tasks", "0"]:
             loc = loc[2:]
-        msg = e["msg"].removeprefix("Value error, ")
         if e["type"] == "extra_forbidden":
             msg = "unknown key"
-        lines.append(f"{source}: {'.'.join(loc) or '(top level)'}: {msg}")
+        blamed = next((f"--set {text!r}" for parts, text in reversed(overrides)
+                       if parts[: len(loc)] == loc[: len(parts)]), source)
+        lines.append(f"{blamed}: {'.'.join(loc) or '(top level)'}: {msg}")
     return "\n".join(lines)
 
 
@@ -310,42 +397,102 @@ def build_config(raw: dict[str, Any], source: str = "<config>", overrides: list[
     """Validate a config mapping after applying ``--set`` overrides."""
     if not isinstance(raw, dict):
         raise AuditInputError(f"{source}: the config must be a YAML mapping, got {type(raw).__name__}")
-    raw = copy.deepcopy(raw)
+    try:
+        raw = copy.deepcopy(raw)
+    except RecursionError:
+        raise AuditInputError(f"{source}: nested too deeply (more than {MAX_DEPTH} levels)") from None
+    applied = []
     for text in overrides:
-        apply_override(raw, *parse_override(text))
+        parts, value = parse_override(text)
+        apply_override(raw, parts, value)
+        applied.append((parts, text))
     data, shorthand = _normalize(raw)
     try:
         return AuditConfig.model_validate(data)
     except ValidationError as err:
-        raise AuditInputError(_format_errors(err, source, shorthand)) from None
+        raise AuditInputError(_format_errors(err, source, shorthand, applied)) from None
+    except RecursionError:
+        raise AuditInputError(f"{source}: nested too deeply (more than {MAX_DEPTH} levels)") from None
 
 
 MAX_CONFIG_BYTES = 1 << 20  # a config is data of a few KB
 MAX_CONFIG_NODES = 100_000  # after YAML aliases are expanded (an alias bomb is refused, not expanded)
+MAX_DEPTH = 64  # levels of nesting
+
+
+class ConfigLoader(yaml.SafeLoader):
+    """``yaml.SafeLoader`` that refuses a key given twice in one mapping (YAML would keep the last one
+    silently). Keys brought in by a merge (``<<: *base``) may be overridden, as YAML intends."""
+
+    def construct_mapping(self, node: yaml.MappingNode, deep: bool = False) -> dict[Any, Any]:
+        if isinstance(node, yaml.MappingNode):
+            first: dict[Any, Any] = {}
+            for key_node, _ in node.value:
+                if key_node.tag == "tag:yaml.org,2002:merge" or not isinstance(key_node, yaml.ScalarNode):
+                    continue
+                key = self.construct_object(key_node)
+                try:
+                    earlier = first.setdefault(key, key_node)
+                except TypeError:  # unhashable: reported by the constructor
+                    continue
+                if earlier is not key_node:
+                    raise yaml.constructor.ConstructorError(
+                        None, None, f"duplicate key {key!r} (first at line {earlier.start_mark.line + 1})",
+                        key_node.start_mark)
+        return super().construct_mapping(node, deep=deep)
+
+
+def _too_nested(text: str) -> bool:
+    """More than MAX_DEPTH open brackets at once (flow style), found without parsing: PyYAML's
+    parser recurses per level and would hit Python's recursion limit on a few hundred."""
+    depth = 0
+    for ch in text:
+        if ch in "[{":
+            depth += 1
+            if depth > MAX_DEPTH:
+                return True
+        elif ch in "]}":
+            depth = max(0, depth - 1)
+    return False
 
 
 def parse_yaml(text: str, source: str) -> Any:
-    """``yaml.safe_load`` of a config: plain data only (no tags that build Python objects), at most
-    ``MAX_CONFIG_BYTES`` of text and ``MAX_CONFIG_NODES`` values once aliases are expanded."""
+    """YAML of a config: plain data only (no tags that build Python objects; :class:`ConfigLoader`),
+    no duplicate keys, at most ``MAX_CONFIG_BYTES`` of text, ``MAX_DEPTH`` levels of nesting and
+    ``MAX_CONFIG_NODES`` values once aliases are expanded."""
     if len(text.encode("utf-8", errors="replace")) > MAX_CONFIG_BYTES:
         raise AuditInputError(f"{source}: {len(text)} characters; a config is at most {MAX_CONFIG_BYTES} bytes")
+    too_deep = AuditInputError(f"{source}: nested too deeply (more than {MAX_DEPTH} levels)")
+    if _too_nested(text):
+        raise too_deep
+    loader = None
     try:
-        raw = yaml.safe_load(text)
+        loader = ConfigLoader(text)  # the reader checks the characters here
+        raw = loader.get_single_data()
     except yaml.constructor.ConstructorError as err:
+        mark = err.problem_mark
+        where = f", line {mark.line + 1}, column {mark.column + 1}" if mark else ""
+        if (err.problem or "").startswith("duplicate key"):
+            raise AuditInputError(f"{source}: {err.problem}{where}; give each key once") from None
         raise AuditInputError(
-            f"{source}: not plain data ({err.problem}{', ' + str(err.problem_mark).strip() if err.problem_mark else ''}); "
+            f"{source}: not plain data ({err.problem}{where}); "
             "configs are data only: tags that build Python objects are refused"
         ) from None
     except yaml.YAMLError as err:
-        raise AuditInputError(f"{source}: not valid YAML: {err}") from None
+        raise AuditInputError(f"{source}: not valid YAML: {' '.join(str(err).split())}") from None
+    except RecursionError:
+        raise too_deep from None
+    finally:
+        if loader is not None:
+            loader.dispose()
     budget = [MAX_CONFIG_NODES]
 
     def count(node: Any, depth: int) -> None:
         budget[0] -= 1
-        if budget[0] < 0 or depth > 64:
+        if budget[0] < 0 or depth > MAX_DEPTH:
             raise AuditInputError(
                 f"{source}: too large or too deeply nested once YAML aliases are expanded "
-                f"(more than {MAX_CONFIG_NODES} values or 64 levels); an alias bomb?"
+                f"(more than {MAX_CONFIG_NODES} values or {MAX_DEPTH} levels); an alias bomb?"
             )
         if isinstance(node, dict):
             for k, v in node.items():

@@ -171,8 +171,9 @@ def _die_with_parent() -> None:
 def _pool_worker(conn, init_blob: bytes) -> None:
     """Body of a local worker process: receive task states and groups, send back finished cells."""
     _die_with_parent()
+    signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C is the driver's to handle: it ends the workers
     from audit.runner import AuditRun
-    from audit.features import open_array
+    from audit.feature_store import open_array
 
     config, out_dir, cache_dir, threads, max_ram_mb, setup = pickle.loads(init_blob)
     if setup is not None:
@@ -221,7 +222,7 @@ def worker_context():
     if "forkserver" not in multiprocessing.get_all_start_methods():  # pragma: no cover - not Linux/macOS
         return multiprocessing.get_context("spawn")
     ctx = multiprocessing.get_context("forkserver")
-    ctx.set_forkserver_preload(["audit.runner", "audit.executors", "audit.features"])
+    ctx.set_forkserver_preload(["audit.runner", "audit.executors", "audit.feature_store"])
     return ctx
 
 
@@ -420,7 +421,7 @@ def _ray_group(init: tuple, state_ref: list, job: GroupJob, features: dict[str, 
     """
     import ray
 
-    from audit.features import map_batches
+    from audit.feature_store import map_batches
     from audit.runner import AuditRun
 
     config, cache_dir, threads, max_ram_mb, setup = init

@@ -112,8 +112,14 @@ class Registry(Generic[T]):
 
     def create(self, name: str, **params: Any) -> T:
         """Instantiate plugin ``name`` with validated ``params``."""
+        return self.from_params(name, self.validate_params(name, params))
+
+    def from_params(self, name: str, params: PluginParams) -> T:
+        """Instantiate plugin ``name`` with parameters validated before (e.g. by the config loader)."""
         cls = self.get(name)
-        return cls(self.validate_params(name, params))  # type: ignore[call-arg]
+        if not isinstance(params, self.params_model(name)):
+            raise TypeError(f"{self.kind} {name!r} takes {self.params_model(name).__name__}, got {type(params).__name__}")
+        return cls(params)  # type: ignore[call-arg]
 
     def describe(self) -> list[tuple[str, str, list[tuple[str, str, Any]]]]:
         """(name, one-line doc, [(param, type, default)]) for every plugin."""

@@ -3,7 +3,7 @@
 Work is shared where it can be: per (task, seed) the data is split and the
 task model trained once (cached on disk by a hash of what determines it); per
 cut point the edge features are extracted once (into ``OUT/features``,
-memory-mapped when large, see :mod:`audit.features`); per (cut point,
+memory-mapped when large, see :mod:`audit.feature_store`); per (cut point,
 defense) *group* the defense is fitted and the aux/test features released
 once, then every attack runs on them. The driver does the shared steps and
 hands groups to an executor (:mod:`audit.executors`: in the driver, local
@@ -16,7 +16,6 @@ ran before it, in which process, or in which order.
 from __future__ import annotations
 
 import contextlib
-import hashlib
 import json
 import logging
 import math
@@ -29,23 +28,26 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Callable, Iterable
 
-import lightning as L
 import torch
 
-from attacks import ATTACKS, AttackContext, AttackView, ReleaseChannel, Score
-from audit.config import AuditConfig, PluginSpec, TaskConfig
+from attacks import Score
+from audit import pipeline
+from audit.config import AuditConfig, TaskConfig
 from audit.data import DATASETS, AuditData, split_indices
-from audit.data.features import model_free_measures, model_free_split, model_free_summary, precomputed_features
-from audit.errors import AuditInputError
-from audit.features import FeatureStore, Rows, map_batches
+from audit.data.feature_dump import model_free_measures, model_free_split, model_free_summary, precomputed_features
+from audit.errors import AuditInputError, interruptible
+from audit.feature_store import FeatureStore
 from audit.models import MODELS, SplitModel, flops_per_sample
+from audit.pipeline import stable_hash, stage_seed
+from audit.preflight import check_run
+from audit.profile import report_timings, timed
 from audit.records import AuditRecord
 from audit.report import SCHEMA_VERSION, environment, write_report
 from audit.stats import mean_ci
 from audit.store import ResultStore, atomic_write, write_json_atomic
 from audit.training import fit_classifier, inference_device, predict
 from audit.verdicts import fresh_verdicts
-from defenses import DEFENSES, Defense, FitContext, SplitPoint
+from defenses import SplitPoint
 
 if TYPE_CHECKING:  # pragma: no cover
     from audit.executors import CellResult, Executor
@@ -53,15 +55,6 @@ if TYPE_CHECKING:  # pragma: no cover
 log = logging.getLogger("splitaudit")
 
 CACHE_VERSION = 1  # bump when task training changes in a way that invalidates cached models
-
-
-def stable_hash(*parts: Any, length: int = 16) -> str:
-    return hashlib.sha256(json.dumps(parts, sort_keys=True, default=str).encode()).hexdigest()[:length]
-
-
-def stage_seed(seed: int, *identity: Any) -> int:
-    """A seed for one stage, derived from the audit seed and what the stage is."""
-    return int(stable_hash(seed, *identity, length=8), 16) % (2**31 - 1)
 
 
 def default_cache_dir() -> Path:
@@ -82,10 +75,6 @@ class Cell:
     @property
     def group(self) -> tuple[int, int, str, int]:
         return (self.task, self.seed, self.cut_point, self.defense)
-
-
-def _validated(registry, spec_name: str, params: dict[str, Any]) -> dict[str, Any]:
-    return registry.validate_params(spec_name, params).model_dump(mode="json")
 
 
 def _training_record(path: Path) -> dict[str, Any]:
@@ -112,8 +101,8 @@ def task_key(task: TaskConfig, seed: int) -> str:
 
 def plan_cells(config: AuditConfig) -> list[Cell]:
     """Every cell of the audit, in execution order."""
-    defense_params = [_validated(DEFENSES, d.name, d.params) for d in config.defenses]
-    attack_params = {a: _validated(ATTACKS, a, p) for a, p in config.attacks.items()}
+    defense_params = [config.defense_params(d).model_dump(mode="json") for d in range(len(config.defenses))]
+    attack_params = {a: config.attack_params(a).model_dump(mode="json") for a in config.attacks}
     cells = []
     for t, task in enumerate(config.tasks):
         for seed in config.seeds:
@@ -200,25 +189,6 @@ def attacker_splits(task: TaskConfig) -> tuple[str, ...]:
     return ("train", "aux") if task.attacker_data == "train+aux" else ("aux",)
 
 
-def release_all(
-    defense: Defense, x: torch.Tensor, features: torch.Tensor | Rows, batch_size: int = 512,
-    scratch_dir: Path | None = None, max_ram_mb: float = math.inf, label: str | None = None,
-) -> torch.Tensor:
-    """``defense.release`` over a whole split, in batches; with ``scratch_dir`` a result larger
-    than ``max_ram_mb`` is memory-mapped from a scratch file there instead of held in RAM.
-    With ``label`` a slow release (e.g. encryption) logs its progress."""
-    return map_batches(lambda a, b: defense.release(x[a:b], features[a:b]), x.shape[0], scratch_dir,
-                       max_ram_mb, batch_size, label)
-
-
-def predict_all(defense: Defense, x: torch.Tensor, features: torch.Tensor, batch_size: int = 512,
-                label: str | None = None) -> torch.Tensor:
-    """``defense.predict`` (primary logits through the defended pipeline) over a whole split, in batches;
-    with ``label`` a slow one (e.g. encrypted inference) logs its progress."""
-    return map_batches(lambda a, b: defense.predict(x[a:b], features[a:b]), x.shape[0], None, math.inf,
-                       batch_size, label)
-
-
 @contextlib.contextmanager
 def torch_threads(threads: int | None):
     """Run the block with ``threads`` torch intra-op threads (None: leave as is); restored after."""
@@ -261,12 +231,14 @@ class AuditRun:
         self.callbacks = list(callbacks)
         self.cache_dir = Path(cache_dir or config.cache_dir or default_cache_dir()).expanduser()
         self.device = inference_device(config.trainer)
-        self.defense_params = [_validated(DEFENSES, d.name, d.params) for d in config.defenses]
-        self.attack_params = {a: _validated(ATTACKS, a, p) for a, p in config.attacks.items()}
+        # as JSON (the records' defense_params / attack_params, and the stage seeds' identity)
+        self.defense_params = [config.defense_params(d).model_dump(mode="json") for d in range(len(config.defenses))]
+        self.attack_params = {a: config.attack_params(a).model_dump(mode="json") for a in config.attacks}
         self.executor = executor
         self.shard = shard
         self.resume = resume
         self.features = FeatureStore(self.out_dir / "features", config.memory.feature_ram_mb)
+        self.driver_timings: dict[str, float] = {}  # data / task model / features seconds of this run (audit.profile)
 
     # ----------------------------------------------------------------- describe
     def describe(self, cell: Cell) -> str:
@@ -285,18 +257,22 @@ class AuditRun:
         task = self.config.tasks[t]
         key = task_key(task, seed)
         given = self.objects.get(t, {})
-        dataset = given.get("dataset") or DATASETS.create(task.dataset.name, **task.dataset.params)
+        started = time.perf_counter()
+        dataset = given.get("dataset") or DATASETS.from_params(
+            task.dataset.name, self.config.plugin_params("tasks", t, "dataset"))
         loaded = dataset.load(self.cache_dir)
         # a dataset may bring its own split (a LightningDataModule's train/val/test)
         splits = getattr(loaded, "splits", None) or split_indices(loaded.x.shape[0], task.splits.model_dump(), seed)
         data = AuditData(task.display_name, loaded, splits)
         features = precomputed_features(loaded, task.cut_points, with_model=task.model is not None)
+        self._add_time("data_seconds", started)
+        started = time.perf_counter()
         attacker = {"attacker_data": task.attacker_data,
                     "n_attacker": sum(len(splits[p]) for p in attacker_splits(task))}
-        if task.model is None:  # saved features audited without a model (audit/data/features.py)
+        if task.model is None:  # saved features audited without a model (audit/data/feature_dump.py)
             summary = {**model_free_summary(task, seed, key, data), **attacker}
             return TaskState(key, data, None, None, summary, features)
-        factory = given.get("model") or MODELS.create(task.model.name, **task.model.params)
+        factory = given.get("model") or MODELS.from_params(task.model.name, self.config.plugin_params("tasks", t, "model"))
         with torch.random.fork_rng(devices=[]):  # the initial weights depend on the seed only
             torch.manual_seed(stage_seed(seed, key, "init"))
             model = factory.build(data.input_shape, data.num_classes(data.primary))
@@ -356,11 +332,19 @@ class AuditRun:
         }
         log.info("%s/%s seed=%d: primary accuracy %.3f on %d test samples",
                  task.display_name, task.model_name, seed, summary["primary_accuracy"], len(test))
+        self._add_time("task_model_seconds", started)
         return TaskState(key, data, model, full_flops, summary, features)
 
     def extract_features(self, state: TaskState, cut: str) -> dict[str, str]:
         """Edge features of every split at ``cut`` into the feature store (once); split -> file path.
         A feature dump's saved rows are used as they are."""
+        with timed(self.driver_timings, "features_seconds"):
+            return self._extract_features(state, cut)
+
+    def _add_time(self, stage: str, started: float) -> None:
+        self.driver_timings[stage] = self.driver_timings.get(stage, 0.0) + time.perf_counter() - started
+
+    def _extract_features(self, state: TaskState, cut: str) -> dict[str, str]:
         if state.features is not None:
             saved = state.features[cut]
             return {
@@ -405,60 +389,42 @@ class AuditRun:
         compute = features or (lambda part: predict(edge, data.part(part).x, device=self.device))
         split = SplitPoint(cut, state.model, edge, cloud, compute_features=compute)
         scratch, max_ram = self.features.scratch(), self.features.max_ram_mb
+        where = f"{spec.label()} at {cut} (seed {seed})"
+        group_timings: dict[str, float] = {}
         try:
-            fit_seed = self.stage_seeds(cells[0], state.seed_key)["defense"]
-            L.seed_everything(fit_seed, verbose=False)
-            defense = DEFENSES.create(spec.name, **spec.params)
-            train = data.part("train")
-            defense.fit(FitContext(split, train, data.num_classes(data.primary), self.config.trainer, fit_seed,
-                                   audit_seed=seed))
-            attacker = attacker_splits(self.config.tasks[cells[0].task])
-            aux, test = data.part(*attacker), data.part("test")
-            where = f"{spec.label()} at {cut} (seed {seed})"
-            z_aux = release_all(defense, aux.x, Rows(*(split.features(p) for p in attacker)), scratch_dir=scratch,
-                                max_ram_mb=max_ram, label=f"{where}: release of the {'+'.join(attacker)} split")
-            z_test = release_all(defense, test.x, split.features("test"), scratch_dir=scratch, max_ram_mb=max_ram,
-                                 label=f"{where}: release of the test split")
-            for name, z in (("aux", z_aux), ("test", z_test)):
-                if z.is_floating_point() and not all_finite(z):
-                    raise ValueError(f"defense {spec.label()} released NaN/inf features for the {name} split at {cut}")
-            if state.model is None:  # no cloud to measure utility with, no edge to time
-                utility, cost = model_free_measures(defense, z_test)
-            else:
-                logits = predict_all(defense, test.x, split.features("test"), label=f"{where}: prediction on the test split")
-                correct = (logits.argmax(1) == test.y).float()
-                utility = {
-                    "primary_accuracy": float(correct.mean()),
-                    "primary_accuracy_ci95": list(mean_ci(correct, seed=seed)),
-                    "task_accuracy": state.summary["primary_accuracy"],
-                    "n_eval": len(test),
-                }
-                cost = defense.cost(test.x[:32], state.full_flops)
+            with timed(group_timings, "defense_fit_seconds"):
+                defense = pipeline.fit_defense(
+                    spec.name, self.config.defense_params(d), split, data.part("train"), data.num_classes(data.primary),
+                    self.config.trainer, self.stage_seeds(cells[0], state.seed_key)["defense"], audit_seed=seed)
+            with timed(group_timings, "release_seconds"):
+                aux, test = pipeline.release_views(
+                    defense, split, data, attacker_splits(self.config.tasks[cells[0].task]),
+                    scratch_dir=scratch, max_ram_mb=max_ram, label=where)
+            with timed(group_timings, "utility_cost_seconds"):
+                if state.model is None:  # no cloud to measure utility with, no edge to time
+                    utility, cost = model_free_measures(defense, test.z)
+                else:
+                    utility = pipeline.measure_utility(defense, split, data.part("test"),
+                                                       state.summary["primary_accuracy"], seed, label=where)
+                    cost = defense.cost(test.x[:32], state.full_flops)
         except Exception as err:  # noqa: BLE001 - a failing defense fails its cells, the rest go on
             error = f"defense {spec.label()} failed: {type(err).__name__}: {err}"
             log.debug("%s", traceback.format_exc())
             for cell in cells:
                 emit(cell, [self._failed(cell, error, state.seed_key)], 0.0)
             return
-        num_classes = {name: data.num_classes(name) for name in [data.primary, *data.private]}
-        context = dict(
-            aux=AttackView(z_aux, aux.x, aux.y, aux.private),
-            test=AttackView(z_test, test.x, test.y, test.private),
-            num_classes=num_classes, primary=data.primary, split=split,
-            settings=self.config.trainer, n_boot=self.config.n_boot, scratch_dir=scratch, max_ram_mb=max_ram,
-        )
+        inputs = pipeline.AttackInputs(
+            aux, test, {name: data.num_classes(name) for name in [data.primary, *data.private]}, data.primary, split,
+            self.config.trainer, self.config.n_boot, scratch, max_ram)
         for cell in cells:
             start = time.perf_counter()
+            timings = {k: round(v, 3) for k, v in group_timings.items()}
             try:
-                attack_seed = self.stage_seeds(cell, state.seed_key)["attack"]
-                L.seed_everything(attack_seed, verbose=False)
-                # the attack gets a cloud view: a release channel with no device secrets, never `defense`
-                ctx = AttackContext(**context, channel=ReleaseChannel(defense, attack_seed), seed=attack_seed,
-                                    artifact_dir=self.out_dir / "artifacts" / cell.id)
-                attack = ATTACKS.create(cell.attack, **self.config.attacks[cell.attack])
-                attack.fit(ctx)
-                scores = attack.score(ctx)
-                records = [self._record(cell, s, utility, cost, state.seed_key) for s in scores]
+                scores = pipeline.run_attack(cell.attack, self.config.attack_params(cell.attack), inputs, defense,
+                                             self.stage_seeds(cell, state.seed_key)["attack"],
+                                             artifact_dir=self.out_dir / "artifacts" / cell.id, timings=timings)
+                timings = {k: round(v, 3) for k, v in timings.items()}
+                records = [dict(self._record(cell, s, utility, cost, state.seed_key), timings=timings) for s in scores]
             except Exception as err:  # noqa: BLE001
                 log.debug("%s", traceback.format_exc())
                 records = [self._failed(cell, f"attack {cell.attack} failed: {type(err).__name__}: {err}",
@@ -530,10 +496,14 @@ class AuditRun:
         from audit.executors import GroupJob, SequentialExecutor
 
         config = self.config
+        self._started = time.perf_counter()
         cells = self.planned_cells()
+        check_run(self)  # before the store: a run that fails validation leaves OUT as it was
         executor = self.executor or SequentialExecutor()
-        with ResultStore(self.out_dir, config.config_hash(), config.model_dump(mode="json"),
-                         resume=self.resume, shard=self.shard) as store, torch_threads(executor.threads):
+        # SIGINT / SIGTERM raise AuditInterrupted: finished cells stay committed, the lock is released
+        with interruptible(), ResultStore(self.out_dir, config.config_hash(), config.model_dump(mode="json"),
+                                          resume=self.resume, shard=self.shard) as store, \
+                torch_threads(executor.threads):
             self.store = store
             shutil.rmtree(self.features.scratch(), ignore_errors=True)  # left by a killed run
             pending = [c for c in cells if not store.done(c.id)]
@@ -589,11 +559,8 @@ class AuditRun:
             "environment": env,
             "tasks": [t for t in (self.store.task(k) for k in keys) if t is not None],
             "results": records,
+            "timings": report_timings(records, self.driver_timings,
+                                      time.perf_counter() - self._started if hasattr(self, "_started") else None),
         }
         report["verdicts"] = fresh_verdicts(report)  # audit.verdicts: leaks / no_evidence / inconclusive
         return report
-
-
-def all_finite(z: torch.Tensor, batch: int = 4096) -> bool:
-    """``torch.isfinite(z).all()`` in row batches (no full-size temporary for large, mapped arrays)."""
-    return all(bool(torch.isfinite(z[i : i + batch]).all()) for i in range(0, z.shape[0], batch))

@@ -15,21 +15,19 @@ from __future__ import annotations
 
 import argparse
 import json
-import sys
 import time
 from pathlib import Path
 
-import lightning as L
 import torch
 
-ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
+from attacks import AttackView
+from audit.config import load_config
+from audit.pipeline import AttackInputs, fit_defense, run_attack
+from audit.runner import AuditRun
+from audit.training import predict
+from defenses import SplitPoint
 
-from attacks import ATTACKS, AttackContext, AttackView, ReleaseChannel  # noqa: E402
-from audit.config import load_config  # noqa: E402
-from audit.runner import AuditRun  # noqa: E402
-from audit.training import predict  # noqa: E402
-from defenses import DEFENSES, FitContext, SplitPoint  # noqa: E402
+ROOT = Path(__file__).resolve().parents[1]
 
 ATTACKER_DATA = {"aux": ("aux",), "train": ("train",), "train+aux": ("train", "aux")}
 RESULTS = ROOT / "benchmarks" / "attacker_data.jsonl"
@@ -46,23 +44,18 @@ def measure(args: argparse.Namespace) -> None:
         edge, cloud = state.model.split(cut)
         z = {p: predict(edge, data.part(p).x) for p in ("train", "aux", "test")}
         split = SplitPoint(cut, state.model, edge, cloud, compute_features=lambda p: z[p])
-        defense = DEFENSES.create("none")
-        defense.fit(FitContext(split, data.part("train"), data.num_classes(data.primary), config.trainer,
-                               args.seed, audit_seed=args.seed))
+        defense = fit_defense("none", {}, split, data.part("train"), data.num_classes(data.primary), config.trainer,
+                              args.seed, audit_seed=args.seed)
         test_view = AttackView(z["test"], test.x, test.y, test.private)
         for attack_name in args.attacks:
             for name in args.attacker_data:
                 parts = ATTACKER_DATA[name]
                 rows = data.part(*parts)
                 aux = AttackView(torch.cat([z[p] for p in parts]), rows.x, rows.y, rows.private)
-                L.seed_everything(args.seed, verbose=False)
-                ctx = AttackContext(aux=aux, test=test_view, num_classes=num_classes, primary=data.primary,
-                                    channel=ReleaseChannel(defense, args.seed), split=split, settings=config.trainer,
-                                    seed=args.seed)
-                attack = ATTACKS.create(attack_name, targets=[args.target])
+                inputs = AttackInputs(aux, test_view, num_classes, data.primary, split, config.trainer)
                 start = time.perf_counter()
-                attack.fit(ctx)
-                (score,) = [s for s in attack.score(ctx) if s.metric == "balanced_accuracy"]
+                scores = run_attack(attack_name, {"targets": [args.target]}, inputs, defense, args.seed)
+                (score,) = [s for s in scores if s.metric == "balanced_accuracy"]
                 row = {
                     "cut": cut, "attack": attack_name, "attacker_data": name, "n_attacker": len(aux),
                     "target": args.target, "metric": score.metric, "value": round(score.value, 4),

@@ -30,17 +30,15 @@ from __future__ import annotations
 import argparse
 import json
 import platform
-import sys
 import time
 from pathlib import Path
 
 import torch
 from torch import nn
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from defenses.he.defense import HomomorphicEncryption, build_session  # noqa: E402
-from defenses.he.protocol import Traffic  # noqa: E402
+from defenses.he.defense import HomomorphicEncryption, build_session
+from defenses.he.protocol import Traffic
 
 
 def make_case(name: str, seed: int, state_dict: str | None) -> tuple[nn.Module, tuple[int, ...]]:
@@ -98,7 +96,8 @@ def table(rows: list[dict]) -> str:
         lines.append(
             f"| {r['case']} | {r['layout']} | {r['batch']} | {r['samples_per_ciphertext']} | {r['samples']} "
             f"| {r['cloud_ms']:.1f} | {r['device_ms']:.1f} | {r['bytes_up'] / 1e3:.0f} KB / {r['bytes_down'] / 1e3:.1f} KB "
-            f"| {r['rotations']:.1f} | {r['agree']}/{r['samples']} | {r['setup_bytes'] / 1e6:.1f} MB, {r['galois_keys']} Galois keys |"
+            f"| {r['rotations']:.1f} | {r['agree']}/{r['samples']} "
+            f"| {r['setup_bytes'] / 1e6:.1f} MB, {r['galois_keys']} Galois keys |"
         )
     return "\n".join(lines)
 

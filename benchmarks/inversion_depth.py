@@ -20,21 +20,20 @@ from __future__ import annotations
 
 import argparse
 import json
-import sys
 import time
 from pathlib import Path
 
 import lightning as L
 import torch
 
-ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
+from attacks import AttackView
+from audit.config import build_config, load_config
+from audit.pipeline import AttackInputs, fit_defense, release_all, run_attack, stage_seed
+from audit.runner import AuditRun
+from audit.training import predict
+from defenses import SplitPoint
 
-from attacks import ATTACKS, AttackContext, AttackView, ReleaseChannel  # noqa: E402
-from audit.config import build_config, load_config  # noqa: E402
-from audit.runner import AuditRun, release_all, stage_seed  # noqa: E402
-from audit.training import predict  # noqa: E402
-from defenses import DEFENSES, FitContext, SplitPoint  # noqa: E402
+ROOT = Path(__file__).resolve().parents[1]
 
 DIGITS = {  # the embedded default audit's digits task (same cache key)
     "name": "digits",
@@ -99,31 +98,27 @@ def run_task(name: str, args, out: Path) -> list[dict]:
             split = SplitPoint(cut, state.model, edge, cloud,
                                compute_features=lambda part, parts=parts: predict(edge, parts[part]))
             fit_seed = stage_seed(seed, state.key, cut, spec.name, params)
-            L.seed_everything(fit_seed, verbose=False)
-            defense = DEFENSES.create(spec.name, **params)
-            defense.fit(FitContext(split, train, data.num_classes(data.primary), config.trainer, fit_seed, audit_seed=seed))
+            defense = fit_defense(spec.name, params, split, train, data.num_classes(data.primary), config.trainer,
+                                  fit_seed, audit_seed=seed)
             z_aux = release_all(defense, aux.x, split.features("aux"))
             z_test = release_all(defense, x_test, split.features("test"))
             split._features.clear()  # free the clean features (the attacks recompute what they need)
             label = spec.label()
-            ctx_args = dict(
-                aux=AttackView(z_aux, aux.x, aux.y, aux.private),
-                test=AttackView(z_test, x_test, full_test.y[test_idx], test_private),
-                num_classes={k: data.num_classes(k) for k in [data.primary, *data.private]},
-                primary=data.primary, split=split, settings=config.trainer, n_boot=config.n_boot,
+            inputs = AttackInputs(
+                AttackView(z_aux, aux.x, aux.y, aux.private),
+                AttackView(z_test, x_test, full_test.y[test_idx], test_private),
+                {k: data.num_classes(k) for k in [data.primary, *data.private]}, data.primary, split,
+                config.trainer, config.n_boot,
             )
             for attack_name in attacks:
                 attack_params = dict(ATTACK_PARAMS[name][attack_name])
                 if attack_name == "inversion_rmle":
                     attack_params["n_eval"] = args.rmle_n
                 attack_seed = stage_seed(seed, state.key, cut, spec.name, params, attack_name)
-                L.seed_everything(attack_seed, verbose=False)
                 cell = f"{name}_{cut}_{label}_{attack_name}".replace("(", "_").replace(")", "").replace("=", "")
-                ctx = AttackContext(**ctx_args, channel=ReleaseChannel(defense, attack_seed), seed=attack_seed, artifact_dir=out / "artifacts" / cell)
                 start = time.perf_counter()
-                attack = ATTACKS.create(attack_name, **attack_params)
-                attack.fit(ctx)
-                scores = attack.score(ctx)
+                scores = run_attack(attack_name, attack_params, inputs, defense, attack_seed,
+                                    artifact_dir=out / "artifacts" / cell)
                 seconds = time.perf_counter() - start
                 for s in scores:
                     rows.append({
@@ -135,7 +130,7 @@ def run_task(name: str, args, out: Path) -> list[dict]:
                     print(f"{name} {cut:6s} {label:22s} {attack_name:15s} {s.metric:16s} {s.value:8.3f} "
                           f"[{s.ci95[0]:.3f}, {s.ci95[1]:.3f}] chance {s.chance:.3f} n={s.n_eval} ({seconds:.0f}s)",
                           flush=True)
-            del z_aux, z_test, ctx_args, defense, split
+            del z_aux, z_test, inputs, defense, split
     return rows
 
 
@@ -171,7 +166,7 @@ def table(rows: list[dict]) -> str:
 def denoise_ablation(seeds: int) -> str:
     """Plain attribute vs the denoise attacker (and its ablations) on the planted synthetic task
     (n=1200, 8x8, strength 0.25; small_cnn widths [8]; conv1; noise scale 3), one line per seed."""
-    from tests.helpers import attack_context, prepared_task, scores_by_metric
+    from tests.helpers import attack_context, prepared_task, run_attack, scores_by_metric
 
     L.seed_everything(0, verbose=False)
     data, net = prepared_task({"name": "synthetic", "n": 1200, "image_size": 8, "strength": 0.25},
@@ -188,9 +183,7 @@ def denoise_ablation(seeds: int) -> str:
         values = []
         for name, params in variants.values():
             L.seed_everything(seed, verbose=False)
-            attack = ATTACKS.create(name, **params)
-            attack.fit(ctx)
-            s = scores_by_metric(attack.score(ctx))[("secret", "balanced_accuracy")]
+            s = scores_by_metric(run_attack(name, ctx, **params))[("secret", "balanced_accuracy")]
             values.append(f"{s.value:.3f} [{s.ci95[0]:.3f}, {s.ci95[1]:.3f}]")
         lines.append(f"| {seed} | " + " | ".join(values) + " |")
         print(lines[-1], flush=True)

@@ -14,7 +14,6 @@ ru_maxrss of any finished process of the tree, the wall time and the exit code.
 from __future__ import annotations
 
 import json
-import os
 import resource
 import subprocess
 import sys

@@ -26,22 +26,17 @@ to wall seconds because wall time depends on the machine's load.
 """
 from __future__ import annotations
 
-import argparse
 import json
 import math
 import statistics
-import sys
 import time
-import warnings
 from collections import defaultdict
 from pathlib import Path
 
-import torch
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-
-from attacks.mi import estimate_mi, list_methods  # noqa: E402
-from attacks.mi.synthetic import (  # noqa: E402
+from attacks.mi import benchmark_cli as mi_cli
+from attacks.mi import estimate_mi, list_methods
+from attacks.mi.synthetic import (
     correlated_gaussian,
     gaussian_club,
     gaussian_mixture,
@@ -76,11 +71,7 @@ def key(rec):
 
 
 def run(args) -> None:
-    torch.set_num_threads(args.threads)
-    warnings.filterwarnings("ignore")
-    done = set()
-    if args.out.exists():
-        done = {key(json.loads(line)) for line in args.out.read_text().splitlines() if line.strip()}
+    done = mi_cli.start(args, key)
     accepts = {m.name: m.accepts for m in list_methods()}
     for case in cases(args.dims, args.mis, args.ns, args.seeds, args.tasks):
         z, s = data(case)
@@ -161,25 +152,13 @@ def table(path: Path) -> str:
     return "\n".join(lines)
 
 
-def main(argv=None) -> int:
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--methods", nargs="+", default=[m.name for m in list_methods()])
+def arguments(p) -> None:
     p.add_argument("--dims", nargs="+", type=int, default=[1, 5, 20])
     p.add_argument("--mis", nargs="+", type=float, default=[0.1, 1.0, 3.0, 5.0])
     p.add_argument("--ns", nargs="+", type=int, default=[1000, 10000])
     p.add_argument("--seeds", nargs="+", type=int, default=[0, 1, 2, 3, 4])
     p.add_argument("--tasks", nargs="+", default=["gauss", "mixture"], choices=["gauss", "mixture"])
-    p.add_argument("--n-boot", type=int, default=200)
-    p.add_argument("--threads", type=int, default=1)
-    p.add_argument("--out", type=Path, default=DEFAULT_OUT)
-    p.add_argument("--table", action="store_true", help="print the markdown tables from --out and exit")
-    args = p.parse_args(argv)
-    if args.table:
-        print(table(args.out))
-        return 0
-    run(args)
-    return 0
 
 
 if __name__ == "__main__":
-    raise SystemExit(main())
+    raise SystemExit(mi_cli.main(__doc__, DEFAULT_OUT, arguments, run, table))

@@ -22,9 +22,8 @@ import tempfile
 import time
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))  # this checkout's packages, not benchmarks/defenses.py as `defenses`
 
+ROOT = Path(__file__).resolve().parents[1]
 BASE = {
     "name": "scaling",
     "seeds": [0],

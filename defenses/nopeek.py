@@ -48,7 +48,8 @@ class NoPeek(Defense):
     """Edge fine-tuned with a distance-correlation penalty dCor(input, feature) plus the task loss."""
 
     class Params(Defense.Params):
-        weight: float = Field(0.25, ge=0, description="weight of dCor(x, z) against the task loss (too large: the feature collapses)")
+        weight: float = Field(
+            0.25, ge=0, description="weight of dCor(x, z) against the task loss (too large: the feature collapses)")
         epochs: int = Field(3, ge=0, description="epochs of joint edge + cloud fine-tuning")
         lr: float = Field(2e-4, gt=0)
         batch_size: int = Field(64, ge=2, description="dCor is estimated per batch")

@@ -21,7 +21,7 @@ from pathlib import Path
 import torch
 import torchvision
 
-from audit.data.features import extract_features, save_feature_dump
+from audit.data.feature_dump import extract_features, save_feature_dump
 from audit.models.fx_split import GraphSplitModel
 
 

@@ -1,14 +1,14 @@
-"""Build an attack context for one cut point of a tiny task, without the runner."""
+"""Build an attack context for one cut point of a tiny task with the audit pipeline, without the runner."""
 from __future__ import annotations
 
 import torch
 
-from attacks import AttackContext, AttackView, ReleaseChannel
+from attacks import AttackContext
 from audit.data import DATASETS, AuditData, split_indices
 from audit.models import MODELS
-from audit.runner import release_all
+from audit.pipeline import AttackInputs, attack_context as pipeline_context, fit_defense, release_views
 from audit.training import TrainerSettings, fit_classifier, predict
-from defenses import DEFENSES, FitContext, SplitPoint
+from defenses import SplitPoint
 
 SETTINGS = TrainerSettings(accelerator="cpu")
 
@@ -31,19 +31,15 @@ def attack_context(data, net, cut: str, defense: str = "none", seed: int = 0, **
 
 
 def fitted_context(data, net, cut: str, defense: str = "none", seed: int = 0, **defense_params):
-    """(attack context, the fitted defense): the defense is for the tests' own checks, never for an attack."""
+    """(attack context, the fitted defense), through the audit's own pipeline (:mod:`audit.pipeline`);
+    the defense is for the tests' own checks, never for an attack."""
     edge, cloud = net.split(cut)
     split = SplitPoint(cut, net, edge, cloud, compute_features=lambda part: predict(edge, data.part(part).x))
-    d = DEFENSES.create(defense, **defense_params)
-    d.fit(FitContext(split, data.part("train"), data.num_classes(data.primary), SETTINGS, seed))
-    aux, test = data.part("aux"), data.part("test")
-    ctx = AttackContext(
-        aux=AttackView(release_all(d, aux.x, split.features("aux")), aux.x, aux.y, aux.private),
-        test=AttackView(release_all(d, test.x, split.features("test")), test.x, test.y, test.private),
-        num_classes={n: data.num_classes(n) for n in [data.primary, *data.private]},
-        primary=data.primary, channel=ReleaseChannel(d, seed), split=split, settings=SETTINGS, seed=seed, n_boot=200,
-    )
-    return ctx, d
+    d = fit_defense(defense, defense_params, split, data.part("train"), data.num_classes(data.primary), SETTINGS, seed)
+    aux, test = release_views(d, split, data)
+    inputs = AttackInputs(aux, test, {n: data.num_classes(n) for n in [data.primary, *data.private]}, data.primary,
+                          split, SETTINGS, n_boot=200)
+    return pipeline_context(inputs, d, seed), d
 
 
 def scores_by_metric(scores):

@@ -65,7 +65,8 @@ def test_datamodule_without_val_is_pooled_or_refused():
             return DataLoader(TensorDataset(x, y, s[:, 0]), batch_size=16, shuffle=True)
 
     assert TorchData(NoVal(), private="race").load().splits is None
-    with pytest.raises(AuditInputError, match=r"splits='datamodule' needs train, val \(or aux\) and test parts; NoVal has: train"):
+    with pytest.raises(AuditInputError,
+                       match=r"splits='datamodule' needs train, val \(or aux\) and test parts; NoVal has: train"):
         TorchData(NoVal(), private="race", splits="datamodule").load()
 
 
@@ -90,12 +91,15 @@ def test_tuple_layouts(layout):
 @pytest.mark.parametrize(
     ("source", "private", "message"),
     [
-        (TensorDataset(torch.zeros(4, 2), torch.zeros(4, dtype=torch.long)), ["race"], r"batches are 2-tuples; an audit needs the private labels too"),
+        (TensorDataset(torch.zeros(4, 2), torch.zeros(4, dtype=torch.long)), ["race"],
+         r"batches are 2-tuples; an audit needs the private labels too"),
         (TensorDataset(torch.zeros(4, 2), torch.zeros(4, dtype=torch.long), torch.zeros(4, 2, dtype=torch.long)), ["race"],
          r"shape \(4, 2\): 2 attribute\(s\), but 1 private name\(s\) were given: \['race'\]"),
         (DictData(*_tensors(4)), ["race"], r"batch dict has no key\(s\) \['x', 'y'\]; its keys: img, gender, race, age"),
-        (TensorDataset(torch.zeros(4, 2), torch.zeros(4, dtype=torch.long), torch.full((4,), 0.5)), ["race"], "label 'race' holds non-integer values"),
-        (TensorDataset(torch.zeros(4, 2), torch.zeros(4, dtype=torch.long), -torch.ones(4, dtype=torch.long)), ["race"], "label 'race' holds negative values"),
+        (TensorDataset(torch.zeros(4, 2), torch.zeros(4, dtype=torch.long), torch.full((4,), 0.5)), ["race"],
+         "label 'race' holds non-integer values"),
+        (TensorDataset(torch.zeros(4, 2), torch.zeros(4, dtype=torch.long), -torch.ones(4, dtype=torch.long)), ["race"],
+         "label 'race' holds negative values"),
         ({"train": TensorDataset(torch.zeros(4, 2)), "holdout": None}, ["race"], "data dict key 'holdout'"),
     ],
     ids=["no-private", "column-count", "dict-keys", "float-labels", "negative", "bad-part"],

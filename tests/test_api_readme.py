@@ -20,7 +20,7 @@ def test_readme_api_example_runs_as_written(tmp_path, monkeypatch, capsys):
     monkeypatch.chdir(tmp_path)
     exec(compile(readme_api_example(), "README.md", "exec"), {"__name__": "__readme__"})
     printed = capsys.readouterr().out.strip().splitlines()
-    report = json.loads((tmp_path / "audit_out" / "report.json").read_text())
+    report = json.loads((tmp_path / "audit_api_out" / "report.json").read_text())
     assert len(printed) == len(report["results"]) == 2 * 2 * 3  # cut points x defenses x metrics
     assert all(r["status"] == "ok" and r["model"] == "ResNet" for r in report["results"])
     found = [r for r in report["results"] if r["defense"] == "none" and r["metric"] == "balanced_accuracy"]

@@ -25,8 +25,8 @@ USES_SPLITAUDIT = [p for p in SCRIPTS if any(f"from {pkg}" in p.read_text() for 
 
 @pytest.mark.parametrize("path", USES_SPLITAUDIT, ids=[p.stem for p in USES_SPLITAUDIT])
 def test_benchmark_script_run_from_the_command_line_sees_the_packages(path):
-    """`python benchmarks/X.py` puts benchmarks/ first on sys.path, where benchmarks/defenses.py would
-    shadow the `defenses` package (scaling.py failed that way): each script puts its checkout first."""
+    """`python benchmarks/X.py` puts benchmarks/ first on sys.path: no script may be named like a package
+    (benchmarks/defenses.py once shadowed `defenses` and scaling.py failed), and none edits sys.path."""
     import subprocess
     import sys
 
@@ -39,6 +39,12 @@ def test_benchmark_script_run_from_the_command_line_sees_the_packages(path):
     assert Path(done.stdout.strip().splitlines()[-1]) == root / "defenses" / "__init__.py"
 
 
+def test_no_script_shadows_a_package_or_edits_sys_path():
+    packages = {"audit", "attacks", "defenses", "tests", "benchmarks"}
+    assert not [p.name for p in SCRIPTS if p.stem in packages]
+    assert not [p.name for p in SCRIPTS if "sys.path.insert" in p.read_text()]
+
+
 def _load(stem: str):
     path = next(p for p in SCRIPTS if p.stem == stem)
     spec = importlib.util.spec_from_file_location(f"benchmark_{stem}", path)
@@ -48,10 +54,10 @@ def _load(stem: str):
 
 
 def test_defense_table_shows_figures_and_says_why_a_cell_has_none():
-    """benchmarks/defenses.py's table: one row per (cut, defense) in the config's order, each leakage
+    """benchmarks/defense_table.py's table: one row per (cut, defense) in the config's order, each leakage
     with its CI; a defense that cannot run at a cut (he before the last conv stage) gets a row that
     says why, not a silent gap."""
-    table = _load("defenses").table
+    table = _load("defense_table").table
 
     def record(cut, defense, value, status="ok", error=None):
         return {"cut_point": cut, "defense": defense, "defense_params": {}, "attack": "attribute", "target": "race",

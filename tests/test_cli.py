@@ -36,3 +36,33 @@ def test_list(capsys):
     for name in ("synthetic", "utkface", "small_cnn", "resnet18", "none", "noise", "attribute"):
         assert f"  {name} " in out
     assert "scale: float = 1.0" in out
+
+
+def test_version(capsys):
+    import pytest
+    from importlib.metadata import version
+
+    with pytest.raises(SystemExit) as done:
+        main(["--version"])
+    assert done.value.code == 0
+    assert capsys.readouterr().out.strip() == f"splitaudit {version('splitaudit')}"
+
+
+def test_list_imports_no_plugin_module_on_a_warm_cache(tmp_path):
+    """`list` prints from a description cache keyed by the plugin sources; a second call is fast because
+    it imports no plugin (nor torch); its output is the same."""
+    import os
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parents[1]
+    env = {**os.environ, "SPLITAUDIT_CACHE": str(tmp_path),
+           "PYTHONPATH": os.pathsep.join([str(root), os.environ.get("PYTHONPATH", "")])}
+    code = ("import sys; from audit.cli import main; code = main(['list']); "
+            "print('TORCH' if 'torch' in sys.modules else 'NO-TORCH', file=sys.stderr); sys.exit(code)")
+    cold = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True)
+    warm = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True)
+    assert cold.returncode == warm.returncode == 0, cold.stderr + warm.stderr
+    assert warm.stdout == cold.stdout and "  small_cnn " in warm.stdout
+    assert cold.stderr.strip() == "TORCH" and warm.stderr.strip() == "NO-TORCH"

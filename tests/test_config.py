@@ -1,3 +1,5 @@
+import re
+
 import pytest
 
 from audit.config import build_config, load_config
@@ -45,7 +47,8 @@ def test_shorthand_errors_use_the_users_key_names(tiny_config):
 
 def test_unknown_plugin_names_list_the_known_ones(tiny_config):
     tiny_config["defenses"].append("nosie")
-    with pytest.raises(AuditInputError, match=r"defenses\.2: unknown defense 'nosie' \(did you mean 'noise'\?\); known defenses: .*none"):
+    with pytest.raises(AuditInputError,
+                       match=r"defenses\.2: unknown defense 'nosie' \(did you mean 'noise'\?\); known defenses: .*none"):
         build_config(tiny_config)
 
 
@@ -107,3 +110,82 @@ def test_a_task_runs_a_subset_of_the_audits_attacks(tiny_config):
     tasks["tasks"][1]["attacks"] = ["mi", "atribute"]
     with pytest.raises(AuditInputError, match=r"tasks\.1\.attacks: atribute not among the audit's attacks \(attribute, mi\)"):
         build_config({**tiny_config, **tasks})
+
+
+# ------------------------------------------------------------------------------------------- hardening
+@pytest.mark.parametrize("override, key", [
+    ("training.lr=.inf", "training.lr"), ("splits.train=.nan", "splits.train"),
+    ("memory.feature_ram_mb=.inf", "memory.feature_ram_mb"), ("defenses.1.scale=.inf", "defenses.1.scale"),
+    ("training.lr=-.inf", "training.lr"), ("attacks.attribute.lr=.inf", "attacks.attribute.lr"),
+])
+def test_non_finite_numbers_are_refused_naming_the_key(tiny_config, override, key):
+    with pytest.raises(AuditInputError, match=rf"^--set '{re.escape(override)}': {key}: .*finite number"):
+        build_config(tiny_config, "c.yaml", [override])
+
+
+@pytest.mark.parametrize("override, key", [
+    ("dataset.n=100000000000000000000000000000", "dataset.n"), ("seeds=[100000000000000000000000000000]", "seeds.0"),
+    ("seeds=[1.0e+29]", "seeds.0"), ("dataset.n=1.0e+29", "dataset"), ("training.epochs=1000000000", "training.epochs"),
+    ("n_boot=99999999999", "n_boot"), ("seeds=[-1]", "seeds.0"), ("training.batch_size=1.0e+12", "training.batch_size"),
+])
+def test_huge_integers_are_refused_naming_the_key(tiny_config, override, key):
+    with pytest.raises(AuditInputError) as err:
+        build_config(tiny_config, "c.yaml", [override])
+    assert str(err.value).startswith(f"--set '{override}': {key}: ") and "\n" not in str(err.value)
+
+
+def test_deep_nesting_is_a_clear_error(tmp_path, tiny_config):
+    path = tmp_path / "deep.yaml"
+    path.write_text("name: " + "[" * 1000 + "]" * 1000 + "\n")
+    with pytest.raises(AuditInputError, match="nested too deeply"):
+        load_config(path)
+    with pytest.raises(AuditInputError, match="nested too deeply"):
+        load_config(None, ["name=" + "{a: " * 500 + "1" + "}" * 500])
+    deep: list = []
+    node = deep
+    for _ in range(5000):  # through the Python API
+        node.append([])
+        node = node[0]
+    with pytest.raises(AuditInputError, match="nested too deeply"):
+        build_config({**tiny_config, "name": deep})
+
+
+@pytest.mark.parametrize("override, says", [
+    ("cut_points=[conv1,fc1,conv1]", "cut_points: cut point 'conv1' listed more than once"),
+    ("seeds=[0,1,0]", "seeds: seed 0 listed more than once"),
+    ("attacks=[attribute,attribute]", "attacks: attack 'attribute' listed more than once"),
+])
+def test_duplicate_cut_points_seeds_and_attacks_are_refused(tiny_config, override, says):
+    with pytest.raises(AuditInputError, match=f"^--set '{re.escape(override)}': {re.escape(says)}"):
+        build_config(tiny_config, "c.yaml", [override])
+
+
+def test_duplicate_yaml_keys_are_refused_naming_key_and_lines(tmp_path):
+    path = tmp_path / "dup.yaml"
+    path.write_text("dataset: {name: synthetic}\nmodel: {name: mlp}\ncut_points: [fc1]\ndefenses: [none]\n"
+                    "attacks: [attribute]\ntraining:\n  lr: 0.1\n  epochs: 2\n  lr: 0.2\n")
+    with pytest.raises(AuditInputError, match=r"dup.yaml: duplicate key 'lr' \(first at line 7\), line 9"):
+        load_config(path)
+    with pytest.raises(AuditInputError, match="duplicate key 'a'"):
+        load_config(None, ["name={a: 1, a: 2}"])
+    # a YAML merge may override the keys it brings in
+    path.write_text("base: &b {name: noise, scale: 1.0}\n")
+    from audit.config import parse_yaml
+
+    assert parse_yaml("b: &b {name: noise, scale: 1.0}\nd: {<<: *b, scale: 2.0}\n", "x")["d"] == {"name": "noise", "scale": 2.0}
+
+
+def test_set_errors_name_the_flag_not_the_file(tmp_path, tiny_config):
+    import yaml
+
+    path = tmp_path / "c.yaml"
+    path.write_text(yaml.safe_dump(tiny_config))
+    for override, key in (("training.lr=abc", "training.lr"), ("training.lrr=1", "training.lrr"),
+                          ("dataset.strength=abc", "dataset"), ("defenses.1={name: noise, scale: x}", "defenses.1")):
+        with pytest.raises(AuditInputError) as err:
+            load_config(path, ["seeds=[0]", override])
+        assert str(err.value).startswith(f"--set {override!r}: {key}: "), str(err.value)
+    with pytest.raises(AuditInputError, match=r"^.*c\.yaml: training\.lr: Input should be greater than 0"):
+        tiny_config["training"]["lr"] = -1
+        path.write_text(yaml.safe_dump(tiny_config))
+        load_config(path, ["seeds=[0]"])

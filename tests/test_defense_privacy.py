@@ -11,7 +11,7 @@ import lightning as L
 import pytest
 import torch
 
-from audit.runner import predict_all
+from audit.pipeline import predict_all
 from tests.helpers import attack_context, fitted_context, prepared_task, run_attack, scores_by_metric
 
 CNN = {"name": "small_cnn", "widths": [8], "fc": [16]}

@@ -55,7 +55,8 @@ def test_the_report_says_whether_the_task_model_was_trained_here_or_cached(tmp_p
         k: first[k] for k in ("trained_at", "seconds", "torch", "torch_threads")}
     assert report_values(trained) == report_values(cached)  # provenance is not a report value
     assert task_model_provenance(second).startswith(f"from cache; trained {first['trained_at'][:10]} in ")
-    assert task_model_provenance({**second, "seconds": 9.5}).endswith(" in 9.5 s (torch " + torch.__version__ + ", 1 threads, cpu)")
+    assert task_model_provenance({**second, "seconds": 9.5}).endswith(
+        " in 9.5 s (torch " + torch.__version__ + ", 1 threads, cpu)")
     (record,) = (tmp_path / "cache" / "task_models").glob("*.json")
     record.write_text("{not json")  # a damaged record loses the provenance, not the audit
     again = _run(tiny_config, tmp_path / "c", tmp_path / "cache")

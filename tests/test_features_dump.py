@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from audit import Audit, build_config
-from audit.data.features import check_feature_dump, read_feature_dump, save_feature_dump
+from audit.data.feature_dump import check_feature_dump, read_feature_dump, save_feature_dump
 from audit.errors import AuditInputError
 
 CUTS = ["conv1", "fc1"]
@@ -115,8 +115,10 @@ def _good():
         ({"labels/secret": np.zeros(19, dtype=np.int64)}, r"mismatched lengths.*features/fc1: 20, labels/secret: 19"),
         ({"x": np.zeros((21, 3))}, r"mismatched lengths.*x: 21"),
         ({"labels/secret": None}, r"no labels"),
-        ({"features/fc1": np.full((20, 4), np.nan, dtype=np.float32)}, r"features/fc1 holds NaN/inf values in 20 samples \(first: index 0\)"),
-        ({"x": np.where(np.arange(20)[:, None] == 7, np.inf, 0.0) * np.ones((20, 2))}, r"x holds NaN/inf values in 1 samples \(first: index 7\)"),
+        ({"features/fc1": np.full((20, 4), np.nan, dtype=np.float32)},
+         r"features/fc1 holds NaN/inf values in 20 samples \(first: index 0\)"),
+        ({"x": np.where(np.arange(20)[:, None] == 7, np.inf, 0.0) * np.ones((20, 2))},
+         r"x holds NaN/inf values in 1 samples \(first: index 7\)"),
         ({"labels/secret": np.full(20, 0.5)}, r"labels/secret holds non-integer"),
         ({"labels/secret": -np.ones(20, dtype=np.int64)}, r"labels/secret holds negative values"),
         ({"meta": np.array("{not json")}, r"'meta' is not valid JSON"),

@@ -75,7 +75,8 @@ def test_example_policy_passes_a_keeping_report_and_fails_a_breaking_one(tmp_pat
     assert "utkface/small_cnn seed=0 cut=pool1 defense=siamese attack=attribute target=race metric=balanced_accuracy" in race
     assert "advantage 0.11 [0.08, 0.14]" in race and "> max 0.05" in race
     assert any("mi-bound" in f and "value 0.4 [0.35, 0.45] nats > max 0.1" in f for f in fails)
-    assert any("default-noise-keeps-utility" in f and "cut=fc1" in f and "primary_accuracy 0.7 [0.68, 0.72] < min 0.8" in f for f in fails)
+    assert any("default-noise-keeps-utility" in f and "cut=fc1" in f and "primary_accuracy 0.7 [0.68, 0.72] < min 0.8" in f
+               for f in fails)
 
     root = ET.parse(junit).getroot()
     cases = root.findall(".//testcase")

@@ -276,3 +276,13 @@ def test_out_folder_of_another_audit_is_refused_naming_what_differs(tmp_path, ti
     assert main(["run", str(path), "--out", str(out), "-q"]) == 2
     assert "audit.json is not valid JSON" in capsys.readouterr().err
     assert json.loads((cells[0]).read_text())["records"]
+
+
+def test_utkface_names_take_ascii_digits_only():
+    from audit.data.utkface import parse_name
+
+    assert parse_name("35_0_1_20170116174525125.jpg.chip.jpg") == (35, 0, 1)
+    for name in ("٣٥_0_1_20170116174525125.jpg.chip.jpg",  # Arabic-Indic digits
+                 "35_0_1_２0170116174525125.jpg.chip.jpg",  # a full-width digit
+                 "३५_0_1_20170116174525125.jpg.chip.jpg"):  # Devanagari digits
+        assert isinstance(parse_name(name), str), name

@@ -4,8 +4,8 @@ import pytest
 import torch
 
 from audit import Audit, build_config
-from audit.data.features import save_feature_dump
-from audit.features import FeatureStore
+from audit.data.feature_dump import save_feature_dump
+from audit.feature_store import FeatureStore
 from audit.paths import inside, path_component
 
 HOSTILE = ["/victim", "../../victim", "features//victim", "..", ".", "a/../../b", "", "-rf", "x" * 300, "c\x00d"]

@@ -140,7 +140,7 @@ def test_slow_release_and_prediction_loops_log_their_progress(monkeypatch, caplo
     the result is the same batches concatenated (in RAM or memory-mapped)."""
     import torch
 
-    from audit.features import SlowLoop, map_batches
+    from audit.feature_store import SlowLoop, map_batches
 
     monkeypatch.setattr(SlowLoop, "after", 0.0)
     x = torch.arange(10.0).reshape(10, 1)

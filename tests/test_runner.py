@@ -85,7 +85,8 @@ def test_second_cut_point_and_rerun_reuse_the_cached_task_model(first_run, tmp_p
         report = Audit(cfg).run(tmp_path / "other")
     assert "task model from cache" in caplog.text and "training the task model" not in caplog.text
     by_cell = {(r["cut_point"], r["defense"], r["metric"]): r["value"] for r in report["results"]}
-    first = {(r["cut_point"], r["defense"], r["metric"]): r["value"] for r in first_run[1]["results"] if r["cut_point"] == "conv1"}
+    first = {(r["cut_point"], r["defense"], r["metric"]): r["value"]
+             for r in first_run[1]["results"] if r["cut_point"] == "conv1"}
     assert by_cell == first  # a cell's values do not depend on which other cells ran
 
 
@@ -156,7 +157,7 @@ def test_attacker_data_train_plus_aux_gives_the_attacks_those_rows(tmp_path, tin
 def test_rows_slices_like_the_concatenation():
     import torch
 
-    from audit.features import Rows
+    from audit.feature_store import Rows
 
     a, b, c = torch.arange(10.0).view(5, 2), torch.arange(10.0, 16.0).view(3, 2), torch.arange(16.0, 24.0).view(4, 2)
     rows, whole = Rows(a, b, c), torch.cat([a, b, c])

@@ -11,7 +11,7 @@ import torch
 
 from attacks import ATTACKS, Attack, Score
 from audit import Audit, build_config
-from defenses.base import Defense, generators_of
+from defenses.base import generators_of
 from defenses.he.ckks import DeviceCrypto
 from tests.conftest import TINY
 from tests.helpers import fitted_context, prepared_task

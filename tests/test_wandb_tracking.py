@@ -129,7 +129,8 @@ def test_offline_run_log_holds_config_rows_per_cell_and_the_report_artifact(trac
     key = "figures/frontier_synthetic_small_cnn"
     assert final[f"{key}/_type"] == "image-file" and "seed 0" in final[f"{key}/caption"]
     assert (runs[0] / "files" / final[f"{key}/path"]).is_file()
-    artifact = next(r.artifact for r in records if r.WhichOneof("record_type") == "artifact" and r.artifact.type == "audit-report")
+    artifact = next(r.artifact for r in records
+                    if r.WhichOneof("record_type") == "artifact" and r.artifact.type == "audit-report")
     contents = {c.path: c.digest for c in artifact.manifest.contents}
     assert set(contents) == {"report.json", "report.html", "results.csv"}
     md5 = base64.b64encode(hashlib.md5((out / "report.json").read_bytes()).digest()).decode()

@@ -5,17 +5,20 @@ An estimator is a small class registered in ``ESTIMATORS`` with a pydantic
 it accepts ("discrete" (N,) integer labels, "continuous" (N, K) floats) and two
 steps: ``fit(z, s)`` on training samples (a no-op for the k-NN estimator) and
 ``estimate(z, s)`` on held-out samples, which returns an :class:`MIResult` in
-nats with a 95% confidence interval.
+nats with a 95% confidence interval. ``statistic(z, s)`` is the estimate alone; the
+permutation null (``null_values``) recomputes it with s shuffled among the
+evaluation samples, the fitted estimator held fixed.
 """
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any, ClassVar, Literal
 
 import torch
 from pydantic import Field
 
+from attacks.mi.intervals import crossfit_interval, nonnegative, null_summary, permutation_p_value
 from audit.registry import PluginParams, Registry
 from audit.training import TrainerSettings
 
@@ -33,15 +36,21 @@ class MIResult:
 
     ``kind``: "lower" (a variational lower bound: its expectation is <= the truth),
     "upper" (an upper bound under the method's stated condition) or "point" (an
-    estimate that may err either way). ``ci95``: 95% interval by bootstrap over the
-    ``n`` evaluation samples (see each method for what is resampled). ``details``:
-    method-specific facts (training epochs, reduced dimension, ...)."""
+    estimate that may err either way). ``ci95``: 95% interval in nats; with one split,
+    a bootstrap over the ``n`` evaluation samples (see each method for what is
+    resampled); cross-fitted (``folds`` > 1), it also carries the spread between folds,
+    i.e. which samples trained the estimator and the training itself (see
+    ``attacks.mi.intervals``). ``p_value``: permutation p-value of "I(Z; S) > 0"
+    against the estimator's own null (s shuffled among the evaluation samples), None
+    when no permutations ran. ``details``: method-specific facts (training epochs,
+    reduced dimension, the null's summary, ...)."""
 
     nats: float
     ci95: tuple[float, float]
     method: str
     kind: Kind
     n: int
+    p_value: float | None = None
     details: dict[str, Any] = field(default_factory=dict, compare=False, hash=False)
 
     @property
@@ -86,6 +95,19 @@ class Estimator:
 
     def estimate(self, z: torch.Tensor, s: torch.Tensor, *, n_boot: int = 500, seed: int = 0) -> MIResult:
         raise NotImplementedError
+
+    def statistic(self, z: torch.Tensor, s: torch.Tensor, *, seed: int = 0) -> float:
+        """The estimate (nats) on evaluation samples, without its CI."""
+        raise NotImplementedError
+
+    def null_values(self, z: torch.Tensor, s: torch.Tensor, n_perm: int, *, seed: int = 0) -> torch.Tensor:
+        """(n_perm,) statistics (nats) with s randomly permuted among the evaluation samples, the fitted
+        estimator held fixed. Under independence, and with evaluation samples that did not train the
+        estimator, the observed statistic is exchangeable with these: ``permutation_p_value`` is exact."""
+        gen = torch.Generator().manual_seed(seed + 104729)
+        n = z.shape[0]
+        return torch.tensor([self.statistic(z, s[torch.randperm(n, generator=gen)], seed=seed) for _ in range(n_perm)],
+                            dtype=torch.float64)
 
 
 ESTIMATORS: Registry[Estimator] = Registry("MI estimator")
@@ -215,6 +237,8 @@ def estimate_mi(
     n_boot: int = 500,
     seed: int = 0,
     eval_fraction: float = 0.3,
+    folds: int = 1,
+    n_perm: int = 0,
     settings: TrainerSettings | None = None,
     **params: Any,
 ) -> MIResult:
@@ -224,23 +248,91 @@ def estimate_mi(
     method: a name from ``list_methods()``; ``params``: that method's parameters.
     Methods that train hold out a seeded random ``eval_fraction`` of the samples and
     estimate on those only (the rest trains the estimator, with its own validation part);
-    k-NN estimators use every sample. CIs: bootstrap over evaluation samples (``n_boot``).
+    with ``folds`` = K >= 2 they are cross-fitted instead: K estimators, each trained on
+    K - 1 folds and scored on the remaining one, so every sample is scored once and the CI
+    carries the between-fold spread (``attacks.mi.intervals``; cost ~K fits; ``eval_fraction``
+    is then unused). k-NN estimators use every sample (``folds`` does not apply).
+    CIs: bootstrap over evaluation samples (``n_boot``), widened by the fold spread when
+    cross-fitted (the p-value is then twice the mean of the folds' exact p-values, valid whatever
+    their dependence; Vovk & Wang 2020). Value and CI are mapped into [0, inf) (MI is non-negative; the raw ones in
+    ``details["raw"]`` when that changed them). ``n_perm`` > 0: permutation null (s shuffled among
+    the evaluation samples, estimator held fixed; no refitting) and its p-value, computed on the
+    raw value, in ``MIResult.p_value``.
+    Deterministic for a given ``seed``.
     """
     cls = ESTIMATORS.get(method)  # unknown name: the error lists the known methods
     z, s = check_inputs(z, s)
     check_method(cls, s)
+    if folds < 1:
+        raise MIInputError(f"folds must be >= 1, got {folds}")
+    if n_perm < 0:
+        raise MIInputError(f"n_perm must be >= 0, got {n_perm}")
     estimator = ESTIMATORS.create(method, **params)
     num_classes = None
     if s.ndim == 1:
         s, num_classes = remap_labels(s)
     if not cls.trains:
-        return estimator.estimate(z, s, n_boot=n_boot, seed=seed)
-    if not 0.0 < eval_fraction < 1.0:
-        raise MIInputError(f"eval_fraction must lie in (0, 1), got {eval_fraction}")
+        return clipped(with_null(estimator.estimate(z, s, n_boot=n_boot, seed=seed), estimator, z, s, n_perm, seed))
     perm = torch.randperm(z.shape[0], generator=torch.Generator().manual_seed(seed))
-    n_eval = int(round(z.shape[0] * eval_fraction))
-    if n_eval < 4 or z.shape[0] - n_eval < 8:
-        raise MIInputError(f"{z.shape[0]} samples are too few to train on and hold out {eval_fraction:.0%}")
-    ev, tr = perm[:n_eval], perm[n_eval:]
-    estimator.fit(z[tr], s[tr], num_classes=num_classes, settings=settings, seed=seed)
-    return estimator.estimate(z[ev], s[ev], n_boot=n_boot, seed=seed)
+    if folds == 1:
+        if not 0.0 < eval_fraction < 1.0:
+            raise MIInputError(f"eval_fraction must lie in (0, 1), got {eval_fraction}")
+        n_eval = int(round(z.shape[0] * eval_fraction))
+        if n_eval < 4 or z.shape[0] - n_eval < 8:
+            raise MIInputError(f"{z.shape[0]} samples are too few to train on and hold out {eval_fraction:.0%}")
+        ev, tr = perm[:n_eval], perm[n_eval:]
+        estimator.fit(z[tr], s[tr], num_classes=num_classes, settings=settings, seed=seed)
+        return clipped(with_null(estimator.estimate(z[ev], s[ev], n_boot=n_boot, seed=seed), estimator, z[ev], s[ev],
+                                 n_perm, seed))
+    return clipped(crossfit(z, s, method, params, perm, folds, num_classes, n_boot, n_perm, seed, settings))
+
+
+def clipped(result: MIResult) -> MIResult:
+    """``result`` with its value and CI mapped into [0, inf) (``intervals.nonnegative``); when that changed
+    them, the raw ones are kept in ``details["raw"]``."""
+    value, ci = nonnegative(result.nats, result.ci95)
+    if (value, ci) == (result.nats, tuple(result.ci95)):
+        return result
+    return replace(result, nats=value, ci95=ci,
+                   details={**result.details, "raw": {"nats": result.nats, "ci95": tuple(result.ci95)}})
+
+
+def with_null(result: MIResult, estimator: Estimator, z: torch.Tensor, s: torch.Tensor, n_perm: int,
+              seed: int) -> MIResult:
+    """``result`` with the permutation null of ``estimator`` on its evaluation samples (z, s) added."""
+    if n_perm == 0:
+        return result
+    null = estimator.null_values(z, s, n_perm, seed=seed)
+    return replace(result, p_value=permutation_p_value(result.nats, null),
+                   details={**result.details, "null": null_summary(null)})
+
+
+def crossfit(z: torch.Tensor, s: torch.Tensor, method: str, params: dict[str, Any], perm: torch.Tensor, folds: int,
+             num_classes: int | None, n_boot: int, n_perm: int, seed: int,
+             settings: TrainerSettings | None) -> MIResult:
+    """K-fold cross-fitted estimate (see ``estimate_mi``); fold k's estimator is seeded ``seed + k``."""
+    parts = list(torch.tensor_split(perm, folds))
+    if min(p.numel() for p in parts) < 4 or z.shape[0] - max(p.numel() for p in parts) < 8:
+        raise MIInputError(f"{z.shape[0]} samples are too few for {folds} folds")
+    results, nulls = [], []
+    for k, ev in enumerate(parts):
+        tr = torch.cat([p for j, p in enumerate(parts) if j != k])
+        est = ESTIMATORS.create(method, **params)
+        est.fit(z[tr], s[tr], num_classes=num_classes, settings=settings, seed=seed + k)
+        results.append(est.estimate(z[ev], s[ev], n_boot=n_boot, seed=seed + k))
+        if n_perm:
+            nulls.append(est.null_values(z[ev], s[ev], n_perm, seed=seed + k))
+    sizes = [r.n for r in results]
+    value, ci, facts = crossfit_interval([r.nats for r in results], [r.ci95 for r in results], sizes)
+    details = {**results[0].details, **facts}
+    p_value = None
+    if n_perm:
+        # Each fold's p-value is exact (its estimator never saw the fold), but the folds' statistics are
+        # dependent (each estimator trained on the other folds), so a null made of independent per-fold
+        # shuffles is too narrow for their sum. Twice the mean of p-values is valid under any dependence.
+        fold_p = [permutation_p_value(r.nats, nl) for r, nl in zip(results, nulls)]
+        p_value = min(1.0, 2.0 * sum(fold_p) / len(fold_p))
+        w = torch.tensor(sizes, dtype=torch.float64) / sum(sizes)
+        details["null"] = null_summary((torch.stack(nulls) * w[:, None]).sum(0))
+        details["fold_p_values"] = fold_p
+    return MIResult(value, ci, method, results[0].kind, sum(sizes), p_value, details)

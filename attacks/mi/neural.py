@@ -14,10 +14,19 @@ the training samples, and the weights of the best validation check are kept.
 There is no early stopping: the whole budget always runs (stopping early on a
 noisy bound is what made torch-mist's InfoNCE negative on easy cases).
 
+Calibration: after training, the critic bounds and ``classifier`` fit one scale
+a >= 0 of their critic (f -> a f; ``nwj`` also the offset that is optimal for it)
+on the validation part, maximising the method's own bound over a grid that holds
+0 and 1. At a = 0 every bound is exactly 0, so on independent data the estimate
+cannot be pushed below 0 by a critic that learnt noise (issue 22: InfoNCE, MINE,
+NWJ and SMILE read -0.04 to -0.05 nats with CIs excluding 0 without it); where
+the critic is informative a stays near 1 or sharpens it.
+
 Evaluation is on samples the estimator never trained or selected on. The
 estimate uses every pair of evaluation samples (row blocks, so memory is
 block x N), and its 95% CI is a bootstrap over evaluation samples (rows), each
 row's product-of-marginals term averaging over all other evaluation samples.
+Every random draw (network initialisation, batches, splits) follows ``seed``.
 """
 from __future__ import annotations
 
@@ -194,15 +203,17 @@ class _NeuralEstimator(Estimator):
 
 
 # ---------------------------------------------------------------- critic bounds
-def _row_stats(g: torch.Tensor, h: torch.Tensor, tau: float | None, block: int = 2048) -> dict[str, torch.Tensor]:
+def _row_stats(g: torch.Tensor, h: torch.Tensor, tau: float | None, scale: float = 1.0, shift: float = 0.0,
+               block: int = 2048) -> dict[str, torch.Tensor]:
     """Per evaluation row i: joint score f_ii, log-mean-exp of f_ij over j != i (also with f clipped to
-    [-tau, tau]) and log-sum-exp over all j, from embeddings g (N, E), h (N, E). Memory: block x N."""
+    [-tau, tau]) and log-sum-exp over all j, for f = scale * g h^T + shift from embeddings g (N, E),
+    h (N, E). Memory: block x N."""
     n = g.shape[0]
     keys = ("joint", "lme_off", "lse_all") + (("lme_off_clip",) if tau is not None else ())
     out = {k: torch.empty(n, dtype=torch.float64) for k in keys}
     for a in range(0, n, block):
         b = min(a + block, n)
-        f = (g[a:b] @ h.T).double()
+        f = (g[a:b] @ h.T).double() * scale + shift
         rows = torch.arange(b - a)
         out["joint"][a:b] = f[rows, rows + a]
         out["lse_all"][a:b] = f.logsumexp(1)
@@ -223,6 +234,18 @@ def _dv_summary(joint: torch.Tensor, lme: torch.Tensor, n_boot: int, seed: int) 
     return float(_dv_stat(joint, lme)), bootstrap_ci(_dv_stat, joint, lme, n_boot=n_boot, seed=seed)
 
 
+SCALE_GRID = torch.cat([torch.zeros(1), torch.logspace(-3, math.log10(30.0), 80), torch.ones(1)]).double()
+
+
+def best_scale(bound: Callable[[float], float]) -> float:
+    """The a in ``SCALE_GRID`` (0, 1 and 80 log-spaced values in [1e-3, 30]) maximising ``bound(a)``;
+    ties go to the smallest a."""
+    values = torch.tensor([bound(float(a)) for a in SCALE_GRID], dtype=torch.float64)
+    values = torch.where(torch.isfinite(values), values, torch.full_like(values, -math.inf))
+    best = values.max()
+    return float(SCALE_GRID[values == best].min())
+
+
 class _CriticEstimator(_NeuralEstimator):
     """A bound of the critic score matrix, trained with ``objective`` and selected with ``bound``."""
 
@@ -238,22 +261,45 @@ class _CriticEstimator(_NeuralEstimator):
     def summarize(self, rows: dict[str, torch.Tensor], n_boot: int, seed: int) -> tuple[float, tuple[float, float]]:
         raise NotImplementedError
 
+    def value(self, rows: dict[str, torch.Tensor]) -> float:
+        raise NotImplementedError
+
+    def calibration_bound(self, f: torch.Tensor) -> torch.Tensor:
+        """What the scale is chosen to maximise on the validation scores: the method's own bound."""
+        return self.bound(f)
+
+    def offset(self, f: torch.Tensor) -> float:
+        """A constant added to the scaled critic (0; NWJ: its optimal offset, fitted on validation scores)."""
+        return 0.0
+
     def fit(self, z, s, *, num_classes=None, settings=None, seed=0):
         p = self.params
         zt, st, zv, sv = self._prepare(z, s, num_classes, seed)
         s_dim = self.num_classes if s.ndim == 1 else st.shape[1]
+        L.seed_everything(seed, verbose=False)  # the initialisation follows the seed too
         self.critic = SeparableCritic(zt.shape[1], s_dim, s.ndim == 1, p.hidden, p.layers, p.embed)
         module = CriticModule(self.critic, self.objective, self.bound, p.lr, p.weight_decay)
         self.fit_info = train(module, zt, st, zv, sv, p, settings, seed, "val_mi", "max")
+        with torch.no_grad():
+            f = (predict(self.critic.g, zv, 4096) @ predict(self.critic.h, sv, 4096).T).double()
+            self.scale = best_scale(lambda a: float(self.calibration_bound(a * f)))
+            self.shift = self.offset(self.scale * f)
+        self.fit_info.update(scale=self.scale, offset=self.shift)
         return self
 
-    def estimate(self, z, s, *, n_boot=500, seed=0):
+    def _rows(self, z, s) -> dict[str, torch.Tensor]:
         zz, ss = self._inputs(z, s)
         if zz.shape[0] < 3:
             raise MIInputError(f"{self.name}: need at least 3 evaluation samples, got {zz.shape[0]}")
         g, h = predict(self.critic.g, zz, 4096), predict(self.critic.h, ss, 4096)
-        value, ci = self.summarize(_row_stats(g, h, getattr(self.params, "tau", None)), n_boot, seed)
-        return MIResult(value, ci, self.name, self.kind, int(z.shape[0]), self._details())
+        return _row_stats(g, h, getattr(self.params, "tau", None), self.scale, self.shift)
+
+    def estimate(self, z, s, *, n_boot=500, seed=0):
+        value, ci = self.summarize(self._rows(z, s), n_boot, seed)
+        return MIResult(value, ci, self.name, self.kind, int(z.shape[0]), details=self._details())
+
+    def statistic(self, z, s, *, seed=0):
+        return self.value(self._rows(z, s))
 
 
 @register_estimator("mine")
@@ -275,6 +321,9 @@ class MINE(_CriticEstimator):
     def summarize(self, rows, n_boot, seed):
         return _dv_summary(rows["joint"], rows["lme_off"], n_boot, seed)
 
+    def value(self, rows):
+        return float(_dv_stat(rows["joint"], rows["lme_off"]))
+
 
 @register_estimator("nwj")
 class NWJ(_CriticEstimator):
@@ -285,9 +334,19 @@ class NWJ(_CriticEstimator):
     def bound(self, f):
         return bounds.nwj_bound(f)
 
+    def calibration_bound(self, f):
+        return bounds.dv_bound(f)  # NWJ at its optimal offset (below) equals DV
+
+    def offset(self, f):
+        """1 - log E_q[e^f] on validation scores: maximises E_p[f + c] - E_q[e^(f + c - 1)] over c."""
+        return 1.0 - float(bounds.logmeanexp(bounds.offdiag_logmeanexp_rows(f)))
+
     def summarize(self, rows, n_boot, seed):
         terms = rows["joint"] - (rows["lme_off"] - 1.0).exp()
         return float(terms.mean()), mean_ci(terms, n_boot=n_boot, seed=seed)
+
+    def value(self, rows):
+        return float((rows["joint"] - (rows["lme_off"] - 1.0).exp()).mean())
 
 
 @register_estimator("infonce")
@@ -303,6 +362,9 @@ class InfoNCE(_CriticEstimator):
         terms = rows["joint"] - rows["lse_all"] + math.log(rows["joint"].shape[0])
         return float(terms.mean()), mean_ci(terms, n_boot=n_boot, seed=seed)
 
+    def value(self, rows):
+        return float((rows["joint"] - rows["lse_all"]).mean() + math.log(rows["joint"].shape[0]))
+
 
 @register_estimator("smile")
 class SMILE(_CriticEstimator):
@@ -317,29 +379,42 @@ class SMILE(_CriticEstimator):
     def objective(self, f, state):
         return bounds.js_objective(f)
 
+    def calibration_bound(self, f):
+        return bounds.dv_bound(f)  # SMILE is no bound: maximising it over the scale would inflate it
+
     def bound(self, f):
         return bounds.smile_estimate(f, self.params.tau)
 
     def summarize(self, rows, n_boot, seed):
         return _dv_summary(rows["joint"], rows["lme_off_clip"], n_boot, seed)
 
+    def value(self, rows):
+        return float(_dv_stat(rows["joint"], rows["lme_off_clip"]))
+
 
 # ---------------------------------------------------------------- variational conditionals
 class _ConditionalEstimator(_NeuralEstimator):
-    """Fits q(s | z) by maximum likelihood (softmax classifier for labels, diagonal Gaussian otherwise);
-    for labels the softmax temperature is then fitted on the validation part (calibration)."""
+    """Fits q(s | z) by maximum likelihood (softmax classifier for labels, diagonal Gaussian otherwise),
+    then calibrates it on the validation part (``_calibrate``)."""
 
     def fit(self, z, s, *, num_classes=None, settings=None, seed=0):
         p = self.params
         zt, st, zv, sv = self._prepare(z, s, num_classes, seed)
         out = self.num_classes if s.ndim == 1 else 2 * st.shape[1]
+        L.seed_everything(seed, verbose=False)  # the initialisation follows the seed too
         self.net = mlp(zt.shape[1], p.hidden, p.layers, out)
         self.nll = categorical_nll if s.ndim == 1 else gaussian_nll
         module = ConditionalModule(self.net, self.nll, p.lr, p.weight_decay)
         self.fit_info = train(module, zt, st, zv, sv, p, settings, seed, "val_nll", "min")
-        self.temperature = _fit_temperature(predict(self.net, zv), sv) if s.ndim == 1 else 1.0
-        self.fit_info["temperature"] = self.temperature
+        if s.ndim == 1:
+            self.log_pi = _log_prior(st, self.num_classes, smoothing=0.5)
+        self._calibrate(predict(self.net, zv).double(), sv)
         return self
+
+    def _calibrate(self, out_val: torch.Tensor, s_val: torch.Tensor) -> None:
+        """Labels: the softmax temperature minimising the validation cross-entropy."""
+        self.temperature = _fit_temperature(out_val, s_val) if s_val.ndim == 1 else 1.0
+        self.fit_info["temperature"] = self.temperature
 
     def _outputs(self, z, s):
         zz, ss = self._inputs(z, s)
@@ -363,31 +438,63 @@ def _fit_temperature(logits: torch.Tensor, s: torch.Tensor) -> float:
     return float(log_t.detach().exp().clamp(0.05, 20.0))
 
 
-def _log_prior(s: torch.Tensor, k: int) -> torch.Tensor:
-    """log of the empirical label frequencies of ``s`` (K,)."""
-    return (torch.bincount(s, minlength=k).double() / s.shape[0]).log()
+def _log_prior(s: torch.Tensor, k: int, smoothing: float = 0.0) -> torch.Tensor:
+    """log of the label frequencies of ``s`` (K,), with ``smoothing`` pseudo-counts per label."""
+    return ((torch.bincount(s, minlength=k).double() + smoothing) / (s.shape[0] + k * smoothing)).log()
+
+
+def _leave_one_out_prior(s: torch.Tensor, k: int) -> torch.Tensor:
+    """(N, K): row i = the label frequencies of the other N - 1 samples (the product-of-marginals partners of i)."""
+    counts = torch.bincount(s, minlength=k).double()
+    return (counts[None, :] - F.one_hot(s, k).double()) / (s.shape[0] - 1)
+
+
+def ratio_scores(logits: torch.Tensor, log_pi: torch.Tensor, scale: float) -> torch.Tensor:
+    """(N, K) critic f(z, s) = log q_a(s | z) - log pi(s), q_a = softmax(a (logits - log pi) + log pi):
+    a = 1 is the classifier itself, a = 0 the prior pi (f = 0), a in between shrinks it towards pi."""
+    return (scale * (logits - log_pi) + log_pi).log_softmax(1) - log_pi
+
+
+def classifier_rows(f: torch.Tensor, s: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Per sample i: the joint score f(z_i, s_i) and log sum_s p_-i(s) e^f(z_i, s), the DV partition term of
+    row i against the other samples' labels."""
+    joint = f.gather(1, s[:, None]).squeeze(1)
+    return joint, (f + _leave_one_out_prior(s, f.shape[1]).log()).logsumexp(1)
 
 
 @register_estimator("classifier")
 class Classifier(_ConditionalEstimator):
-    """Barber-Agakov lower bound H(S) - CE of a classifier q(s | z), CE measured on held-out samples."""
+    """Classifier lower bound: DV with the critic log q(s|z) / pi(s) of a classifier q, on held-out samples."""
 
+    # With pi = p(s) the DV partition term is 0 and this is Barber & Agakov's H(S) - CE(q); estimating
+    # the partition term on the evaluation samples instead of assuming it keeps it a DV bound for the
+    # training prior pi, and makes it exactly 0 for the prior itself (a = 0).
     kind = "lower"
     accepts = ("discrete",)
 
+    def _calibrate(self, out_val, s_val):
+        """The shrinkage a (``ratio_scores``) maximising the bound on the validation part."""
+        self.scale = best_scale(lambda a: float(_dv_stat(*classifier_rows(ratio_scores(out_val, self.log_pi, a),
+                                                                           s_val))))
+        self.fit_info["scale"] = self.scale
+
+    def _scores(self, z, s):
+        zz, ss = self._inputs(z, s)
+        logits = predict(self.net, zz, 4096).double()
+        return ratio_scores(logits, self.log_pi, self.scale), ss
+
+    def statistic(self, z, s, *, seed=0):
+        f, ss = self._scores(z, s)
+        return float(_dv_stat(*classifier_rows(f, ss)))
+
     def estimate(self, z, s, *, n_boot=500, seed=0):
-        logits, ss = self._outputs(z, s)
-        log_q = logits.log_softmax(1).gather(1, ss[:, None]).squeeze(1)
-        k = self.num_classes
-
-        def stat(log_q, labels):  # plug-in H(S) of the evaluation labels minus the cross-entropy
-            return log_q.mean() - _log_prior(labels, k)[labels].mean()
-
-        value = float(stat(log_q, ss))
-        ci = bootstrap_ci(stat, log_q, ss, n_boot=n_boot, seed=seed)
-        entropy = float(-_log_prior(ss, k)[ss].mean())
+        f, ss = self._scores(z, s)
+        joint, lme = classifier_rows(f, ss)
+        value, ci = _dv_summary(joint, lme, n_boot, seed)
+        entropy = float(-_log_prior(ss, self.num_classes)[ss].mean())
+        cross_entropy = float(-(f.gather(1, ss[:, None]).squeeze(1) + self.log_pi[ss]).mean())
         return MIResult(value, ci, self.name, self.kind, int(z.shape[0]),
-                        {**self._details(), "entropy_s": entropy, "cross_entropy": entropy - value})
+                        details={**self._details(), "entropy_s": entropy, "cross_entropy": cross_entropy})
 
 
 @register_estimator("club")
@@ -396,29 +503,31 @@ class CLUB(_ConditionalEstimator):
 
     # An upper bound when q(s|z) fits p(s|z) well enough (Cheng et al. 2020, Theorem 3.2);
     # on PCA-reduced z it bounds I(reduced Z; S), which need not bound I(Z; S).
+    # The product-of-marginals term of sample i averages over the other samples only
+    # (leave one out), so on independent data each term has expectation exactly 0.
     kind = "upper"
 
-    def estimate(self, z, s, *, n_boot=500, seed=0):
+    def terms(self, z, s) -> torch.Tensor:
+        """(N,) per-sample terms log q(s_i|z_i) - mean_{j != i} log q(s_j|z_i); their mean is the estimate."""
         out, ss = self._outputs(z, s)
+        n = ss.shape[0]
+        if n < 2:
+            raise MIInputError(f"{self.name}: need at least 2 evaluation samples, got {n}")
         if s.ndim == 1:
-            k = self.num_classes
             log_q = out.log_softmax(1)
+            joint = log_q.gather(1, ss[:, None]).squeeze(1)
+            return joint - (log_q * _leave_one_out_prior(ss, self.num_classes)).sum(1)
+        mu, logvar = out.chunk(2, dim=1)
+        inv = 0.5 * (-logvar).exp()  # the normalisers cancel
+        own = (ss - mu) ** 2
+        # sum_{j != i} (s_j - mu_i)^2 = n (var s + (mean s - mu_i)^2) - (s_i - mu_i)^2
+        others = (n * (ss.var(0, unbiased=False) + (ss.mean(0) - mu) ** 2) - own) / (n - 1)
+        return ((others - own) * inv).sum(1)
 
-            def stat(log_q, labels):
-                joint = log_q.gather(1, labels[:, None]).mean()
-                marginal = (log_q * _log_prior(labels, k).exp()).sum(1).mean()
-                return joint - marginal
+    def statistic(self, z, s, *, seed=0):
+        return float(self.terms(z, s).mean())
 
-            tensors = (log_q, ss)
-        else:
-            mu, logvar = out.chunk(2, dim=1)
-
-            def stat(mu, logvar, s):  # the normalisers cancel; mean_j (s_j - mu)^2 = (mean s - mu)^2 + var s
-                inv = 0.5 * (-logvar).exp()
-                marginal = ((s.mean(0) - mu) ** 2 + s.var(0, unbiased=False)) * inv
-                return (marginal - (s - mu) ** 2 * inv).sum(1).mean()
-
-            tensors = (mu, logvar, ss)
-        value = float(stat(*tensors))
-        ci = bootstrap_ci(stat, *tensors, n_boot=n_boot, seed=seed)
-        return MIResult(value, ci, self.name, self.kind, int(z.shape[0]), self._details())
+    def estimate(self, z, s, *, n_boot=500, seed=0):
+        terms = self.terms(z, s)
+        return MIResult(float(terms.mean()), mean_ci(terms, n_boot=n_boot, seed=seed), self.name, self.kind,
+                        int(z.shape[0]), details=self._details())

@@ -7,6 +7,14 @@ information (data processing), so a lower bound on the reduced feature is a lowe
 bound on I(Z; S) itself; an upper bound (``club``) bounds the reduced feature only.
 Estimators that train are fitted on the attacker's aux split and evaluated on the
 test split; ``ksg`` uses the test split alone. chance = 0 nats, advantage = value.
+
+Every record carries a permutation test of "I(Z; S) > 0" against the estimator's
+own null: the fitted estimator is re-evaluated ``n_perm`` times with the attribute
+shuffled among the test samples (no refitting; exact, since the test samples did
+not train it). ``extra["p_value_permutation"]`` = (1 + #{null >= value}) / (1 + n_perm),
+``extra["null_values"]`` = the null's n_perm, mean, std, q95 and max in nats.
+Values and CIs are mapped into [0, inf) (MI is non-negative); ``extra["raw"]`` keeps
+the raw ones where that changed them.
 """
 from __future__ import annotations
 
@@ -18,7 +26,7 @@ from pydantic import Field, model_validator
 
 from attacks import register_attack
 from attacks.base import Attack, AttackContext, Score
-from attacks.mi.core import ESTIMATORS, Estimator, check_inputs, check_method
+from attacks.mi.core import ESTIMATORS, Estimator, check_inputs, check_method, clipped, with_null
 from audit.registry import PluginParamsError, UnknownPluginError
 
 
@@ -55,6 +63,8 @@ class MIAttack(Attack):
         pca: int | None = Field(16, ge=1, description="principal components kept before estimation (None: all)")
         steps: int = Field(200, ge=1, description="training budget (Adam steps) of every estimator that trains")
         batch_size: int = Field(128, ge=2, description="batch size of every estimator that trains")
+        n_perm: int = Field(100, ge=0, description="permutations of the attribute among the test samples for each "
+                                                   "record's null and p-value (0: none; smallest p = 1/(1+n_perm))")
         method_params: dict[str, dict[str, Any]] = Field(
             default_factory=dict, description="per-method parameters, e.g. {ksg: {k: 5}, classifier: {steps: 800}}")
 
@@ -99,8 +109,11 @@ class MIAttack(Attack):
         scores = []
         for (target, method), est in self.fitted.items():
             zc, s = check_inputs(z, ctx.test.private[target])
-            r = est.estimate(zc, s, n_boot=ctx.n_boot, seed=ctx.seed)
+            r = clipped(with_null(est.estimate(zc, s, n_boot=ctx.n_boot, seed=ctx.seed), est, zc, s,
+                                  self.params.n_perm, ctx.seed))
+            details = dict(r.details)
+            null = details.pop("null", None)
             extra = {"unit": "nats", "kind": r.kind, "feature_dim": int(z.shape[1]), "pool": self.params.pool,
-                     **r.details}
+                     "p_value_permutation": r.p_value, "null_values": null, **details}
             scores.append(Score(target, f"mi_{method}", r.nats, r.ci95, 0.0, r.n, extra=extra))
         return scores

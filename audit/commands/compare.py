@@ -28,7 +28,8 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--policy", help="take tolerances (regression section) from this policy YAML")
     p.add_argument("--all", action="store_true", help="also list unchanged measurements")
     p.add_argument("--format", choices=["text", "markdown", "csv"], default="text")
-    p.add_argument("--fail-on-regression", action="store_true", help="exit 1 when some leakage rose, accuracy fell, or a compared value is NaN/inf")
+    p.add_argument("--fail-on-regression", action="store_true",
+                   help="exit 1 when some leakage rose, accuracy fell, or a compared value is NaN/inf")
     p.set_defaults(handler=main)
 
 

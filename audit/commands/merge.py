@@ -22,7 +22,8 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     )
     p.add_argument("folders", nargs="+", metavar="DIR", help="output folders of the shards")
     p.add_argument("--out", required=True, help="folder for the merged report (new, or a previous merge of the same audit)")
-    p.add_argument("--partial", action="store_true", help="write a report even when some cells are missing; it is marked environment.partial: true "
+    p.add_argument("--partial", action="store_true",
+                   help="write a report even when some cells are missing; it is marked environment.partial: true "
                    "(with missing_cells and missing_shards)")
     p.add_argument("-q", "--quiet", action="store_true", help="only warnings and errors")
     p.set_defaults(handler=main)

@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import argparse
 import logging
+from pathlib import Path
 
 log = logging.getLogger("splitaudit")
 
@@ -62,10 +63,23 @@ def executor_from_args(args: argparse.Namespace):
                          cpus_per_task=args.cpus_per_task)
 
 
+def stop_message(err: BaseException, out: str) -> str:
+    """What the CLI says when a run stops on an I/O error or a signal: the cause, and what is kept."""
+    from audit.errors import describe_os_error
+    from audit.store import MANIFEST
+
+    cause = getattr(err, "splitaudit_detail", None) or (describe_os_error(err) if isinstance(err, OSError) else "")
+    if not Path(out, MANIFEST).is_file():  # stopped before the run claimed OUT
+        return cause or f"nothing was written to {out}"
+    kept = len(list(Path(out, "cells").glob("*.json")))
+    return f"{cause + '; ' if cause else ''}{kept} finished cell(s) kept in {out}; rerun the same command to resume"
+
+
 def main(args: argparse.Namespace) -> int:
     from audit.api import Audit
     from audit.cli import EXIT_FAILED, EXIT_OK
     from audit.config import load_config
+    from audit.errors import AuditInterrupted, with_detail
     from audit.runner import parse_shard
 
     config = load_config(args.config, args.overrides)
@@ -78,7 +92,11 @@ def main(args: argparse.Namespace) -> int:
         if wandb is not None and wandb.mode == "disabled":  # --wandb overrides a disabled config
             wandb = wandb.model_copy(update={"mode": "online"})
         config = config.model_copy(update={"tracking": TrackingConfig(wandb=wandb)})
-    report = Audit(config, cache_dir=args.cache_dir).run(args.out, executor=executor, shard=shard, resume=args.resume)
+    try:
+        report = Audit(config, cache_dir=args.cache_dir).run(args.out, executor=executor, shard=shard,
+                                                             resume=args.resume)
+    except (OSError, AuditInterrupted, KeyboardInterrupt) as err:
+        raise with_detail(err, stop_message(err, args.out)) from None
     failed = [r for r in report["results"] if r["status"] != "ok"]
     log.info("wrote %s/report.json, results.csv and report.html (%d records)", args.out, len(report["results"]))
     if failed:

@@ -104,7 +104,8 @@ def batch_fields(
         elif isinstance(rest[0], Mapping):
             missing = [n for n in private if n not in rest[0]]
             if missing:
-                raise AuditInputError(f"private label(s) {missing} not in the batch's dict; it has: {', '.join(map(str, rest[0]))}")
+                raise AuditInputError(
+                    f"private label(s) {missing} not in the batch's dict; it has: {', '.join(map(str, rest[0]))}")
             private_values = {n: rest[0][n] for n in private}
         else:
             s = torch.as_tensor(rest[0])

@@ -33,7 +33,7 @@ log = logging.getLogger("splitaudit")
 
 RACES = ["white", "black", "asian", "indian", "others"]
 GENDERS = ["male", "female"]
-_NAME = re.compile(r"^(\d{1,3})_(\d)_(\d)_(\d{17})\.jpg\.chip\.jpg$")
+_NAME = re.compile(r"^([0-9]{1,3})_([0-9])_([0-9])_([0-9]{17})\.jpg\.chip\.jpg$")  # ASCII digits only
 _IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png")
 
 UTKLabel = Literal["gender", "race", "age_bucket"]

@@ -72,6 +72,30 @@ def _constraints_text(decision) -> str | None:
     return None if decision is None else decision.text()
 
 
+def timing_rows(timings: dict[str, Any] | None) -> list[dict[str, str]]:
+    """Rows of the 'where the time went' table (stage, seconds, share of the total, count), largest first."""
+    if not timings:
+        return []
+    rows = [(f"driver: {k.removesuffix('_seconds').replace('_', ' ')}", v, "")
+            for k, v in (timings.get("driver_seconds") or {}).items()]
+    rows += [(f"groups: {k.removesuffix('_seconds').replace('_', ' ')}", v, "")
+             for k, v in (timings.get("group_seconds") or {}).items()]
+    for name, a in (timings.get("attack_seconds") or {}).items():
+        rows += [(f"attack {name}: fit", a.get("fit_seconds", 0.0), str(a.get("cells", ""))),
+                 (f"attack {name}: score", a.get("score_seconds", 0.0), str(a.get("cells", "")))]
+    total = sum(v for _, v, _ in rows) or 1.0
+    return [{"stage": stage, "seconds": f"{v:.1f}", "share": f"{100 * v / total:.0f}%", "count": count}
+            for stage, v, count in sorted(rows, key=lambda r: -r[1])]
+
+
+def _peak_rss(timings: dict[str, Any] | None) -> str:
+    peak = (timings or {}).get("peak_rss_mb") or {}
+    if not peak:
+        return ""
+    workers = f", workers {peak['workers'] / 1024:.2f} GB" if peak.get("workers") else ""
+    return f"driver {peak.get('driver', 0) / 1024:.2f} GB{workers}"
+
+
 def render_html(report: dict[str, Any], out_dir: str | Path, figures: list | None = None) -> str:
     """The page for ``report``; ``out_dir`` is where relative artifact paths (grids) point.
     ``figures`` (from :func:`audit.html.figures.all_figures`) are rendered when not given."""
@@ -120,6 +144,7 @@ def render_html(report: dict[str, Any], out_dir: str | Path, figures: list | Non
         device=(report.get("environment") or {}).get("device", "?"),
         alpha=settings.alpha, power=settings.power, constraints=_constraints_text(constrained),
         tasks=views, has_grids=any(v["grids"] for v in views), failed=failed, task_infos=_task_infos(report),
+        timing_rows=timing_rows(report.get("timings")), peak_rss=_peak_rss(report.get("timings")),
         threat_model=Markup(templates.joinpath("threat_model.html").read_text(encoding="utf-8")),
         config_yaml=yaml.safe_dump(config, sort_keys=False, default_flow_style=None, width=100),
         environment_yaml=yaml.safe_dump(report.get("environment") or {}, sort_keys=False, width=100),

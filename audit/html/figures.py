@@ -96,7 +96,8 @@ def leakage_figures(task: Task, labels: dict, colors: dict) -> list[Figure]:
                 color = colors[dkey]
                 ax.plot(xs, [p.value for p in ps], marker="o", color=color, label=labels[dkey], lw=1.8)
                 ax.fill_between(xs, [p.low for p in ps], [p.high for p in ps], color=color, alpha=0.18, lw=0)
-            chance = [aggregate(rs).chance if (rs := task.select(cut_point=c, attack=attack, target=target, metric=metric)) else None
+            chance = [aggregate(rs).chance
+                      if (rs := task.select(cut_point=c, attack=attack, target=target, metric=metric)) else None
                       for c in task.cut_points]
             if any(c is not None for c in chance):
                 ax.plot(x, [math.nan if c is None else c for c in chance], ls="--", color="0.35", lw=1.2, label="chance")
@@ -190,7 +191,8 @@ def frontier_figure(task: Task, labels: dict, colors: dict) -> Figure | None:
     handles = [Line2D([], [], ls="none", marker="o", color=colors[d], label=labels[d]) for d in task.defenses]
     handles += [Line2D([], [], ls="none", marker=markers[c], color="0.3", mfc="none", label=f"cut {c}") for c in task.cut_points]
     handles += [Line2D([], [], ls="none", marker="o", mfc="0.3", mec="black", label="Pareto-optimal (filled)"),
-                Line2D([], [], ls="--", color="0.35", label="chance"), Line2D([], [], ls="-.", color="0.55", label="undefended model")]
+                Line2D([], [], ls="--", color="0.35", label="chance"),
+                Line2D([], [], ls="-.", color="0.55", label="undefended model")]
     fig.legend(handles=handles, loc="outside right center", fontsize=8, frameon=False)
     title = f"{task.title}: privacy–utility frontier"
     footer = (f"{_seeds_n(used)} · one point per (cut point, defense, seed), named by the legend (colour: defense, "

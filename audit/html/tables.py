@@ -136,7 +136,8 @@ def summary(task: Task, labels: dict, leaking: set[int] | None = None) -> dict[s
     rows = []
     for dkey in task.defenses:
         recs = task.select(defense=dkey)
-        accs = sorted({r["utility"].get("primary_accuracy") for r in recs if (r.get("utility") or {}).get("primary_accuracy") is not None})
+        accs = sorted({r["utility"].get("primary_accuracy") for r in recs
+                       if (r.get("utility") or {}).get("primary_accuracy") is not None})
         cells = []
         for target, metric in columns:
             w = worst([r for r in recs if r["target"] == target and r["metric"] == metric])

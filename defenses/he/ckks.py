@@ -17,12 +17,14 @@ no Galois keys or all of them (33 MB at N = 8192).
 
 Ciphertexts cross the wire as SEAL's own serialization (``Ciphertext.save``,
 zstd-compressed when SEAL was built with it); SEAL's Python binding saves to a
-path, so (de)serialization goes through a private scratch folder in /dev/shm.
+path, so (de)serialization goes through a private scratch folder in /dev/shm
+(named with the pid; folders of processes that died without cleaning up are removed).
 """
 from __future__ import annotations
 
 import math
 import os
+import re
 import shutil
 import tempfile
 from dataclasses import dataclass
@@ -70,12 +72,47 @@ def galois_element(step: int, poly_modulus_degree: int) -> int:
     return pow(3, step % slots, 2 * poly_modulus_degree)
 
 
+SCRATCH_PREFIX = "splitaudit-he-"
+_SCRATCH_NAME = re.compile(re.escape(SCRATCH_PREFIX) + r"([0-9]+)-")
+
+
+def _pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # another user's live process
+        return True
+    return True
+
+
+def remove_stale_scratch(base: str | None) -> list[str]:
+    """Remove scratch folders under ``base`` (default: the temp folder) left by processes that are gone
+    (killed with SIGKILL, so ``close`` never ran); the owner's pid is in the folder name. Returns their paths."""
+    base = base or tempfile.gettempdir()
+    removed = []
+    try:
+        entries = os.listdir(base)
+    except OSError:
+        return removed
+    for name in entries:
+        m = _SCRATCH_NAME.match(name)
+        if m and int(m.group(1)) != os.getpid() and not _pid_alive(int(m.group(1))):
+            path = os.path.join(base, name)
+            shutil.rmtree(path, ignore_errors=True)
+            removed.append(path)
+    return removed
+
+
 class Scratch:
-    """A private folder (in /dev/shm when it exists) for SEAL's path-based save/load."""
+    """A private folder (in /dev/shm when it exists) for SEAL's path-based save/load.
+
+    Its name carries this process's pid; creating one first removes the folders of dead processes."""
 
     def __init__(self):
         base = "/dev/shm" if os.path.isdir("/dev/shm") and os.access("/dev/shm", os.W_OK) else None
-        self.dir = tempfile.mkdtemp(prefix="splitaudit-he-", dir=base)
+        remove_stale_scratch(base)
+        self.dir = tempfile.mkdtemp(prefix=f"{SCRATCH_PREFIX}{os.getpid()}-", dir=base)
         self.path = os.path.join(self.dir, "obj.bin")
 
     def dump(self, obj) -> bytes:

@@ -131,7 +131,8 @@ class HomomorphicEncryption(Defense):
             "packed", description="packed: batch-packed diagonal layout (BSGS rotations); naive: one ciphertext "
             "per sample in, one per output element out",
         )
-        batch_size: int = Field(64, ge=1, description="samples per ciphertext in the packed layout (rounded up to a power of two)")
+        batch_size: int = Field(
+            64, ge=1, description="samples per ciphertext in the packed layout (rounded up to a power of two)")
         activations: Literal["device", "polynomial"] = Field(
             "device", description="device: a round trip per non-linear layer (exact); polynomial: least-squares "
             "polynomial in the cloud (needs more levels)",

@@ -336,6 +336,7 @@ class Protocol:
         b = z.shape[0]
         traffic.samples += b
         payload = self.upload(z, traffic)
+        y = None  # the device's decrypted result of the previous round
         for r in range(len(self.schedule.rounds)):
             if r:
                 start = time.perf_counter()

@@ -31,6 +31,7 @@ from typing import Callable
 import numpy as np
 import torch
 
+from audit.errors import reserve_file_space
 from audit.paths import inside
 from audit.store import atomic_write
 
@@ -127,6 +128,7 @@ def write_batches(
             batch = fn(start, stop).detach().cpu()
             if out is None:
                 out = np.lib.format.open_memmap(tmp, mode="w+", dtype=numpy_dtype(batch.dtype), shape=(n, *batch.shape[1:]))
+                reserve_file_space(tmp)  # a full disk: OSError (ENOSPC) here, not SIGBUS at a mapped write
             out[start:stop] = batch.numpy()
         if out is None:
             raise ValueError("no rows to write")
@@ -164,6 +166,7 @@ def map_batches(
     os.close(fd)
     try:
         out = np.lib.format.open_memmap(tmp, mode="w+", dtype=numpy_dtype(first.dtype), shape=(n, *first.shape[1:]))
+        reserve_file_space(tmp)  # a full disk: OSError (ENOSPC) here, not SIGBUS at a mapped write
         out[: first.shape[0]] = first.numpy()
         for start in range(batch_size, n, batch_size):
             stop = min(n, start + batch_size)

@@ -1,6 +1,6 @@
 """Every registered defense on one audit task: primary accuracy, each attack's leakage with its CI, cost.
 
-    SPLITAUDIT_CACHE=/work/cache nice -n 10 python benchmarks/defenses.py \
+    SPLITAUDIT_CACHE=/work/cache nice -n 10 python benchmarks/defense_table.py \
         [--config configs/utkface_defenses.yaml] [--out benchmarks/out/defenses] \
         [--cut-points pool3 conv1] [--defenses siamese datamix] [--table-only]
 
@@ -24,18 +24,16 @@ import argparse
 import json
 import logging
 import re
-import sys
 import time
 from pathlib import Path
 from typing import Any, Callable
 
-ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
+from audit.config import AuditConfig, PluginSpec, build_config, load_config
+from audit.progress import Progress
+from audit.runner import AuditRun, TaskState, task_key
+from defenses import DEFENSES
 
-from audit.config import AuditConfig, PluginSpec, build_config, load_config  # noqa: E402
-from audit.progress import Progress  # noqa: E402
-from audit.runner import AuditRun, TaskState, task_key  # noqa: E402
-from defenses import DEFENSES  # noqa: E402
+ROOT = Path(__file__).resolve().parents[1]
 
 log = logging.getLogger("splitaudit")
 

@@ -265,7 +265,8 @@ class Features(Dataset):
     class Params(PluginParams):
         path: Path = Field(description="the dump (.npz read without pickle, .pt read with weights_only)")
         primary: str | None = Field(None, description="primary label name (default: meta's, else none)")
-        private: list[str] | None = Field(None, description="private labels to attack (default: meta's, else all but the primary)")
+        private: list[str] | None = Field(
+            None, description="private labels to attack (default: meta's, else all but the primary)")
 
     def load(self, cache_dir: Path | None) -> FeatureData:
         p = self.params

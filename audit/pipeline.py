@@ -1,0 +1,158 @@
+"""The work of one (cut point, defense) group and its attack cells, as plain functions.
+
+::
+
+    defense = fit_defense(name, params, split, train, ...)      # may fine-tune copies of edge / cloud
+    aux, test = release_views(defense, split, data, ...)        # what the cloud sees; finiteness checked
+    utility = measure_utility(defense, split, test_part, ...)   # primary accuracy through the defense
+    cost = defense.cost(x, full_flops)                          # edge FLOPs, bytes, latency, rounds
+    scores = run_attack(name, params, views, defense, seed)     # the attack sees a cloud view only
+
+The runner (:mod:`audit.runner`, and through it every executor), the tests' helpers and the
+benchmark scripts all go through these functions, so there is one recipe for a cell.
+Seeds are passed in: :func:`stage_seed` derives each stage's seed from the audit seed and the
+stage's identity, so a cell's values do not depend on what ran before it.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import math
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import lightning as L
+import torch
+
+from attacks import ATTACKS, AttackContext, AttackView, ReleaseChannel, Score
+from audit.data import AuditData, Part
+from audit.feature_store import Rows, map_batches
+from audit.profile import timed
+from audit.registry import PluginParams, Registry
+from audit.stats import mean_ci
+from audit.training import TrainerSettings
+from defenses import DEFENSES, Defense, FitContext, SplitPoint
+
+
+def stable_hash(*parts: Any, length: int = 16) -> str:
+    """Hex digest (``length`` characters) of JSON-serialisable ``parts``: ids and cache keys."""
+    return hashlib.sha256(json.dumps(parts, sort_keys=True, default=str).encode()).hexdigest()[:length]
+
+
+def stage_seed(seed: int, *identity: Any) -> int:
+    """A seed for one stage, derived from the audit seed and what the stage is."""
+    return int(stable_hash(seed, *identity, length=8), 16) % (2**31 - 1)
+
+
+def _create(registry: Registry, name: str, params: dict[str, Any] | PluginParams):
+    """A plugin from validated parameters as they are, or from a dict (validated here)."""
+    return registry.from_params(name, params) if isinstance(params, PluginParams) else registry.create(name, **params)
+
+
+def release_all(
+    defense: Defense, x: torch.Tensor, features: torch.Tensor | Rows, batch_size: int = 512,
+    scratch_dir: Path | None = None, max_ram_mb: float = math.inf, label: str | None = None,
+) -> torch.Tensor:
+    """``defense.release`` over a whole split, in batches; with ``scratch_dir`` a result larger
+    than ``max_ram_mb`` is memory-mapped from a scratch file there instead of held in RAM.
+    With ``label`` a slow release (e.g. encryption) logs its progress."""
+    return map_batches(lambda a, b: defense.release(x[a:b], features[a:b]), x.shape[0], scratch_dir,
+                       max_ram_mb, batch_size, label)
+
+
+def predict_all(defense: Defense, x: torch.Tensor, features: torch.Tensor, batch_size: int = 512,
+                label: str | None = None) -> torch.Tensor:
+    """``defense.predict`` (primary logits through the defended pipeline) over a whole split, in batches;
+    with ``label`` a slow one (e.g. encrypted inference) logs its progress."""
+    return map_batches(lambda a, b: defense.predict(x[a:b], features[a:b]), x.shape[0], None, math.inf,
+                       batch_size, label)
+
+
+def all_finite(z: torch.Tensor, batch: int = 4096) -> bool:
+    """``torch.isfinite(z).all()`` in row batches (no full-size temporary for large, mapped arrays)."""
+    return all(bool(torch.isfinite(z[i : i + batch]).all()) for i in range(0, z.shape[0], batch))
+
+
+def fit_defense(name: str, params: dict[str, Any] | PluginParams, split: SplitPoint, train: Part,
+                num_classes: int, settings: TrainerSettings, seed: int, audit_seed: int | None = None) -> Defense:
+    """The defense ``name`` with ``params`` (a dict, or parameters validated before: the config's),
+    fitted at ``split`` on the task-train split (seeded with ``seed``)."""
+    L.seed_everything(seed, verbose=False)
+    defense = _create(DEFENSES, name, params)
+    defense.fit(FitContext(split, train, num_classes, settings, seed, audit_seed=audit_seed))
+    return defense
+
+
+def release_views(
+    defense: Defense, split: SplitPoint, data: AuditData, attacker_parts: tuple[str, ...] = ("aux",), *,
+    scratch_dir: Path | None = None, max_ram_mb: float = math.inf, label: str = "",
+) -> tuple[AttackView, AttackView]:
+    """(aux, test) as the attacker has them: what ``defense`` releases for the splits the attacks train
+    on (``attacker_parts``, rows in that order) and for the test split, with inputs and labels.
+    Raises ValueError when a release holds NaN / inf."""
+    aux, test = data.part(*attacker_parts), data.part("test")
+    where = f"{label}: " if label else ""
+    z_aux = release_all(defense, aux.x, Rows(*(split.features(p) for p in attacker_parts)), scratch_dir=scratch_dir,
+                        max_ram_mb=max_ram_mb, label=f"{where}release of the {'+'.join(attacker_parts)} split")
+    z_test = release_all(defense, test.x, split.features("test"), scratch_dir=scratch_dir, max_ram_mb=max_ram_mb,
+                         label=f"{where}release of the test split")
+    for name, z in (("aux", z_aux), ("test", z_test)):
+        if z.is_floating_point() and not all_finite(z):
+            raise ValueError(f"defense {label or type(defense).__name__} released NaN/inf features for the "
+                             f"{name} split at {split.cut_point}")
+    return AttackView(z_aux, aux.x, aux.y, aux.private), AttackView(z_test, test.x, test.y, test.private)
+
+
+def measure_utility(defense: Defense, split: SplitPoint, test: Part, task_accuracy: float, seed: int,
+                    label: str = "") -> dict[str, Any]:
+    """Primary accuracy through the defended pipeline on the test split, with its 95% CI (bootstrap,
+    ``seed``), next to the undefended task model's (``task_accuracy``)."""
+    where = f"{label}: " if label else ""
+    logits = predict_all(defense, test.x, split.features("test"), label=f"{where}prediction on the test split")
+    correct = (logits.argmax(1) == test.y).float()
+    return {
+        "primary_accuracy": float(correct.mean()),
+        "primary_accuracy_ci95": list(mean_ci(correct, seed=seed)),
+        "task_accuracy": task_accuracy,
+        "n_eval": len(test),
+    }
+
+
+@dataclass
+class AttackInputs:
+    """Everything of a group that its attack cells share (the cloud view, not the defense)."""
+
+    aux: AttackView
+    test: AttackView
+    num_classes: dict[str, int]  # label name (primary and private) -> number of classes
+    primary: str
+    split: SplitPoint
+    settings: TrainerSettings
+    n_boot: int = 500
+    scratch_dir: Path | None = None
+    max_ram_mb: float = math.inf
+
+
+def attack_context(inputs: AttackInputs, defense: Defense, seed: int, artifact_dir: Path | None = None) -> AttackContext:
+    """The context one attack cell gets: the group's views and a release channel of its own (seeded
+    from the attack's ``seed``); never the fitted defense (see :class:`attacks.ReleaseChannel`)."""
+    return AttackContext(
+        aux=inputs.aux, test=inputs.test, num_classes=inputs.num_classes, primary=inputs.primary,
+        channel=ReleaseChannel(defense, seed), split=inputs.split, settings=inputs.settings, seed=seed,
+        n_boot=inputs.n_boot, artifact_dir=artifact_dir, scratch_dir=inputs.scratch_dir, max_ram_mb=inputs.max_ram_mb,
+    )
+
+
+def run_attack(name: str, params: dict[str, Any] | PluginParams, inputs: AttackInputs, defense: Defense, seed: int,
+               artifact_dir: Path | None = None, timings: dict[str, float] | None = None) -> list[Score]:
+    """Fit attack ``name`` on the aux view and score it on the test view (seeded with ``seed``);
+    ``timings`` (when given) receives ``attack_fit_seconds`` and ``attack_score_seconds``."""
+    timings = {} if timings is None else timings
+    L.seed_everything(seed, verbose=False)
+    with timed(timings, "attack_fit_seconds"):
+        ctx = attack_context(inputs, defense, seed, artifact_dir)
+        attack = _create(ATTACKS, name, params)
+        attack.fit(ctx)
+    with timed(timings, "attack_score_seconds"):
+        return attack.score(ctx)

@@ -1,0 +1,71 @@
+"""Checks a run makes before it writes anything into its output folder.
+
+A run that fails here leaves ``--out`` as it was (no ``audit.json``), so the corrected rerun
+into the same folder is a new audit, not "another audit". Checked: the output folder (not a
+dangling link, not a file, writable, not on a read-only filesystem), and every task: its
+dataset loads (root, files, labels), the model builds, and each cut point exists in it.
+(Plugin parameters are checked when the config is loaded, :mod:`audit.config`.)
+"""
+from __future__ import annotations
+
+import errno
+import os
+from pathlib import Path
+from typing import Any
+
+from audit.errors import AuditInputError, with_detail
+
+
+def check_out_dir(out: str | Path) -> None:
+    """Raise :class:`AuditInputError` for an ``--out`` that can never be a folder (a dangling link, a
+    file), ``OSError`` (exit code 3) for one that cannot be written (read-only, no permission)."""
+    out = Path(out)
+    if out.is_symlink() and not out.exists():
+        raise AuditInputError(f"--out {str(out)!r} is a symbolic link to {os.readlink(out)!r}, which does not "
+                              "exist; create that folder or pass another --out")
+    if out.exists() and not out.is_dir():
+        return  # the results store refuses it ("is a file, not a folder")
+    existing = out.absolute()
+    while not existing.exists():  # the folder OUT will be created in
+        existing = existing.parent
+    if not existing.is_dir():
+        raise AuditInputError(f"--out {str(out)!r}: {str(existing)!r} is a file, not a folder; pass another --out")
+    code = None
+    if os.statvfs(existing).f_flag & os.ST_RDONLY:
+        code = errno.EROFS
+    elif not os.access(existing, os.W_OK | os.X_OK):
+        code = errno.EACCES
+    if code is not None:
+        err = OSError(code, os.strerror(code), str(existing))
+        raise with_detail(err, f"--out {str(out)!r} cannot be written: {os.strerror(code)} ({str(existing)!r}); "
+                               "pass another --out")
+
+
+def check_tasks(config: Any, objects: dict[int, dict[str, Any]], cache_dir: Path) -> None:
+    """Load each task's dataset and build its model (one task at a time, then dropped): a missing
+    dataset root, unusable files or a cut point the model lacks raise :class:`AuditInputError` naming it."""
+    import torch
+
+    from audit.data import DATASETS
+    from audit.data.feature_dump import precomputed_features
+    from audit.models import MODELS
+
+    for t, task in enumerate(config.tasks):
+        given = objects.get(t, {})
+        dataset = given.get("dataset") or DATASETS.from_params(task.dataset.name, config.plugin_params("tasks", t, "dataset"))
+        loaded = dataset.load(cache_dir)
+        precomputed_features(loaded, task.cut_points, with_model=task.model is not None)
+        if task.model is None:
+            continue
+        factory = given.get("model") or MODELS.from_params(task.model.name, config.plugin_params("tasks", t, "model"))
+        with torch.random.fork_rng(devices=[]):  # building draws initial weights: leave the global RNG as it was
+            model = factory.build(tuple(loaded.x.shape[1:]), len(loaded.classes[loaded.primary]))
+        for cut in task.cut_points:
+            model.split(cut)  # raises naming the model's cut points on a typo (as the runner would, later)
+        del loaded, model
+
+
+def check_run(run: Any) -> None:
+    """Everything :class:`audit.runner.AuditRun` checks before it creates its results store."""
+    check_out_dir(run.out_dir)
+    check_tasks(run.config, run.objects, run.cache_dir)
