@@ -6,10 +6,6 @@ before verdicts existed works too): one row per (task, cut point, defense, famil
 from __future__ import annotations
 
 import argparse
-import sys
-from pathlib import Path
-
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 
 def table(report: dict, tasks: list[str] | None = None) -> str:
