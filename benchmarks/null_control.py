@@ -123,6 +123,7 @@ def main() -> None:
     ap.add_argument("--out", default="/tmp/splitaudit_null_control", help="the audit's output folder (resumable)")
     ap.add_argument("--results", type=Path, default=RESULTS)
     ap.add_argument("--table", action="store_true", help="print the markdown table of --results and exit")
+    ap.add_argument("--analyse-only", action="store_true", help="recompute the verdicts of the audits in --out")
     args = ap.parse_args()
     if args.table:
         print(table(args.results))
@@ -132,16 +133,18 @@ def main() -> None:
 
     seeds = list(range(args.seeds))
     rows = []
+
+    def run(config: dict, out: Path) -> dict:
+        if args.analyse_only:  # verdicts of the finished audits, recomputed with this code
+            return json.loads((out / "report.json").read_text(encoding="utf-8"))
+        return Audit(config).run(out, callbacks=[], executor=make_executor("local", args.workers))
+
     if args.data == "fixed":  # one audit over every seed: the seeds share the data draw
-        report = Audit(null_config(seeds, args.n, args.n_boot, args.budget)).run(
-            args.out, callbacks=[], executor=make_executor("local", args.workers))
-        rows = analyse(report, args.alpha, "fixed")
+        rows = analyse(run(null_config(seeds, args.n, args.n_boot, args.budget), Path(args.out)), args.alpha, "fixed")
     else:  # one audit per seed, each on its own draw of the data
         for seed in seeds:
             config = null_config([seed], args.n, args.n_boot, args.budget, generator_seed=1000 + seed)
-            report = Audit(config).run(Path(args.out) / f"seed{seed}", callbacks=[],
-                                       executor=make_executor("local", args.workers))
-            rows += analyse(report, args.alpha, "fresh")
+            rows += analyse(run(config, Path(args.out) / f"seed{seed}"), args.alpha, "fresh")
     kept = []
     if args.results.is_file():
         kept = [line for line in args.results.read_text(encoding="utf-8").splitlines()

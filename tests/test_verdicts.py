@@ -197,3 +197,10 @@ def test_a_nearly_constant_predictor_does_not_claim_a_tiny_detectable_advantage(
     (v,) = verdicts([near])
     z = NormalDist().inv_cdf(1 - 0.05) + NormalDist().inv_cdf(0.8)
     assert v["verdict"] == "no_evidence" and v["min_detectable_advantage"] == pytest.approx(z * math.sqrt(0.25 / 500))
+
+
+def test_a_too_narrow_bootstrap_ci_cannot_make_balanced_accuracy_significant():
+    """0.56 [0.54, 0.58] on n=250: the CI says se 0.010 (z 5.9), but under H0 balanced accuracy's se
+    is up to sqrt(0.25 / 250) = 0.032; the test uses that: z 1.9, p 0.029."""
+    c = one_sided_test(rec(0.56, half=0.02, n=250), "attribute", VerdictSettings())
+    assert c.p == pytest.approx(1 - NormalDist().cdf(0.06 / math.sqrt(0.25 / 250)))
