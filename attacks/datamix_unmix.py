@@ -34,7 +34,6 @@ reports the mean cosine similarity of recovered and true test features
 """
 from __future__ import annotations
 
-import inspect
 import math
 import warnings
 from dataclasses import replace
@@ -49,16 +48,15 @@ from attacks import ATTACKS, register_attack
 from attacks.base import Attack, AttackContext, AttackView, Score
 from audit.feature_store import map_batches
 from audit.stats import mean_ci
+from defenses.base import RELEASE_BATCH
 
 Method = Literal["ica", "nonneg"]
 
 
 def request_rows() -> int:
-    """Rows per release call the audit runner makes (its ``audit.pipeline.release_all`` batch): the groups a
-    mixing defense forms never cross these boundaries."""
-    from audit.pipeline import release_all
-
-    return int(inspect.signature(release_all).parameters["batch_size"].default)
+    """Rows per release call the audit makes (``defenses.base.RELEASE_BATCH``): the groups a mixing
+    defense forms never cross these boundaries."""
+    return RELEASE_BATCH
 
 
 def group_slices(n_rows: int, k: int, call_rows: int) -> list[slice]:

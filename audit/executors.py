@@ -172,15 +172,15 @@ def _pool_worker(conn, init_blob: bytes) -> None:
     """Body of a local worker process: receive task states and groups, send back finished cells."""
     _die_with_parent()
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C is the driver's to handle: it ends the workers
-    from audit.runner import AuditRun
     from audit.feature_store import open_array
 
-    config, out_dir, cache_dir, threads, max_ram_mb, setup = pickle.loads(init_blob)
+    # run_class: the driver's AuditRun class, pickled by reference (this module never imports the runner)
+    run_class, config, out_dir, cache_dir, threads, max_ram_mb, setup = pickle.loads(init_blob)
     if setup is not None:
         setup()
     if threads:
         torch.set_num_threads(threads)
-    run = AuditRun(config, out_dir, cache_dir=cache_dir)
+    run = run_class(config, out_dir, cache_dir=cache_dir)
     states: collections.OrderedDict[str, TaskState] = collections.OrderedDict()
     while True:
         try:
@@ -260,7 +260,7 @@ class ProcessExecutor(Executor):
     def open(self, run, on_result):
         super().open(run, on_result)
         try:
-            self._init_blob = pickle.dumps((run.config, run.out_dir, run.cache_dir, self.cell_threads(),
+            self._init_blob = pickle.dumps((type(run), run.config, run.out_dir, run.cache_dir, self.cell_threads(),
                                             run.features.max_ram_mb, self.worker_setup))
         except (pickle.PicklingError, AttributeError, TypeError) as err:
             raise AuditInputError(f"the audit cannot be sent to worker processes ({err}); run with --workers 1") from None
@@ -422,9 +422,8 @@ def _ray_group(init: tuple, state_ref: list, job: GroupJob, features: dict[str, 
     import ray
 
     from audit.feature_store import map_batches
-    from audit.runner import AuditRun
 
-    config, cache_dir, threads, max_ram_mb, setup = init
+    run_class, config, cache_dir, threads, max_ram_mb, setup = init
     if setup is not None and not _RAY_WORKER["setup"]:
         setup()
         _RAY_WORKER["setup"] = True
@@ -439,7 +438,7 @@ def _ray_group(init: tuple, state_ref: list, job: GroupJob, features: dict[str, 
     state = states[ref.hex()]
     scratch = Path(tempfile.mkdtemp(prefix="splitaudit-ray-"))
     try:
-        run = AuditRun(config, scratch, cache_dir=cache_dir)  # artifacts and scratch files under it
+        run = run_class(config, scratch, cache_dir=cache_dir)  # artifacts and scratch files under it
         # private, writable copies of the object store's read-only arrays (memory-mapped from scratch when large)
         arrays = dict(zip(features, ray.get(list(features.values()))))
         tensors = {part: map_batches(lambda a, b, arr=arr: torch.from_numpy(arr[a:b].copy()), arr.shape[0],
@@ -510,7 +509,8 @@ class RayExecutor(Executor):
         self._remote = ray.remote(_ray_group).options(
             num_cpus=self.cpus_per_task, num_gpus=self.gpus_per_task(run), max_retries=self.max_retries,
         )
-        self._init = (run.config, str(run.cache_dir), self.cell_threads(), run.features.max_ram_mb, self.worker_setup)
+        self._init = (type(run), run.config, str(run.cache_dir), self.cell_threads(), run.features.max_ram_mb,
+                      self.worker_setup)
         self._states: dict[str, Any] = {}
         self._features: dict[tuple[str, str], dict[str, Any]] = {}
         self._inflight: dict[Any, GroupJob] = {}

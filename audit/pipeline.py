@@ -33,6 +33,7 @@ from audit.registry import PluginParams, Registry
 from audit.stats import mean_ci
 from audit.training import TrainerSettings
 from defenses import DEFENSES, Defense, FitContext, SplitPoint
+from defenses.base import RELEASE_BATCH
 
 
 def stable_hash(*parts: Any, length: int = 16) -> str:
@@ -51,7 +52,7 @@ def _create(registry: Registry, name: str, params: dict[str, Any] | PluginParams
 
 
 def release_all(
-    defense: Defense, x: torch.Tensor, features: torch.Tensor | Rows, batch_size: int = 512,
+    defense: Defense, x: torch.Tensor, features: torch.Tensor | Rows, batch_size: int = RELEASE_BATCH,
     scratch_dir: Path | None = None, max_ram_mb: float = math.inf, label: str | None = None,
 ) -> torch.Tensor:
     """``defense.release`` over a whole split, in batches; with ``scratch_dir`` a result larger

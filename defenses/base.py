@@ -26,6 +26,9 @@ from audit.registry import PluginParams
 from audit.training import TrainerSettings
 
 
+RELEASE_BATCH = 512  # rows per release call the audit makes (audit.pipeline.release_all): mixing groups stay inside
+
+
 @dataclass
 class SplitPoint:
     """The task model cut at ``cut_point``; ``features(part)`` = edge(x) of a split, computed once."""

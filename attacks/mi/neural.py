@@ -40,7 +40,7 @@ from pydantic import Field
 from torch import nn
 from torch.utils.data import DataLoader, RandomSampler, TensorDataset
 
-from attacks.mi import bounds
+import attacks.mi.bounds as bounds
 from attacks.mi.core import (
     Estimator, EstimatorParams, MIInputError, MIResult, Reducer, Scaler, check_labels, register_estimator,
 )
