@@ -225,3 +225,14 @@ def recommend(report: dict[str, Any], decision: Decision, tasks: list[str] | Non
 def decision_of(report: dict[str, Any]) -> Decision:
     """The report's config ``decision:`` block (all defaults without one)."""
     return Decision.model_validate((report.get("config") or {}).get("decision") or {})
+
+
+def settings_of(report: dict[str, Any]) -> VerdictSettings:
+    """The verdict settings of a report's config (its ``decision:`` block), defaults without one."""
+    return decision_of(report).settings()
+
+
+def fresh_verdicts(report: dict[str, Any]) -> list[dict[str, Any]]:
+    """Verdicts of ``report``'s records under its config's ``decision:`` settings (report.json's
+    ``verdicts``; readers recompute them this way for a report made before verdicts existed)."""
+    return verdicts(report["results"], settings_of(report))

@@ -46,7 +46,7 @@ from audit.report import SCHEMA_VERSION, environment, write_report
 from audit.stats import mean_ci
 from audit.store import ResultStore, atomic_write, write_json_atomic
 from audit.training import fit_classifier, inference_device, predict
-from audit.verdicts import fresh_verdicts
+from audit.decision import fresh_verdicts
 from defenses import SplitPoint
 
 if TYPE_CHECKING:  # pragma: no cover

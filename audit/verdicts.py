@@ -315,16 +315,3 @@ def verdicts(records: list[Record], settings: VerdictSettings | None = None) -> 
         r = c.record
         tested.setdefault((r["dataset"], r["model"], r["cut_point"], defense_key(r), c.family), []).append(c)
     return [_entry(key, members, tested.get(key, []), settings, labels) for key, members in groups.items()]
-
-
-def settings_of(report: dict[str, Any]) -> VerdictSettings:
-    """The verdict settings of a report's config (its ``decision:`` block), defaults without one."""
-    from audit.decision import decision_of  # the block's model; it imports this module
-
-    return decision_of(report).settings()
-
-
-def fresh_verdicts(report: dict[str, Any]) -> list[dict[str, Any]]:
-    """Verdicts of ``report``'s records under its config's ``decision:`` settings (report.json's
-    ``verdicts``; readers recompute them this way for a report made before verdicts existed)."""
-    return verdicts(report["results"], settings_of(report))

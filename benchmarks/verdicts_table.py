@@ -9,7 +9,7 @@ import argparse
 
 
 def table(report: dict, tasks: list[str] | None = None) -> str:
-    from audit.verdicts import fresh_verdicts
+    from audit.decision import fresh_verdicts
 
     lines = ["| task | cut | defense | family | verdict | deciding attack · metric | advantage [95% CI] "
              "| min. detectable | p (Holm) | note |", "|---|---|---|---|---|---|---|---|---|---|"]

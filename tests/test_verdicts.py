@@ -11,7 +11,8 @@ import pytest
 import torch
 
 from attacks.metrics import classification_scores
-from audit.verdicts import VerdictSettings, comparisons, fresh_verdicts, holm, one_sided_test, verdicts
+from audit.decision import fresh_verdicts
+from audit.verdicts import VerdictSettings, comparisons, holm, one_sided_test, verdicts
 
 
 def rec(value, half=0.03, chance=0.5, *, cut="conv1", defense="none", params=None, attack="attribute",

@@ -102,10 +102,10 @@ def render_html(report: dict[str, Any], out_dir: str | Path, figures: list | Non
     from jinja2 import Environment, FileSystemLoader, select_autoescape
     from markupsafe import Markup
 
-    from audit.decision import decision_of, decision_rows
+    from audit.decision import decision_of, decision_rows, settings_of
     from audit.html.figures import all_figures
     from audit.html.tables import all_labels, cost_rows, decision_table, failed_rows, grids, summary, tasks_of
-    from audit.verdicts import comparisons, settings_of
+    from audit.verdicts import comparisons
 
     out_dir = Path(out_dir)
     labels = all_labels(report)
