@@ -90,12 +90,18 @@ def reconstruction_scores(
     n_boot: int, seed: int, extra: dict | None = None,
 ) -> list[Score]:
     """PSNR (dB) and SSIM of reconstructions ``x_rec`` of ``x`` (N, ...), chance = the mean-image baseline
-    (``mean_image`` of shape x.shape[1:] predicted for every sample). CI: bootstrap over the N samples."""
+    (``mean_image`` of shape x.shape[1:] predicted for every sample). CI: bootstrap over the N samples.
+
+    ``extra.output_spread``: the reconstructions' across-sample standard deviation (mean over
+    elements) as a fraction of the inputs'; ``degenerate: true`` below 1%, where the attack returns
+    (nearly) the same image, e.g. the mean image, for every input: it measures nothing."""
     low, high = data_range
     peak = high - low
     x_rec = x_rec.clamp(low, high)
     baseline = mean_image.clamp(low, high).expand_as(x)
     n = x.shape[0]
+    spread = output_spread(x, x_rec)
+    extra = {**(extra or {}), "output_spread": spread, "degenerate": spread is not None and spread < 0.01}
     scores = []
     for metric, fn in (("psnr", per_sample_psnr), ("ssim", per_sample_ssim)):
         values = fn(x_rec, x, peak)
@@ -106,6 +112,15 @@ def reconstruction_scores(
         scores.append(Score("input", metric, float(values.mean()), mean_ci(values, n_boot=n_boot, seed=seed),
                             chance, n, extra=info))
     return scores
+
+
+def output_spread(x: torch.Tensor, x_rec: torch.Tensor) -> float | None:
+    """Mean over elements of the across-sample std of ``x_rec``, over the same of ``x`` (None for < 2
+    samples or constant inputs)."""
+    if x.shape[0] < 2:
+        return None
+    ref = float(x.float().std(dim=0).mean())
+    return None if ref <= 0 else float(x_rec.float().std(dim=0).mean()) / ref
 
 
 def save_grid(x: torch.Tensor, x_rec: torch.Tensor, data_range: tuple[float, float], path: Path,

@@ -31,6 +31,7 @@ from typing import Annotated, Any, Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, ValidationError, field_validator, model_validator
 
+from audit.decision import Decision
 from audit.errors import AuditInputError
 from audit.registry import PluginParams, PluginParamsError, Registry, UnknownPluginError
 from audit.training import TrainerSettings
@@ -186,6 +187,8 @@ class AuditConfig(Strict):
     cache_dir: Path | None = Field(None, description="trained task models and decoded data (default ~/.cache/splitaudit)")
     tracking: TrackingConfig = TrackingConfig()
     memory: MemoryConfig = MemoryConfig()
+    decision: Decision = Field(default_factory=Decision, description="verdict settings and the constraints a "
+                               "shippable (cut point, defense) meets (audit.decision; not in the config hash)")
     # the plugins' parameters as validated once, at load time: ("defenses", i) / ("attacks", name) -> Params
     _plugin_params: dict[tuple[str, Any], PluginParams] = PrivateAttr(default_factory=dict)
 
@@ -275,7 +278,8 @@ class AuditConfig(Strict):
     def config_hash(self) -> str:
         """Hash of everything that determines the audit's results."""
         data = self.model_dump(
-            mode="json", exclude={"cache_dir": True, "tracking": True, "memory": True, "trainer": {"progress_bar"}}
+            mode="json",
+            exclude={"cache_dir": True, "tracking": True, "memory": True, "decision": True, "trainer": {"progress_bar"}},
         )
         for task in data["tasks"]:  # unset display-only keys are left out, so earlier output folders still resume
             for key in ("model_label", "attacks"):

@@ -46,6 +46,7 @@ from audit.report import SCHEMA_VERSION, environment, write_report
 from audit.stats import mean_ci
 from audit.store import ResultStore, atomic_write, write_json_atomic
 from audit.training import fit_classifier, inference_device, predict
+from audit.decision import fresh_verdicts
 from defenses import SplitPoint
 
 if TYPE_CHECKING:  # pragma: no cover
@@ -551,7 +552,7 @@ class AuditRun:
             env["executor"] = executor.describe()
             env["torch_threads"] = executor.cell_threads()
         env["shard"] = list(self.shard) if self.shard else None
-        return {
+        report = {
             "schema_version": SCHEMA_VERSION,
             "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
             "config": self.config.model_dump(mode="json"),
@@ -561,3 +562,5 @@ class AuditRun:
             "timings": report_timings(records, self.driver_timings,
                                       time.perf_counter() - self._started if hasattr(self, "_started") else None),
         }
+        report["verdicts"] = fresh_verdicts(report)  # audit.verdicts: leaks / no_evidence / inconclusive
+        return report

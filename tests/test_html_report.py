@@ -117,7 +117,7 @@ def test_page_is_self_contained_and_says_seeds_and_n(page):
         Image.open(io.BytesIO(base64.b64decode(src.split(",", 1)[1]))).verify()
     for f in figures:
         assert "seeds 0, 1" in f["caption"] and "n_eval = 500" in f["caption"]
-    assert html.count("<table") == 4  # summary, cost (one task), failed cells, task models
+    assert html.count("<table") == 5  # decision, summary, cost (one task), failed cells, task models
     assert "RuntimeError: &lt;boom&gt;" in html  # escaped
     assert "noise(scale=2.0)" in html and "0.5 [0.45, 0.55] nats" in html  # defense labels; MI in nats
     assert "trained in this run in 14.1 min (torch 2.14.0, 2 threads, cpu)" in html  # seed 0
@@ -179,19 +179,99 @@ def test_chromium_renders_figures_and_tables(page, tmp_path):
     dom = run_chromium(["--dump-dom", probe.as_uri()], tmp_path, "dom")
     assert dom.returncode == 0, dom.stderr.decode()[-2000:]
     text = dom.stdout.decode()
-    assert text.count("<table") == html.count("<table") == 4
+    assert text.count("<table") == html.count("<table") == 5
     n_img = html.count("<img ")
     assert f'data-imgs="{n_img}"' in text and f'data-decoded="{n_img}"' in text, re.findall(r"data-\w+=\"\d+\"", text)
     assert 'class="frontier"' in text and 'class="leakage"' in text
 
     shot = tmp_path / "shot.png"
-    res = run_chromium(["--window-size=1280,2400", f"--screenshot={shot}", (out / "report.html").as_uri()], tmp_path, "shot")
+    res = run_chromium(["--window-size=1280,3600", f"--screenshot={shot}", (out / "report.html").as_uri()], tmp_path, "shot")
     assert res.returncode == 0 and shot.is_file(), res.stderr.decode()[-2000:]
     img = Image.open(shot).convert("RGB")
-    assert img.size == (1280, 2400)
+    assert img.size == (1280, 3600)
     pixels = np.asarray(img, dtype=np.int32).reshape(-1, 3)
     assert len(np.unique(pixels[::7], axis=0)) > 200 and pixels.std() > 20, "screenshot is (nearly) blank"
     # the frontier's and leakage plots' blue / red / green lines and markers are on screen
     for rgb in ((31, 119, 180), (214, 39, 40), (44, 160, 44)):
         near = int((np.abs(pixels - np.array(rgb)).sum(axis=1) < 40).sum())
         assert near > 500, f"no plot color {rgb} in the screenshot ({near} pixels)"
+
+
+# ------------------------------------------------------------------ the decision table
+def decision_report(out: Path) -> dict:
+    """fake_report with a config ``decision:`` block: edge FLOPs <= 70% (conv1 20% ... fc1 80%),
+    accuracy drop <= 0.25 against the undefended 0.95, no evidence of an attribute leak: pool1
+    (0.55 [0.52, 0.58]: not significant among the task's comparisons) and pool2 under noise 2.0
+    qualify; pool1 keeps more accuracy (0.73 vs 0.71)."""
+    report = fake_report(out, seeds=(0,))
+    for r in report["results"]:
+        r["utility"] = {**r["utility"], "task_accuracy": 0.95}
+        if r["defense_params"].get("scale") == 0.5:  # the widest labels and figures of the default audit
+            r["defense_params"] = {**r["defense_params"], "scale": 100.0}
+            r["attack"] = {"inversion": "inversion_rmle"}.get(r["attack"], r["attack"])
+    report["config"]["decision"] = {"max_edge_flops": 0.7, "max_accuracy_drop": 0.25,
+                                    "require_no_evidence": ["attribute"]}
+    return report
+
+
+def test_decision_table_orders_by_edge_cost_and_names_verdicts_and_the_best_pair(tmp_path):
+    from audit.decision import decision_of, decision_rows
+    from audit.html.tables import decision_table
+
+    report = decision_report(tmp_path)
+    rows = decision_rows(report)
+    assert [r.edge_flops_fraction for r in rows] == sorted(r.edge_flops_fraction for r in rows)
+    table = decision_table(rows, decision_of(report))
+    assert table["families"] == ["attribute", "reconstruction", "identity"]
+    by = {(r["cut"], r["defense"]): r for r in table["rows"]}
+    # none at conv1: balanced accuracy 0.9 vs chance 0.5: leaks; the noise 2.0 at fc1: 0.45, no evidence
+    assert by[("conv1", "none")]["cells"][0]["verdict"] == "leaks"
+    assert by[("conv1", "none")]["cells"][0]["figure"] == "+0.400 [+0.370, +0.430]"
+    assert by[("fc1", "noise(scale=2.0)")]["cells"][0]["verdict"] == "no_evidence"
+    assert by[("conv1", "noise(scale=100.0)")]["cells"][1]["detail"].startswith("inversion_rmle")
+    assert "detectable ≥" in by[("fc1", "noise(scale=2.0)")]["cells"][0]["detail"]
+    assert [k for k, r in by.items() if not r["failures"]] == [("pool1", "noise(scale=2.0)"), ("pool2", "noise(scale=2.0)")]
+    best = next(k for k, r in by.items() if r["best"])
+    assert best == ("pool1", "noise(scale=2.0)") and table["best"] == "pool1 · noise(scale=2.0)"
+    assert any("edge FLOPs 80.0% > 70.0%" in f for f in by[("fc1", "none")]["failures"])
+    assert any(f.startswith("attribute leaks") for f in by[("conv1", "none")]["failures"])
+    html = render_html(report, tmp_path, figures=[])
+    assert html.index('id="decision"') < html.index('id="summary"')  # at the top
+    assert f"recommended: {best[0]} · {best[1]}" in html
+
+
+CLIP_PROBE = """<script>window.addEventListener("load", () => {
+  const t = document.querySelector("table.decision");
+  const box = t.parentElement;
+  const cells = [...t.querySelectorAll("th, td")];
+  document.body.dataset.clippedCells = cells.filter(c => c.scrollWidth > c.clientWidth + 1).length;
+  document.body.dataset.tableWidth = Math.ceil(t.getBoundingClientRect().width);
+  document.body.dataset.boxWidth = Math.floor(box.clientWidth);
+  document.body.dataset.overflow = box.scrollWidth > box.clientWidth + 1 ? 1 : 0;
+  document.body.dataset.viewport = window.innerWidth;
+});</script></body>"""
+
+
+def test_chromium_shows_the_decision_table_at_1000px_without_clipping(tmp_path):
+    out = tmp_path / "out"
+    out.mkdir()
+    report = decision_report(out)
+    report["results"] = [r for r in report["results"] if r["status"] == "ok"]
+    html = render_html(report, out, figures=[])
+    probe = out / "probe.html"
+    probe.write_text(html.replace("</body>", CLIP_PROBE, 1), encoding="utf-8")
+    dom = run_chromium(["--window-size=1000,2000", "--dump-dom", probe.as_uri()], tmp_path, "dom")
+    assert dom.returncode == 0, dom.stderr.decode()[-2000:]
+    found = dict(re.findall(r'data-([\w-]+)="(\d+)"', dom.stdout.decode()))
+    assert found["viewport"] == "1000", found  # cut point and defense labels do not wrap: a clipped one would count
+    assert found["clipped-cells"] == "0" and found["overflow"] == "0", found
+    assert int(found["table-width"]) <= int(found["box-width"]), found
+    (out / "report.html").write_text(html, encoding="utf-8")
+    shot = tmp_path / "decision.png"
+    res = run_chromium(["--window-size=1000,2000", f"--screenshot={shot}", (out / "report.html").as_uri()],
+                       tmp_path, "shot")
+    assert res.returncode == 0 and shot.is_file(), res.stderr.decode()[-2000:]
+    pixels = np.asarray(Image.open(shot).convert("RGB"), dtype=np.int32).reshape(-1, 3)
+    for rgb in ((0xF6, 0xC7, 0xC4), (0xCD, 0xEC, 0xCF), (0xEA, 0xF2, 0xFF)):  # leaks, no evidence, best row
+        near = int((np.abs(pixels - np.array(rgb)).sum(axis=1) < 12).sum())
+        assert near > 300, f"decision colour {rgb} not on screen ({near} pixels)"

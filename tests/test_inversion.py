@@ -54,6 +54,11 @@ def test_mean_image_baseline_is_the_chance_level():
     for metric in ("psnr", "ssim"):
         s = scores[("input", metric)]
         assert abs(s.advantage) < 1e-9 and s.n_eval == 50
+        # the same image for every input measures nothing: flagged for an `inconclusive` verdict
+        assert s.extra["degenerate"] is True and s.extra["output_spread"] == pytest.approx(0.0, abs=1e-6)
+    honest = scores_by_metric(reconstruction_scores(x, x.clamp(0.1, 0.9), mean, (0.0, 1.0), n_boot=50, seed=0))
+    assert honest[("input", "psnr")].extra["degenerate"] is False
+    assert honest[("input", "psnr")].extra["output_spread"] > 0.5
 
 
 def test_decoder_reconstructs_an_early_cut_and_noise_destroys_it(digits, tmp_path):

@@ -65,6 +65,13 @@ def task_model_provenance(info: dict[str, Any] | None) -> str:
     return "from cache (no training record)"
 
 
+CONSTRAINTS = {"max_edge_flops", "max_accuracy_drop", "max_bytes_sent", "require_no_evidence"}
+
+
+def _constraints_text(decision) -> str | None:
+    return None if decision is None else decision.text()
+
+
 def timing_rows(timings: dict[str, Any] | None) -> list[dict[str, str]]:
     """Rows of the 'where the time went' table (stage, seconds, share of the total, count), largest first."""
     if not timings:
@@ -95,12 +102,21 @@ def render_html(report: dict[str, Any], out_dir: str | Path, figures: list | Non
     from jinja2 import Environment, FileSystemLoader, select_autoescape
     from markupsafe import Markup
 
+    from audit.decision import decision_of, decision_rows, settings_of
     from audit.html.figures import all_figures
-    from audit.html.tables import all_labels, cost_rows, failed_rows, grids, summary, tasks_of
+    from audit.html.tables import all_labels, cost_rows, decision_table, failed_rows, grids, summary, tasks_of
+    from audit.verdicts import comparisons
 
     out_dir = Path(out_dir)
     labels = all_labels(report)
     tasks = tasks_of(report)
+    settings = settings_of(report)
+    leaking = {id(c.record) for c in comparisons(report["results"], settings) if c.leaks(settings.alpha)}
+    decision = decision_of(report)
+    constrained = decision if decision.model_dump(include=CONSTRAINTS, exclude_defaults=True) else None
+    rows_by_task: dict[str, list] = {}
+    for row in decision_rows(report, decision):
+        rows_by_task.setdefault(f"{row.dataset} / {row.model}", []).append(row)
     figures = all_figures(tasks, labels) if figures is None else figures
     uri = lambda f: {"title": f.title, "caption": f.caption,
                      "src": "data:image/png;base64," + base64.b64encode(f.png).decode("ascii")}
@@ -109,7 +125,8 @@ def render_html(report: dict[str, Any], out_dir: str | Path, figures: list | Non
         mine = [f for f in figures if f.task == task.title]
         views.append({
             "title": task.title,
-            "summary": summary(task, labels),
+            "summary": summary(task, labels, leaking),
+            "decision": decision_table(rows_by_task.get(task.title, []), constrained),
             "frontier": [uri(f) for f in mine if f.kind == "frontier"],
             "leakage": [uri(f) for f in mine if f.kind == "leakage"],
             "cost": cost_rows(task, labels),
@@ -125,6 +142,7 @@ def render_html(report: dict[str, Any], out_dir: str | Path, figures: list | Non
         n_cells=len({r.get("cell_id") for r in results}), n_records=len(results), n_failed=len(failed),
         seeds=", ".join(str(s) for s in (report.get("environment") or {}).get("seeds", [])),
         device=(report.get("environment") or {}).get("device", "?"),
+        alpha=settings.alpha, power=settings.power, constraints=_constraints_text(constrained),
         tasks=views, has_grids=any(v["grids"] for v in views), failed=failed, task_infos=_task_infos(report),
         timing_rows=timing_rows(report.get("timings")), peak_rss=_peak_rss(report.get("timings")),
         threat_model=Markup(templates.joinpath("threat_model.html").read_text(encoding="utf-8")),

@@ -174,9 +174,6 @@ def frontier_figure(task: Task, labels: dict, colors: dict) -> Figure | None:
         front = sorted((p for p, best in zip(pts, flags) if best), key=lambda p: p["leak"])
         if len(front) > 1:
             ax.plot([p["record"]["value"] for p in front], [p["acc"] for p in front], ls=":", color="black", lw=1, zorder=2)
-        for p in front if len(front) <= 8 else []:
-            ax.annotate(f"{p['cut']}·{labels[p['defense']]}", (p["record"]["value"], p["acc"]), fontsize=7,
-                        xytext=(4, 4), textcoords="offset points")
         chances = [p["record"]["chance"] for p in pts if p["record"].get("chance") is not None]
         if chances:
             ax.axvline(sum(chances) / len(chances), ls="--", color="0.35", lw=1)
@@ -198,7 +195,8 @@ def frontier_figure(task: Task, labels: dict, colors: dict) -> Figure | None:
                 Line2D([], [], ls="-.", color="0.55", label="undefended model")]
     fig.legend(handles=handles, loc="outside right center", fontsize=8, frameon=False)
     title = f"{task.title}: privacy–utility frontier"
-    footer = (f"{_seeds_n(used)} · one point per (cut point, defense, seed) · bars: 95% bootstrap CIs · "
+    footer = (f"{_seeds_n(used)} · one point per (cut point, defense, seed), named by the legend (colour: defense, "
+              "marker: cut point; no text labels to overlap) · bars: 95% bootstrap CIs · "
               "filled: Pareto-optimal (no point has less leakage and more accuracy)")
     _titles(fig, title, footer)
     return Figure(slug("frontier", task.dataset, task.model), title,

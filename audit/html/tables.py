@@ -10,6 +10,7 @@ from pathlib import Path
 from typing import Any
 
 from audit.records import Record, defense_key, defense_labels, fmt, fmt_ci, leakage, orientation, unit_of
+from audit.verdicts import shown_value
 
 
 @dataclass
@@ -126,9 +127,11 @@ def verdict(record: Record) -> str:
     return "leak" if beyond else "chance"
 
 
-def summary(task: Task, labels: dict) -> dict[str, Any]:
+def summary(task: Task, labels: dict, leaking: set[int] | None = None) -> dict[str, Any]:
     """Worst leakage per defense: one row per defense, one column per (target, metric), each
-    cell the worst record over cut points, attacks and seeds."""
+    cell the worst record over cut points, attacks and seeds. ``leaking``: ids of the records that
+    leak after Holm's correction and the minimum advantage (:mod:`audit.verdicts`); a cell whose
+    CI clears chance without that is ``uncorrected``."""
     columns = task.targets()
     rows = []
     for dkey in task.defenses:
@@ -141,16 +144,70 @@ def summary(task: Task, labels: dict) -> dict[str, Any]:
             if w is None:
                 cells.append(None)
                 continue
+            value, ci = shown_value(w)  # MI lower bounds: max(0, .), the raw value in the note
+            raw = f" (raw {fmt(w['value'])})" if value != w["value"] else ""
             cells.append({
-                "value": fmt_ci(w["value"], w.get("ci95"), unit_of(w)),
+                "value": fmt_ci(value, ci, unit_of(w)) + raw,
                 "chance": fmt(w.get("chance")),
-                "advantage": None if w.get("advantage") is None else f"{w['advantage']:+.3f}",
+                "advantage": None if w.get("advantage") is None else f"{w['advantage'] + value - w['value']:+.3f}",
                 "where": f"{w['cut_point']} · {w['attack']} · seed {w['seed']} · n={w.get('n_eval')}",
-                "verdict": verdict(w),
+                "verdict": _colour(w, leaking),
             })
         acc = "n/a" if not accs else (f"{accs[0]:.3f}" if len(accs) == 1 else f"{accs[0]:.3f}–{accs[-1]:.3f}")
         rows.append({"defense": labels[dkey], "accuracy": acc, "cells": cells})
     return {"columns": [{"target": t, "metric": m} for t, m in columns], "rows": rows}
+
+
+def _colour(record: Record, leaking: set[int] | None) -> str:
+    plain = verdict(record)
+    if leaking is None or plain != "leak":
+        return plain
+    return "leak" if id(record) in leaking else "uncorrected"
+
+
+VERDICT_TEXT = {"leaks": "leaks", "no_evidence": "no evidence", "inconclusive": "inconclusive", "": "–"}
+
+
+def _family_cell(v: dict[str, Any] | None) -> dict[str, Any] | None:
+    """A decision-table cell: the family's verdict, its deciding attack's advantage [CI] and the power."""
+    if v is None:
+        return None
+    unit = f" {v['unit']}" if v.get("unit") else ""
+    if v["verdict"] == "inconclusive":
+        return {"verdict": v["verdict"], "text": VERDICT_TEXT[v["verdict"]], "figure": "", "detail": v["reason"]}
+    signed = lambda x: f"{x:+.3f}" if abs(x) < 10 else f"{x:+.1f}"
+    lo, hi = v["ci95"]
+    figure = f"{signed(v['advantage'])} [{signed(lo)}, {signed(hi)}]{unit}"
+    detail = f"{v['deciding_attack']} · {v['target']} · {v['metric']}"
+    if v["verdict"] == "no_evidence":
+        mda = v.get("min_detectable_advantage")
+        detail += " · detectable ≥ " + ("n/a (test too coarse)" if mda is None else f"{mda:.3g}{unit}")
+    return {"verdict": v["verdict"], "text": VERDICT_TEXT[v["verdict"]], "figure": figure, "detail": detail}
+
+
+def decision_table(rows: list, decision=None) -> dict[str, Any]:
+    """The decision table of one task: :func:`audit.decision.decision_rows`' rows (ordered by edge
+    cost) as display strings, one column per attack family present; with ``decision`` (a
+    :class:`audit.decision.Decision` with constraints) whether each row is admissible and why not."""
+    from audit.decision import best
+    from audit.verdicts import FAMILIES
+
+    families = [f for f in FAMILIES if any(f in r.families for r in rows)]
+    chosen = best(rows, decision) if decision is not None else None
+    out = []
+    for r in rows:
+        out.append({
+            "cut": r.cut_point, "defense": r.defense,
+            "fraction": "n/a" if r.edge_flops_fraction is None else f"{100 * r.edge_flops_fraction:.1f}%",
+            "bytes": human_count(r.bytes_sent, "B"),
+            "accuracy": "n/a" if r.primary_accuracy is None else f"{r.primary_accuracy:.3f}",
+            "change": r.change_text(),
+            "cells": [_family_cell(r.families.get(f)) for f in families],
+            "verdict": r.verdict, "verdict_text": VERDICT_TEXT[r.verdict],
+            "failures": [f.split(" (")[0] for f in r.failures(decision)] if decision is not None else [],
+            "best": r is chosen,
+        })
+    return {"families": families, "rows": out, "best": None if chosen is None else f"{chosen.cut_point} · {chosen.defense}"}
 
 
 def human_count(value: float | None, unit: str) -> str:
