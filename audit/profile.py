@@ -23,6 +23,11 @@ from typing import Any
 GROUP_STAGES = ("defense_fit_seconds", "release_seconds", "utility_cost_seconds")
 
 
+def add_seconds(into: dict[str, float], key: str, started: float) -> None:
+    """Add the wall-clock seconds since ``started`` (``time.perf_counter()``) to ``into[key]``."""
+    into[key] = into.get(key, 0.0) + time.perf_counter() - started
+
+
 @contextmanager
 def timed(into: dict[str, float], key: str) -> Iterator[None]:
     """Add the block's wall-clock seconds to ``into[key]``."""
@@ -30,7 +35,7 @@ def timed(into: dict[str, float], key: str) -> Iterator[None]:
     try:
         yield
     finally:
-        into[key] = into.get(key, 0.0) + time.perf_counter() - start
+        add_seconds(into, key, start)
 
 
 def peak_rss_mb() -> dict[str, float]:

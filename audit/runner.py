@@ -40,7 +40,7 @@ from audit.feature_store import FeatureStore
 from audit.models import MODELS, SplitModel, flops_per_sample
 from audit.pipeline import stable_hash, stage_seed
 from audit.preflight import check_run
-from audit.profile import report_timings, timed
+from audit.profile import add_seconds, report_timings, timed
 from audit.records import AuditRecord
 from audit.report import SCHEMA_VERSION, environment, write_report
 from audit.stats import mean_ci
@@ -239,6 +239,7 @@ class AuditRun:
         self.resume = resume
         self.features = FeatureStore(self.out_dir / "features", config.memory.feature_ram_mb)
         self.driver_timings: dict[str, float] = {}  # data / task model / features seconds of this run (audit.profile)
+        self._started: float | None = None  # perf_counter() when run() began (the report's wall time)
 
     # ----------------------------------------------------------------- describe
     def describe(self, cell: Cell) -> str:
@@ -265,7 +266,7 @@ class AuditRun:
         splits = getattr(loaded, "splits", None) or split_indices(loaded.x.shape[0], task.splits.model_dump(), seed)
         data = AuditData(task.display_name, loaded, splits)
         features = precomputed_features(loaded, task.cut_points, with_model=task.model is not None)
-        self._add_time("data_seconds", started)
+        add_seconds(self.driver_timings, "data_seconds", started)
         started = time.perf_counter()
         attacker = {"attacker_data": task.attacker_data,
                     "n_attacker": sum(len(splits[p]) for p in attacker_splits(task))}
@@ -332,7 +333,7 @@ class AuditRun:
         }
         log.info("%s/%s seed=%d: primary accuracy %.3f on %d test samples",
                  task.display_name, task.model_name, seed, summary["primary_accuracy"], len(test))
-        self._add_time("task_model_seconds", started)
+        add_seconds(self.driver_timings, "task_model_seconds", started)
         return TaskState(key, data, model, full_flops, summary, features)
 
     def extract_features(self, state: TaskState, cut: str) -> dict[str, str]:
@@ -340,9 +341,6 @@ class AuditRun:
         A feature dump's saved rows are used as they are."""
         with timed(self.driver_timings, "features_seconds"):
             return self._extract_features(state, cut)
-
-    def _add_time(self, stage: str, started: float) -> None:
-        self.driver_timings[stage] = self.driver_timings.get(stage, 0.0) + time.perf_counter() - started
 
     def _extract_features(self, state: TaskState, cut: str) -> dict[str, str]:
         if state.features is not None:
@@ -560,7 +558,7 @@ class AuditRun:
             "tasks": [t for t in (self.store.task(k) for k in keys) if t is not None],
             "results": records,
             "timings": report_timings(records, self.driver_timings,
-                                      time.perf_counter() - self._started if hasattr(self, "_started") else None),
+                                      None if self._started is None else time.perf_counter() - self._started),
         }
         report["verdicts"] = fresh_verdicts(report)  # audit.verdicts: leaks / no_evidence / inconclusive
         return report
