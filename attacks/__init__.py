@@ -7,8 +7,8 @@ attacks when imported; third parties add attacks through the
 import sys
 
 from attacks.base import Attack, AttackContext, AttackView, ReleaseChannel, Score
-from audit.discovery import import_submodules
-from audit.registry import Registry
+from audit.core.discovery import import_submodules
+from audit.core.registry import Registry
 
 ATTACKS: Registry[Attack] = Registry("attack", "splitaudit.attacks")
 register_attack = ATTACKS.register

@@ -31,7 +31,7 @@ from attacks import register_attack
 from attacks._channel import release_batched
 from attacks.base import Attack, AttackContext, Score
 from attacks.metrics import classification_scores
-from audit.training import fit_classifier, predict
+from audit.core.training import fit_classifier, predict
 
 Predictor = Callable[[torch.Tensor], torch.Tensor]  # released features (N, ...) -> class probabilities (N, K)
 

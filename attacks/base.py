@@ -18,8 +18,8 @@ from typing import Any, ClassVar
 
 import torch
 
-from audit.registry import PluginParams
-from audit.training import TrainerSettings
+from audit.core.registry import PluginParams
+from audit.core.training import TrainerSettings
 from defenses.base import Defense, SplitPoint
 
 
@@ -76,7 +76,7 @@ class AttackContext:
     n_boot: int = 500
     artifact_dir: Path | None = None  # where an attack may save files (image grids, ...)
     scratch_dir: Path | None = None  # where an attack may memory-map large intermediate arrays
-    max_ram_mb: float = math.inf  # arrays larger than this go to scratch_dir (audit.feature_store.map_batches)
+    max_ram_mb: float = math.inf  # arrays larger than this go to scratch_dir (audit.core.feature_store.map_batches)
 
 
 @dataclass

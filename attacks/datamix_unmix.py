@@ -46,8 +46,8 @@ from pydantic import Field, model_validator
 
 from attacks import ATTACKS, register_attack
 from attacks.base import Attack, AttackContext, AttackView, Score
-from audit.feature_store import map_batches
-from audit.stats import mean_ci
+from audit.core.feature_store import map_batches
+from audit.core.stats import mean_ci
 from defenses.base import RELEASE_BATCH
 
 Method = Literal["ica", "nonneg"]

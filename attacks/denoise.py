@@ -42,7 +42,7 @@ from attacks import register_attack
 from attacks._channel import is_stochastic, release_batched, white_box_edge
 from attacks.attribute import AttributeAttack, Standardize
 from attacks.base import Attack, AttackContext, AttackView, ReleaseChannel, Score
-from audit.training import KeepBest, TrainerSettings, make_trainer, predict, tensor_loader
+from audit.core.training import KeepBest, TrainerSettings, make_trainer, predict, tensor_loader
 
 
 class ResidualDenoiser(nn.Module):

@@ -37,8 +37,8 @@ from torchmetrics.functional.image import peak_signal_noise_ratio, structural_si
 from attacks import register_attack
 from attacks.attribute import Standardize
 from attacks.base import Attack, AttackContext, Score
-from audit.stats import mean_ci
-from audit.training import KeepBest, TrainerSettings, make_trainer, predict, tensor_loader
+from audit.core.stats import mean_ci
+from audit.core.training import KeepBest, TrainerSettings, make_trainer, predict, tensor_loader
 
 PSNR_CAP_DB = 100.0
 

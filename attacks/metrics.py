@@ -7,7 +7,7 @@ import torch
 from torchmetrics.functional.classification import binary_auroc, multiclass_accuracy, multiclass_auroc
 
 from attacks.base import Score
-from audit.stats import bootstrap_ci
+from audit.core.stats import bootstrap_ci
 
 
 def _auroc(probs: torch.Tensor, y: torch.Tensor, k: int) -> torch.Tensor:

@@ -32,7 +32,7 @@ from attacks import register_attack
 from attacks._channel import release_batched
 from attacks.base import Attack, AttackContext, Score
 from attacks.inversion import eval_subset
-from audit.stats import mean_ci
+from audit.core.stats import mean_ci
 
 
 def link_ranks(observed: torch.Tensor, candidates: torch.Tensor, chunk: int = 256) -> tuple[torch.Tensor, torch.Tensor]:

@@ -10,12 +10,12 @@ from typing import Any
 _EXPORTS = {
     "Audit": "audit.api",
     "Report": "audit.api",
-    "TorchData": "audit.data.lightning_data",
-    "save_feature_dump": "audit.data.feature_dump",
+    "TorchData": "audit.core.data.lightning_data",
+    "save_feature_dump": "audit.core.data.feature_dump",
     "AuditConfig": "audit.config",
     "build_config": "audit.config",
     "load_config": "audit.config",
-    "AuditInputError": "audit.errors",
+    "AuditInputError": "audit.core.errors",
 }
 
 __all__ = list(_EXPORTS)

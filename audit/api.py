@@ -14,12 +14,12 @@ or run a config (a YAML file, a mapping or an :class:`AuditConfig`)::
     report = Audit("configs/utkface.yaml").run("audit_out")
 
 ``model`` is any ``torch.nn.Module`` mapping inputs to primary-task logits,
-cut at named submodules (:mod:`audit.models.fx_split`) and audited as given
+cut at named submodules (:mod:`audit.core.models.fx_split`) and audited as given
 (no task training) unless ``training`` asks for (fine-)tuning; or a
 registered model (``"small_cnn"``, ``{"name": "torchvision", "arch":
 "resnet50", "weights": "r50.pt"}``). ``data`` is a LightningDataModule, a
 torch Dataset or ``{"train", "val", "test"}`` Datasets whose samples carry
-private labels (:mod:`audit.data.lightning_data`), or a registered dataset
+private labels (:mod:`audit.core.data.lightning_data`), or a registered dataset
 (``{"name": "utkface", "root": ...}``, ``{"name": "features", "path":
 "dump.npz"}`` with ``model=None``). Python objects appear in the config and
 the report as the placeholders ``python`` (with their class and a hash of
@@ -31,7 +31,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, Iterable, Mapping
 
 from audit.config import AuditConfig, build_config, load_config
-from audit.errors import AuditInputError
+from audit.core.errors import AuditInputError
 from audit.runner import AuditRun, RunCallback
 
 if TYPE_CHECKING:  # pragma: no cover
@@ -60,13 +60,13 @@ class Report(dict):
 
     def to_frame(self):
         """The records as a pandas DataFrame: the flat form of results.csv and the W&B table
-        (:func:`audit.records.flat_columns`: ``ci95_low`` / ``ci95_high``, ``utility.*``, ``cost.*``;
+        (:func:`audit.core.records.flat_columns`: ``ci95_low`` / ``ci95_high``, ``utility.*``, ``cost.*``;
         dicts and lists as JSON text)."""
         try:
             import pandas as pd
         except ImportError:
             raise ImportError("Report.to_frame() needs pandas: pip install pandas") from None
-        from audit.records import flat_columns, flat_row
+        from audit.core.records import flat_columns, flat_row
 
         columns = flat_columns(self["results"])
         return pd.DataFrame([flat_row(r, columns) for r in self["results"]], columns=columns)
@@ -156,7 +156,7 @@ class Audit:
     # ------------------------------------------------------------------ inputs
     @staticmethod
     def _data_source(data: Any, private, primary, splits) -> Any:
-        from audit.data.lightning_data import TorchData
+        from audit.core.data.lightning_data import TorchData
 
         if isinstance(data, str) or (isinstance(data, Mapping) and "name" in data):
             if private is not None or primary is not None:
@@ -178,8 +178,8 @@ class Audit:
         return self._config
 
     def _build_config(self) -> AuditConfig:
-        from audit.data.lightning_data import TorchData
-        from audit.models.fx_split import ModuleInstance, check_logits, module_fingerprint
+        from audit.core.data.lightning_data import TorchData
+        from audit.core.models.fx_split import ModuleInstance, check_logits, module_fingerprint
 
         raw = dict(self._raw)
         given: dict[str, Any] = {}
@@ -227,7 +227,7 @@ class Audit:
         the W&B tracker is added when the config's ``tracking`` asks for it. ``executor``:
         :func:`audit.executors.make_executor` (default: in this process; Python objects given as
         ``model=`` / ``data=`` must be picklable for worker processes); ``shard``: (i, n) runs
-        shard i of n; ``resume``: see :class:`audit.store.ResultStore`."""
+        shard i of n; ``resume``: see :class:`audit.core.store.ResultStore`."""
         config = self.config
         callbacks = default_callbacks(config, callbacks)
         try:
@@ -246,7 +246,7 @@ class Audit:
         The task model is trained (or loaded from the cache) exactly as :meth:`run` would; rows are in the
         dataset's order, so an audit of the dump with the same seed sees the same train/aux/test rows.
         """
-        from audit.data.feature_dump import extract_features, save_feature_dump
+        from audit.core.data.feature_dump import extract_features, save_feature_dump
 
         config = self.config
         seed = config.seeds[0] if seed is None else seed

@@ -1,6 +1,6 @@
 """The ``splitaudit`` command line. Each subcommand lives in :mod:`audit.commands`.
 
-Exit codes (:mod:`audit.errors`): 0 success; 1 the audit ran but some cells failed (or a check
+Exit codes (:mod:`audit.core.errors`): 0 success; 1 the audit ran but some cells failed (or a check
 found a violation); 2 bad input (config, file, report), with a message naming it; 3 an I/O error
 (full disk, read-only folder); 130 interrupted (SIGINT); 143 terminated (SIGTERM). Every error
 ends with one line ``splitaudit: ...`` on stderr, never a traceback (``-v`` shows it).
@@ -13,9 +13,9 @@ import logging
 import signal
 import sys
 
-from audit.errors import (EXIT_BAD_INPUT, EXIT_FAILED, EXIT_IO, EXIT_OK, AuditInputError, AuditInterrupted,
+from audit.core.errors import (EXIT_BAD_INPUT, EXIT_FAILED, EXIT_IO, EXIT_OK, AuditInputError, AuditInterrupted,
                           describe_os_error)
-from audit.registry import PluginParamsError, UnknownPluginError
+from audit.core.registry import PluginParamsError, UnknownPluginError
 
 __all__ = ["EXIT_BAD_INPUT", "EXIT_FAILED", "EXIT_IO", "EXIT_OK", "build_parser", "main"]
 
@@ -66,7 +66,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--version", action="version", version=f"%(prog)s {version()}")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     import audit.commands
-    from audit.discovery import submodule_names
+    from audit.core.discovery import submodule_names
 
     for name in COMMAND_ORDER + [n for n in submodule_names(audit.commands) if n not in COMMAND_ORDER]:
         importlib.import_module(f"audit.commands.{name}").add_parser(sub)

@@ -32,9 +32,9 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, ValidationError, field_validator, model_validator
 
 from audit.decision import Decision
-from audit.errors import AuditInputError
-from audit.registry import PluginParams, PluginParamsError, Registry, UnknownPluginError
-from audit.training import TrainerSettings
+from audit.core.errors import AuditInputError
+from audit.core.registry import PluginParams, PluginParamsError, Registry, UnknownPluginError
+from audit.core.training import TrainerSettings
 
 TASK_KEYS = ("dataset", "model", "cut_points", "training", "splits", "label", "model_label", "attacker_data")
 
@@ -236,8 +236,8 @@ class AuditConfig(Strict):
     @model_validator(mode="after")
     def _check_plugins(self) -> "AuditConfig":
         from attacks import ATTACKS
-        from audit.data import DATASETS
-        from audit.models import MODELS
+        from audit.core.data import DATASETS
+        from audit.core.models import MODELS
         from defenses import DEFENSES
 
         def check(registry: Registry, spec_name: str, params: dict, loc: tuple[Any, ...]) -> None:
@@ -357,8 +357,8 @@ def _path_fields(registry: Registry, name: Any) -> list[str]:
 
 def resolve_relative_paths(raw: dict[str, Any], base: Path) -> None:
     """Make relative path parameters of datasets and models in a config file relative to the file's folder."""
-    from audit.data import DATASETS
-    from audit.models import MODELS
+    from audit.core.data import DATASETS
+    from audit.core.models import MODELS
 
     tasks = raw.get("tasks") if isinstance(raw.get("tasks"), list) else [raw]
     for task in tasks:

@@ -22,7 +22,7 @@ from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
-from audit.records import defense_key, defense_labels
+from audit.core.records import defense_key, defense_labels
 from audit.verdicts import FAMILIES, VerdictSettings, verdicts
 
 

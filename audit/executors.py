@@ -51,7 +51,7 @@ from typing import TYPE_CHECKING, Any, Callable
 
 import torch
 
-from audit.errors import AuditInputError
+from audit.core.errors import AuditInputError
 
 if TYPE_CHECKING:  # pragma: no cover
     from audit.runner import AuditRun, Cell, TaskState
@@ -172,7 +172,7 @@ def _pool_worker(conn, init_blob: bytes) -> None:
     """Body of a local worker process: receive task states and groups, send back finished cells."""
     _die_with_parent()
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C is the driver's to handle: it ends the workers
-    from audit.feature_store import open_array
+    from audit.core.feature_store import open_array
 
     # run_class: the driver's AuditRun class, pickled by reference (this module never imports the runner)
     run_class, config, out_dir, cache_dir, threads, max_ram_mb, setup = pickle.loads(init_blob)
@@ -222,7 +222,7 @@ def worker_context():
     if "forkserver" not in multiprocessing.get_all_start_methods():  # pragma: no cover - not Linux/macOS
         return multiprocessing.get_context("spawn")
     ctx = multiprocessing.get_context("forkserver")
-    ctx.set_forkserver_preload(["audit.runner", "audit.executors", "audit.feature_store"])
+    ctx.set_forkserver_preload(["audit.runner", "audit.executors", "audit.core.feature_store"])
     return ctx
 
 
@@ -421,7 +421,7 @@ def _ray_group(init: tuple, state_ref: list, job: GroupJob, features: dict[str, 
     """
     import ray
 
-    from audit.feature_store import map_batches
+    from audit.core.feature_store import map_batches
 
     run_class, config, cache_dir, threads, max_ram_mb, setup = init
     if setup is not None and not _RAY_WORKER["setup"]:

@@ -4,7 +4,7 @@
 output folder; :func:`merge_outputs` combines such folders (any number, from
 any machines) into one folder whose report.json equals a single run's report
 in every value that :func:`report_values` keeps. Merge trusts nothing it reads:
-every cell file passes :func:`audit.store.read_cell`'s integrity check and all of
+every cell file passes :func:`audit.core.store.read_cell`'s integrity check and all of
 the input is read and checked before anything is written, so a refused merge
 leaves no half-written output; a merge with ``--partial`` marks its report
 (``environment.partial``).
@@ -27,8 +27,8 @@ import shutil
 from pathlib import Path
 from typing import Any
 
-from audit.errors import AuditInputError
-from audit.store import MANIFEST, CellIntegrityError, ResultStore, config_differences, read_cell, shard_label
+from audit.core.errors import AuditInputError
+from audit.core.store import MANIFEST, CellIntegrityError, ResultStore, config_differences, read_cell, shard_label
 
 log = logging.getLogger("splitaudit")
 
@@ -141,7 +141,7 @@ def merge_outputs(folders: list[str | Path], out: str | Path, allow_partial: boo
     returns the merged report (also written as ``out/report.json`` and ``results.csv``).
 
     Every folder must hold the same audit (config hash), and every cell file must pass the
-    integrity check of :func:`audit.store.read_cell` (cells written by splitaudit versions
+    integrity check of :func:`audit.core.store.read_cell` (cells written by splitaudit versions
     without content hashes are refused too: rerun the folder to recompute them). A cell found
     in several folders is taken from the first that has it finished ``ok``. Missing cells are
     an error naming them and the shards that hold them, unless ``allow_partial``: then the

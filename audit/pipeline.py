@@ -26,12 +26,12 @@ import lightning as L
 import torch
 
 from attacks import ATTACKS, AttackContext, AttackView, ReleaseChannel, Score
-from audit.data import AuditData, Part
-from audit.feature_store import Rows, map_batches
-from audit.profile import timed
-from audit.registry import PluginParams, Registry
-from audit.stats import mean_ci
-from audit.training import TrainerSettings
+from audit.core.data import AuditData, Part
+from audit.core.feature_store import Rows, map_batches
+from audit.core.profile import timed
+from audit.core.registry import PluginParams, Registry
+from audit.core.stats import mean_ci
+from audit.core.training import TrainerSettings
 from defenses import DEFENSES, Defense, FitContext, SplitPoint
 from defenses.base import RELEASE_BATCH
 

@@ -13,7 +13,7 @@ import os
 from pathlib import Path
 from typing import Any
 
-from audit.errors import AuditInputError, with_detail
+from audit.core.errors import AuditInputError, with_detail
 
 
 def check_out_dir(out: str | Path) -> None:
@@ -46,9 +46,9 @@ def check_tasks(config: Any, objects: dict[int, dict[str, Any]], cache_dir: Path
     dataset root, unusable files or a cut point the model lacks raise :class:`AuditInputError` naming it."""
     import torch
 
-    from audit.data import DATASETS
-    from audit.data.feature_dump import precomputed_features
-    from audit.models import MODELS
+    from audit.core.data import DATASETS
+    from audit.core.data.feature_dump import precomputed_features
+    from audit.core.models import MODELS
 
     for t, task in enumerate(config.tasks):
         given = objects.get(t, {})

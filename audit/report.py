@@ -11,9 +11,9 @@ from typing import Any
 
 from pydantic import ValidationError
 
-from audit.errors import AuditInputError
-from audit.records import AuditRecord, flat_columns, flat_row
-from audit.store import atomic_write, write_json_atomic
+from audit.core.errors import AuditInputError
+from audit.core.records import AuditRecord, flat_columns, flat_row
+from audit.core.store import atomic_write, write_json_atomic
 
 log = logging.getLogger("splitaudit")
 
@@ -61,7 +61,7 @@ def write_report(out_dir: Path, report: dict[str, Any]) -> None:
 
 
 def write_results_csv(path: Path, records: list[dict[str, Any]]) -> None:
-    """The records flat (:func:`audit.records.flat_columns`): one row each, empty cells for None."""
+    """The records flat (:func:`audit.core.records.flat_columns`): one row each, empty cells for None."""
     columns = flat_columns(records)
     with atomic_write(path) as tmp, open(tmp, "w", newline="", encoding="utf-8") as fh:
         writer = csv.writer(fh)
@@ -91,7 +91,7 @@ def read_report(path: str | Path) -> dict[str, Any]:
 
 def check_records(records: Any, where: str) -> None:
     """Raise AuditInputError naming the first record (and field) of ``records`` that does not follow
-    the record schema (:class:`audit.records.AuditRecord`)."""
+    the record schema (:class:`audit.core.records.AuditRecord`)."""
     if not isinstance(records, list):
         raise AuditInputError(f"{where}: 'results' is a {type(records).__name__}, not a list of records")
     for i, record in enumerate(records):

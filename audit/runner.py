@@ -3,7 +3,7 @@
 Work is shared where it can be: per (task, seed) the data is split and the
 task model trained once (cached on disk by a hash of what determines it); per
 cut point the edge features are extracted once (into ``OUT/features``,
-memory-mapped when large, see :mod:`audit.feature_store`); per (cut point,
+memory-mapped when large, see :mod:`audit.core.feature_store`); per (cut point,
 defense) *group* the defense is fitted and the aux/test features released
 once, then every attack runs on them. The driver does the shared steps and
 hands groups to an executor (:mod:`audit.executors`: in the driver, local
@@ -33,19 +33,19 @@ import torch
 from attacks import Score
 from audit import pipeline
 from audit.config import AuditConfig, TaskConfig
-from audit.data import DATASETS, AuditData, split_indices
-from audit.data.feature_dump import model_free_measures, model_free_split, model_free_summary, precomputed_features
-from audit.errors import AuditInputError, interruptible
-from audit.feature_store import FeatureStore
-from audit.models import MODELS, SplitModel, flops_per_sample
+from audit.core.data import DATASETS, AuditData, split_indices
+from audit.core.data.feature_dump import model_free_measures, model_free_split, model_free_summary, precomputed_features
+from audit.core.errors import AuditInputError, interruptible
+from audit.core.feature_store import FeatureStore
+from audit.core.models import MODELS, SplitModel, flops_per_sample
 from audit.pipeline import stable_hash, stage_seed
 from audit.preflight import check_run
-from audit.profile import add_seconds, report_timings, timed
-from audit.records import AuditRecord
+from audit.core.profile import add_seconds, report_timings, timed
+from audit.core.records import AuditRecord
 from audit.report import SCHEMA_VERSION, environment, write_report
-from audit.stats import mean_ci
-from audit.store import ResultStore, atomic_write, write_json_atomic
-from audit.training import fit_classifier, inference_device, predict
+from audit.core.stats import mean_ci
+from audit.core.store import ResultStore, atomic_write, write_json_atomic
+from audit.core.training import fit_classifier, inference_device, predict
 from audit.decision import fresh_verdicts
 from defenses import SplitPoint
 
@@ -238,7 +238,7 @@ class AuditRun:
         self.shard = shard
         self.resume = resume
         self.features = FeatureStore(self.out_dir / "features", config.memory.feature_ram_mb)
-        self.driver_timings: dict[str, float] = {}  # data / task model / features seconds of this run (audit.profile)
+        self.driver_timings: dict[str, float] = {}  # data / task model / features seconds of this run (audit.core.profile)
         self._started: float | None = None  # perf_counter() when run() began (the report's wall time)
 
     # ----------------------------------------------------------------- describe
@@ -270,7 +270,7 @@ class AuditRun:
         started = time.perf_counter()
         attacker = {"attacker_data": task.attacker_data,
                     "n_attacker": sum(len(splits[p]) for p in attacker_splits(task))}
-        if task.model is None:  # saved features audited without a model (audit/data/feature_dump.py)
+        if task.model is None:  # saved features audited without a model (audit/core/data/feature_dump.py)
             summary = {**model_free_summary(task, seed, key, data), **attacker}
             return TaskState(key, data, None, None, summary, features)
         factory = given.get("model") or MODELS.from_params(task.model.name, self.config.plugin_params("tasks", t, "model"))

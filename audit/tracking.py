@@ -29,7 +29,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from audit.config import TrackingConfig, WandbSettings  # noqa: F401 - re-exported
-from audit.records import flat_columns, flat_row
+from audit.core.records import flat_columns, flat_row
 from audit.runner import RunCallback
 
 if TYPE_CHECKING:  # pragma: no cover
@@ -91,7 +91,7 @@ def cell_row(records: list[dict[str, Any]], index: int, seconds: float | None, l
 def summary_figures(records: list[dict[str, Any]]) -> dict[str, Any]:
     """``worst/<target>/<metric>`` (the most leaking record's value, over every cell),
     ``utility/primary_accuracy_min`` and ``_mean``, ``cells/total`` and ``cells/failed``."""
-    from audit.records import leakage
+    from audit.core.records import leakage
 
     out: dict[str, Any] = {}
     best: dict[str, tuple[float, float]] = {}
@@ -173,7 +173,7 @@ class WandbTracker(RunCallback):
             return
         import wandb
 
-        from audit.records import defense_key, defense_labels
+        from audit.core.records import defense_key, defense_labels
 
         try:
             records = report["results"]
@@ -234,7 +234,7 @@ def tracker_for(config: "AuditConfig") -> WandbTracker | None:
 def sweep_cli_args(argv: list[str], run_id: str | None = None, out_root: str = "sweep_out") -> list[str]:
     """``CONFIG --key=value ...`` (or ``--key value``), as a W&B sweep agent passes its parameters,
     -> ``splitaudit run`` arguments: ``run CONFIG --wandb --out OUT_ROOT/RUN_ID --set key=value ...``."""
-    from audit.errors import AuditInputError
+    from audit.core.errors import AuditInputError
 
     if not argv or argv[0].startswith("--"):
         raise AuditInputError("usage: python -m audit.tracking CONFIG [--key=value ...] (a W&B sweep command)")
@@ -257,7 +257,7 @@ def sweep_main(argv: list[str]) -> int:
     """Entry of a W&B sweep's command (see configs/sweep.example.yaml): one audit per agent run,
     into ``sweep_out/<run id>``, recorded as that sweep run."""
     from audit.cli import EXIT_BAD_INPUT, main
-    from audit.errors import AuditInputError
+    from audit.core.errors import AuditInputError
 
     try:
         args = sweep_cli_args(argv, out_root=os.environ.get("SPLITAUDIT_SWEEP_OUT", "sweep_out"))

@@ -45,7 +45,7 @@ from dataclasses import dataclass, field
 from statistics import NormalDist
 from typing import Any, Iterable
 
-from audit.records import Record, defense_key, defense_labels, leakage, orientation, unit_of
+from audit.core.records import Record, defense_key, defense_labels, leakage, orientation, unit_of
 
 VERDICTS = ("leaks", "no_evidence", "inconclusive")
 FAMILIES = ("attribute", "reconstruction", "identity")

@@ -24,7 +24,7 @@ import torch
 
 
 from attacks.mi import estimate_mi, list_methods
-from audit.training import TrainerSettings
+from audit.core.training import TrainerSettings
 
 DEFAULT_OUT = Path(__file__).with_name("mi_independence.jsonl")
 

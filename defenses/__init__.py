@@ -6,8 +6,8 @@ entry-point group.
 """
 import sys
 
-from audit.discovery import import_submodules
-from audit.registry import Registry
+from audit.core.discovery import import_submodules
+from audit.core.registry import Registry
 from defenses.base import Defense, FitContext, SplitPoint
 
 DEFENSES: Registry[Defense] = Registry("defense", "splitaudit.defenses")

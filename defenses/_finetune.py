@@ -17,7 +17,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from audit.training import EpochLog, TrainerSettings, make_trainer, predict, tensor_loader
+from audit.core.training import EpochLog, TrainerSettings, make_trainer, predict, tensor_loader
 
 Penalty = Callable[[torch.Tensor, torch.Tensor, torch.Tensor], torch.Tensor]  # (x, z, y) -> scalar
 

@@ -20,10 +20,10 @@ from typing import Any, Callable, ClassVar
 import torch
 from torch import nn
 
-from audit.data import Part
-from audit.models import SplitModel
-from audit.registry import PluginParams
-from audit.training import TrainerSettings
+from audit.core.data import Part
+from audit.core.models import SplitModel
+from audit.core.registry import PluginParams
+from audit.core.training import TrainerSettings
 
 
 RELEASE_BATCH = 512  # rows per release call the audit makes (audit.pipeline.release_all): mixing groups stay inside

@@ -32,8 +32,8 @@ import torch.nn.functional as F
 from pydantic import Field
 from torch import nn
 
-from audit.models import SplitModel, flops_per_sample
-from audit.training import EpochLog, make_trainer, tensor_loader
+from audit.core.models import SplitModel, flops_per_sample
+from audit.core.training import EpochLog, make_trainer, tensor_loader
 from defenses import register_defense
 from defenses._finetune import train_inputs
 from defenses.base import Defense, FitContext, _median_ms

@@ -28,7 +28,7 @@ import torch
 from pydantic import Field
 from torch import nn
 
-from audit.training import TrainerSettings, fit_classifier
+from audit.core.training import TrainerSettings, fit_classifier
 from defenses import register_defense
 from defenses.base import Defense, FitContext
 

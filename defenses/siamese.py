@@ -25,7 +25,7 @@ import torch.nn.functional as F
 from pydantic import Field
 from torch import nn
 
-from audit.training import predict
+from audit.core.training import predict
 from defenses import register_defense
 from defenses._finetune import finetune_split
 from defenses.base import Defense, FitContext

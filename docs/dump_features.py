@@ -21,8 +21,8 @@ from pathlib import Path
 import torch
 import torchvision
 
-from audit.data.feature_dump import extract_features, save_feature_dump
-from audit.models.fx_split import GraphSplitModel
+from audit.core.data.feature_dump import extract_features, save_feature_dump
+from audit.core.models.fx_split import GraphSplitModel
 
 
 def my_model() -> torch.nn.Module:

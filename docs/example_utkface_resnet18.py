@@ -29,7 +29,7 @@ from PIL import Image
 from torch.utils.data import DataLoader, Dataset
 
 from audit import Audit, TorchData
-from audit.data.utkface import RACES, parse_name
+from audit.core.data.utkface import RACES, parse_name
 
 DEFAULT_ROOT = Path(__file__).resolve().parents[2] / "shared" / "data" / "utkface" / "crop_part1"
 

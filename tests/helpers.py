@@ -4,10 +4,10 @@ from __future__ import annotations
 import torch
 
 from attacks import AttackContext
-from audit.data import DATASETS, AuditData, split_indices
-from audit.models import MODELS
+from audit.core.data import DATASETS, AuditData, split_indices
+from audit.core.models import MODELS
 from audit.pipeline import AttackInputs, attack_context as pipeline_context, fit_defense, release_views
-from audit.training import TrainerSettings, fit_classifier, predict
+from audit.core.training import TrainerSettings, fit_classifier, predict
 from defenses import SplitPoint
 
 SETTINGS = TrainerSettings(accelerator="cpu")

@@ -14,7 +14,7 @@ import lightning as L
 from torch import nn
 
 from attacks import ATTACKS, Attack, Score
-from audit.training import ClassifierModule, make_trainer, tensor_loader
+from audit.core.training import ClassifierModule, make_trainer, tensor_loader
 
 MARK_ENV = "SPLITAUDIT_TEST_MARK"
 

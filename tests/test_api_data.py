@@ -5,7 +5,7 @@ import torch
 from torch.utils.data import DataLoader, TensorDataset
 
 from audit import Audit, TorchData
-from audit.errors import AuditInputError
+from audit.core.errors import AuditInputError
 
 
 def _tensors(n=60, seed=0):

@@ -3,7 +3,7 @@ huge noise drives the attack to chance, and no attack beats the Bayes-optimal ac
 import pytest
 import torch
 
-from audit.data.synthetic import bayes_private_accuracy
+from audit.core.data.synthetic import bayes_private_accuracy
 from tests.helpers import PLANTED, attack_context, planted_task, run_attack, scores_by_metric
 
 
@@ -27,7 +27,7 @@ def test_planted_attribute_is_found_and_bounded_by_bayes(planted, attack):
     assert bacc.ci95[0] > 0.75, bacc  # far above chance 0.5
     assert bacc.chance == 0.5 and abs(bacc.advantage - (bacc.value - 0.5)) < 1e-9
     assert bacc.ci95[0] <= bacc.value <= bacc.ci95[1] and bacc.n_eval == len(data.part("test"))
-    from audit.data import DATASETS
+    from audit.core.data import DATASETS
 
     params = DATASETS.validate_params("synthetic", {k: v for k, v in PLANTED.items() if k != "name"})
     test = data.part("test")
@@ -105,7 +105,7 @@ def test_hflip_augmentation_trains_on_releases_of_the_mirrored_aux_images(plante
     image mirrored: edge(flip(x)) exactly without a defense, a fresh noise draw around it with noise."""
     from attacks import ATTACKS
     from attacks.attribute import mirrored_releases
-    from audit.training import predict
+    from audit.core.training import predict
 
     data, net = planted
     ctx = attack_context(data, net, "conv1")

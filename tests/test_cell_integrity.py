@@ -14,7 +14,7 @@ from audit.cli import main
 from audit.executors import SequentialExecutor
 from audit.merge import strip_timing
 from audit.runner import plan_cells, shard_cells, torch_threads
-from audit.store import ResultStore
+from audit.core.store import ResultStore
 from tests.conftest import TINY
 from tests.test_resume import Count
 from tests.worker_plugins import register
@@ -96,7 +96,7 @@ def test_commit_records_the_sha256_of_the_canonical_records(tmp_path):
 
 @pytest.mark.parametrize("how", ["no_hash", "edited", "nan", "tripled", "relabelled"])
 def test_a_cell_failing_the_integrity_check_is_refused_naming_the_file(tmp_path, caplog, how):
-    from audit.store import CellIntegrityError, read_cell
+    from audit.core.store import CellIntegrityError, read_cell
 
     records = [{"cell_id": "c", "attack": "a", "target": "t", "metric": "m", "status": "ok", "value": 0.5}]
     with ResultStore(tmp_path / "out", "h", {}) as store:

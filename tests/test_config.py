@@ -3,7 +3,7 @@ import re
 import pytest
 
 from audit.config import build_config, load_config
-from audit.errors import AuditInputError
+from audit.core.errors import AuditInputError
 
 
 def test_embedded_default_is_valid_and_small():

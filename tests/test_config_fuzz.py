@@ -12,7 +12,7 @@ from hypothesis import HealthCheck, given, settings  # noqa: E402
 from hypothesis import strategies as st  # noqa: E402
 
 from audit.config import build_config, load_config, parse_override  # noqa: E402
-from audit.errors import AuditInputError  # noqa: E402
+from audit.core.errors import AuditInputError  # noqa: E402
 from tests.conftest import TINY  # noqa: E402
 
 FUZZ = settings(max_examples=int(os.environ.get("FUZZ_EXAMPLES", 250)), deadline=None,

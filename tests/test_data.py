@@ -3,9 +3,9 @@ import warnings
 import pytest
 import torch
 
-from audit.data import DATASETS, split_indices
-from audit.data.synthetic import bayes_private_accuracy
-from audit.errors import AuditInputError
+from audit.core.data import DATASETS, split_indices
+from audit.core.data.synthetic import bayes_private_accuracy
+from audit.core.errors import AuditInputError
 from tests.conftest import UTKFACE, requires_utkface
 
 

@@ -156,7 +156,7 @@ def test_unmix_streams_release_calls_into_a_mapped_array_with_the_in_ram_result(
     one and recovers the ReLU sources exactly."""
     from attacks import ATTACKS
     from attacks.datamix_unmix import request_rows
-    from audit.feature_store import is_mapped
+    from audit.core.feature_store import is_mapped
 
     call = request_rows()
     n = 2 * call + 10  # two full release calls and a short third one

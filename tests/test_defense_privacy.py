@@ -1,7 +1,7 @@
 """The defenses on the tiny planted-attribute task: known truths about leakage, utility and cost.
 
 The private attribute is planted in input directions orthogonal to the
-primary task's (audit.data.synthetic), so an edge fine-tuned to keep only
+primary task's (audit.core.data.synthetic), so an edge fine-tuned to keep only
 what the task needs can drop it: Siamese and NoPeek must lower the attack's
 balanced accuracy at fc1 without losing primary accuracy. DataMix with an
 exactly affine cloud must give the un-mixed predictions; its adaptive
@@ -125,7 +125,7 @@ def test_datamix_cost_counts_mixing_and_demixing(linear_cloud):
     data, net = linear_cloud
     ctx, fitted = fitted_context(data, net, "fc1", defense="datamix", epochs=0)
     edge, _ = net.split("fc1")
-    from audit.models import flops_per_sample
+    from audit.core.models import flops_per_sample
 
     x = data.part("test").x
     cost = fitted.cost(x[:32], flops_per_sample(net, x[:1]))

@@ -7,7 +7,7 @@ import lightning as L
 import pytest
 
 from attacks import ATTACKS, ReleaseChannel
-from audit.training import predict
+from audit.core.training import predict
 from tests.helpers import attack_context, fitted_context, planted_task, run_attack, scores_by_metric
 
 ATTRIBUTE = {"epochs": 8}

@@ -7,7 +7,7 @@ import pytest
 
 from audit import Audit, build_config
 from audit.cli import main
-from audit.errors import AuditInputError
+from audit.core.errors import AuditInputError
 from audit.executors import ProcessExecutor, RayExecutor, SequentialExecutor
 from audit.merge import merge_outputs, report_values, strip_timing
 from audit.runner import parse_shard, plan_cells, shard_cells

@@ -5,7 +5,7 @@ import torch
 
 from audit import Audit, build_config
 from audit.executors import ProcessExecutor
-from audit.feature_store import FeatureStore, is_mapped, map_batches, open_array, write_batches
+from audit.core.feature_store import FeatureStore, is_mapped, map_batches, open_array, write_batches
 from audit.merge import report_values
 from tests.conftest import GRID
 from tests.worker_plugins import register

@@ -14,9 +14,9 @@ import pytest
 import yaml
 
 from audit.cli import main
-from audit.errors import EXIT_BAD_INPUT, EXIT_IO, EXIT_INTERRUPTED, EXIT_TERMINATED
+from audit.core.errors import EXIT_BAD_INPUT, EXIT_IO, EXIT_INTERRUPTED, EXIT_TERMINATED
 from audit.runner import plan_cells
-from audit.store import ResultStore
+from audit.core.store import ResultStore
 from audit.config import build_config
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -173,7 +173,7 @@ def test_a_dangling_symlink_out_is_bad_input(tmp_path, config_path, capsys):
 MAPPED_WRITE = textwrap.dedent("""
     import sys
     import numpy as np
-    from audit.errors import reserve_file_space
+    from audit.core.errors import reserve_file_space
     out = np.lib.format.open_memmap(sys.argv[1], mode="w+", dtype=np.float32, shape=(1 << 18,))  # 1 MB
     if sys.argv[2] == "reserve":
         try:

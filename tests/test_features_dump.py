@@ -6,8 +6,8 @@ import pytest
 import torch
 
 from audit import Audit, build_config
-from audit.data.feature_dump import check_feature_dump, read_feature_dump, save_feature_dump
-from audit.errors import AuditInputError
+from audit.core.data.feature_dump import check_feature_dump, read_feature_dump, save_feature_dump
+from audit.core.errors import AuditInputError
 
 CUTS = ["conv1", "fc1"]
 ATTACKS = {"attribute": {"epochs": 3}, "attribute_linear": {"cs": 4}}

@@ -201,7 +201,7 @@ def test_unmatched_selector_warns_without_strict(tmp_path, capsys):
 
 
 def test_policy_rules_need_a_bound_and_a_known_quantity(tmp_path):
-    from audit.errors import AuditInputError
+    from audit.core.errors import AuditInputError
     from audit.gate import load_policy
 
     path = tmp_path / "p.yaml"

@@ -11,7 +11,7 @@ import tenseal as ts
 import torch
 from torch import nn
 
-from audit.models import SplitModel
+from audit.core.models import SplitModel
 from defenses import DEFENSES, FitContext, SplitPoint
 from defenses.he.ckks import CKKSConfigError, CloudCrypto, galois_element
 from defenses.he.packing import SlotLayout, bias_vector, diagonals, pack, plan_matvec, spread, unpack, vector_layout

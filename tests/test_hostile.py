@@ -16,8 +16,8 @@ import yaml
 from audit import Audit, build_config
 from audit.cli import main
 from audit.config import load_config
-from audit.data import DATASETS
-from audit.errors import AuditInputError
+from audit.core.data import DATASETS
+from audit.core.errors import AuditInputError
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -75,7 +75,7 @@ def test_plugin_names_in_a_config_never_import_modules(tmp_path, monkeypatch, ti
 
 def test_config_and_registry_code_has_no_dynamic_import_or_eval():
     forbidden = {"eval", "exec", "__import__", "import_module", "locate", "compile", "load_module"}
-    for rel in ("audit/config.py", "audit/registry.py"):
+    for rel in ("audit/config.py", "audit/core/registry.py"):
         tree = ast.parse((ROOT / rel).read_text())
         calls = {n.func.id if isinstance(n.func, ast.Name) else n.func.attr
                  for n in ast.walk(tree) if isinstance(n, ast.Call) and isinstance(n.func, (ast.Name, ast.Attribute))}
@@ -88,7 +88,7 @@ def test_evil_pickle_as_model_weights_is_refused(tmp_path):
     marker = tmp_path / "pwned"
     weights = tmp_path / "weights.pt"
     torch.save({"conv1.weight": Evil(marker)}, weights)
-    from audit.models import MODELS
+    from audit.core.models import MODELS
 
     with pytest.raises(AuditInputError, match="weights_only"):
         MODELS.create("resnet18", weights=weights).build((3, 32, 32), 2)
@@ -279,7 +279,7 @@ def test_out_folder_of_another_audit_is_refused_naming_what_differs(tmp_path, ti
 
 
 def test_utkface_names_take_ascii_digits_only():
-    from audit.data.utkface import parse_name
+    from audit.core.data.utkface import parse_name
 
     assert parse_name("35_0_1_20170116174525125.jpg.chip.jpg") == (35, 0, 1)
     for name in ("٣٥_0_1_20170116174525125.jpg.chip.jpg",  # Arabic-Indic digits

@@ -10,7 +10,7 @@ from PIL import Image
 from torch import nn
 
 from attacks.inversion import data_range_of, per_sample_psnr, per_sample_ssim, reconstruction_scores
-from audit.models import SplitModel
+from audit.core.models import SplitModel
 from defenses.base import Defense, FitContext
 from tests.helpers import SETTINGS, attack_context, prepared_task, run_attack, scores_by_metric
 

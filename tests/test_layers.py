@@ -5,8 +5,7 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 PACKAGES = ("audit", "attacks", "defenses")
-CORE = ("audit.registry", "audit.discovery", "audit.errors", "audit.paths", "audit.data", "audit.models",
-        "audit.training", "audit.stats", "audit.store", "audit.feature_store", "audit.records", "audit.profile")
+CORE = ("audit.core",)  # registry, discovery, errors, paths, data, models, training, stats, stores, records, profile
 DOCUMENTS = ("audit.report", "audit.html", "audit.verdicts", "audit.decision")  # report.json (with its verdicts),
 # results.csv, report.html, written by the runner
 ENGINE = ("audit.pipeline", "audit.runner", "audit.executors", "audit.preflight", "audit.merge", "audit.config")

@@ -21,7 +21,7 @@ from attacks.mi.synthetic import (
     mixture_mi,
     rho_for_mi,
 )
-from audit.registry import PluginParamsError, UnknownPluginError
+from audit.core.registry import PluginParamsError, UnknownPluginError
 
 TEST_STEPS = {"steps": 200, "val_every": 50, "hidden": 64}
 NEURAL = ["mine", "nwj", "infonce", "smile", "club", "classifier"]

@@ -9,9 +9,9 @@ import pytest
 
 from attacks import ATTACKS
 from attacks.mi.synthetic import mixture_mi
-from audit.data import DATASETS
-from audit.data.synthetic import planted_patterns
-from audit.registry import PluginParamsError
+from audit.core.data import DATASETS
+from audit.core.data.synthetic import planted_patterns
+from audit.core.registry import PluginParamsError
 from tests.helpers import attack_context, planted_task, run_attack, scores_by_metric
 
 

@@ -1,8 +1,8 @@
 import pytest
 import torch
 
-from audit.errors import AuditInputError
-from audit.models import MODELS
+from audit.core.errors import AuditInputError
+from audit.core.models import MODELS
 
 SHAPES = {"small_cnn": (3, 32, 32), "mlp": (20,), "resnet18": (3, 64, 64), "vgg11": (3, 32, 32)}
 

@@ -4,9 +4,9 @@ import pytest
 import torch
 
 from audit import Audit, build_config
-from audit.data.feature_dump import save_feature_dump
-from audit.feature_store import FeatureStore
-from audit.paths import inside, path_component
+from audit.core.data.feature_dump import save_feature_dump
+from audit.core.feature_store import FeatureStore
+from audit.core.paths import inside, path_component
 
 HOSTILE = ["/victim", "../../victim", "features//victim", "..", ".", "a/../../b", "", "-rf", "x" * 300, "c\x00d"]
 

@@ -12,7 +12,7 @@ import torch
 
 from attacks import ATTACKS
 from audit.pipeline import AttackInputs, fit_defense, measure_utility, release_views, run_attack
-from audit.registry import PluginParamsError
+from audit.core.registry import PluginParamsError
 from defenses import DEFENSES, SplitPoint
 from tests.conftest import TINY
 from tests.helpers import SETTINGS, prepared_task
@@ -58,7 +58,7 @@ def test_defense_contract(name, task):
     utility = measure_utility(defense, split, data.part("test"), 0.5, seed=0)
     assert 0 <= utility["primary_accuracy"] <= 1 and utility["n_eval"] == len(test)
     x = data.part("test").x
-    from audit.models import flops_per_sample
+    from audit.core.models import flops_per_sample
 
     cost = defense.cost(x[:8], flops_per_sample(net, x[:1]))
     assert COST_FIELDS <= set(cost) and cost["bytes_sent"] > 0 and cost["edge_flops"] >= 0

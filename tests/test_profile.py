@@ -3,7 +3,7 @@ import pytest
 
 from audit import Audit, build_config
 from audit.merge import report_values
-from audit.profile import report_timings
+from audit.core.profile import report_timings
 from tests.conftest import TINY
 
 

@@ -70,7 +70,7 @@ def test_defense_fine_tuning_logs_every_epoch_with_its_losses(caplog):
     import torch
     from torch import nn
 
-    from audit.training import TrainerSettings
+    from audit.core.training import TrainerSettings
     from defenses._finetune import finetune_split
 
     gen = torch.Generator().manual_seed(0)
@@ -114,7 +114,7 @@ def test_every_training_defense_logs_its_epochs(name, tiny_planted, caplog):
     """A defense's training on UTKFace takes minutes to half an hour: each of its trainings logs
     'LABEL at CUT (seed S): epoch k/K, <epoch-mean losses> (...)' once per epoch, S being the audit's
     seed (the one the report names), not the fit's derived seed."""
-    from audit.training import predict
+    from audit.core.training import predict
     from defenses import DEFENSES, FitContext, SplitPoint
     from tests.helpers import SETTINGS
 
@@ -140,7 +140,7 @@ def test_slow_release_and_prediction_loops_log_their_progress(monkeypatch, caplo
     the result is the same batches concatenated (in RAM or memory-mapped)."""
     import torch
 
-    from audit.feature_store import SlowLoop, map_batches
+    from audit.core.feature_store import SlowLoop, map_batches
 
     monkeypatch.setattr(SlowLoop, "after", 0.0)
     x = torch.arange(10.0).reshape(10, 1)

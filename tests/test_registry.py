@@ -5,9 +5,9 @@ import pytest
 from pydantic import Field
 
 from attacks import ATTACKS
-from audit.data import DATASETS
-from audit.models import MODELS
-from audit.registry import PluginParams, PluginParamsError, Registry, UnknownPluginError
+from audit.core.data import DATASETS
+from audit.core.models import MODELS
+from audit.core.registry import PluginParams, PluginParamsError, Registry, UnknownPluginError
 from defenses import DEFENSES
 
 

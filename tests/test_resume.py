@@ -13,10 +13,10 @@ import yaml
 
 from audit import Audit, build_config
 from audit.cli import main
-from audit.errors import AuditInputError
+from audit.core.errors import AuditInputError
 from audit.merge import report_values
 from audit.runner import RunCallback, plan_cells
-from audit.store import ResultStore, atomic_write
+from audit.core.store import ResultStore, atomic_write
 from tests.conftest import GRID
 from tests.worker_plugins import register
 
@@ -247,7 +247,7 @@ def test_one_run_at_a_time_per_folder_and_the_lock_dies_with_its_process(tmp_pat
             ResultStore(out, "h", {})
     ResultStore(out, "h", {}).close()
     holder = subprocess.Popen(
-        [sys.executable, "-c", "import sys, time; from audit.store import ResultStore; "
+        [sys.executable, "-c", "import sys, time; from audit.core.store import ResultStore; "
          f"s = ResultStore({str(out)!r}, 'h', {{}}); print('locked', flush=True); time.sleep(600)"],
         stdout=subprocess.PIPE, env={**os.environ, "PYTHONPATH": str(ROOT)}, cwd=ROOT,
     )

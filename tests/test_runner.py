@@ -5,7 +5,7 @@ import json
 import pytest
 
 from audit import Audit, build_config
-from audit.errors import AuditInputError
+from audit.core.errors import AuditInputError
 from audit.runner import RunCallback, plan_cells
 from defenses import DEFENSES, Defense
 
@@ -127,7 +127,7 @@ def test_attacker_data_train_plus_aux_gives_the_attacks_those_rows(tmp_path, tin
     rows (checked against the edge features computed here); the default keeps config hashes and
     cell ids of folders made before the key existed."""
     from audit.runner import AuditRun, attacker_splits
-    from audit.training import predict
+    from audit.core.training import predict
     from tests.worker_plugins import register
 
     register()
@@ -157,7 +157,7 @@ def test_attacker_data_train_plus_aux_gives_the_attacks_those_rows(tmp_path, tin
 def test_rows_slices_like_the_concatenation():
     import torch
 
-    from audit.feature_store import Rows
+    from audit.core.feature_store import Rows
 
     a, b, c = torch.arange(10.0).view(5, 2), torch.arange(10.0, 16.0).view(3, 2), torch.arange(16.0, 24.0).view(4, 2)
     rows, whole = Rows(a, b, c), torch.cat([a, b, c])

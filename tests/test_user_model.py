@@ -7,8 +7,8 @@ import pytest
 import torch
 
 from audit import Audit, TorchData, load_config
-from audit.data import DATASETS
-from audit.models import MODELS
+from audit.core.data import DATASETS
+from audit.core.models import MODELS
 
 USER_PACKAGE = '''
 """A third-party package: its own model, its own data, and splitaudit plugins for both."""
@@ -17,8 +17,8 @@ from pydantic import Field
 from torch import nn
 from torch.utils.data import Dataset
 
-from audit.data.lightning_data import TorchDataset
-from audit.models.fx_split import ModuleModel
+from audit.core.data.lightning_data import TorchDataset
+from audit.core.models.fx_split import ModuleModel
 
 
 class Faces(Dataset):

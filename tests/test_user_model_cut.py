@@ -7,9 +7,9 @@ import torch
 import torchvision
 from torch import nn
 
-from audit.errors import AuditInputError
-from audit.models import MODELS
-from audit.models.fx_split import GraphSplitModel, split_module
+from audit.core.errors import AuditInputError
+from audit.core.models import MODELS
+from audit.core.models.fx_split import GraphSplitModel, split_module
 
 
 def _exact(model: nn.Module, x: torch.Tensor, cuts: list[str]) -> dict[str, tuple[int, ...]]:

@@ -12,7 +12,7 @@ import signal
 import torch
 
 from attacks import ATTACKS, Attack, Score
-from audit.feature_store import is_mapped
+from audit.core.feature_store import is_mapped
 from defenses import DEFENSES, Defense
 
 DRIVER_PID_ENV = "SPLITAUDIT_TEST_DRIVER_PID"

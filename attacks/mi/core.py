@@ -19,8 +19,8 @@ import torch
 from pydantic import Field
 
 from attacks.mi.intervals import crossfit_interval, nonnegative, null_summary, permutation_p_value
-from audit.registry import PluginParams, Registry
-from audit.training import TrainerSettings
+from audit.core.registry import PluginParams, Registry
+from audit.core.training import TrainerSettings
 
 Kind = Literal["lower", "upper", "point"]
 SType = Literal["discrete", "continuous"]

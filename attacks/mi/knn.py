@@ -28,7 +28,7 @@ import torch
 from pydantic import Field
 
 from attacks.mi.core import EstimatorParams, Estimator, MIResult, Reducer, Scaler, register_estimator
-from audit.stats import mean_ci
+from audit.core.stats import mean_ci
 
 INF = float("inf")
 

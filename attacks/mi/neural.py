@@ -44,8 +44,8 @@ import attacks.mi.bounds as bounds
 from attacks.mi.core import (
     Estimator, EstimatorParams, MIInputError, MIResult, Reducer, Scaler, check_labels, register_estimator,
 )
-from audit.stats import bootstrap_ci, mean_ci
-from audit.training import KeepBest, TrainerSettings, make_trainer, predict
+from audit.core.stats import bootstrap_ci, mean_ci
+from audit.core.training import KeepBest, TrainerSettings, make_trainer, predict
 
 Objective = Callable[[torch.Tensor, dict], torch.Tensor]
 

@@ -27,7 +27,7 @@ from pydantic import Field, model_validator
 from attacks import register_attack
 from attacks.base import Attack, AttackContext, Score
 from attacks.mi.core import ESTIMATORS, Estimator, check_inputs, check_method, clipped, with_null
-from audit.registry import PluginParamsError, UnknownPluginError
+from audit.core.registry import PluginParamsError, UnknownPluginError
 
 
 def flatten_features(z: torch.Tensor, pool: int | None = None) -> torch.Tensor:

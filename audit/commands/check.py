@@ -63,7 +63,7 @@ def decision_outcomes(report: dict) -> list:
 
 def main(args: argparse.Namespace) -> int:
     from audit.cli import EXIT_BAD_INPUT, EXIT_FAILED, EXIT_OK
-    from audit.errors import AuditInputError
+    from audit.core.errors import AuditInputError
     from audit.gate import Policy, evaluate, junit_xml, load_policy, report_path
     from audit.report import read_report
 

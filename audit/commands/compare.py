@@ -34,7 +34,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
 
 
 def rows(changes, labels) -> list[list[str]]:
-    from audit.records import defense_key, fmt_ci, unit_of
+    from audit.core.records import defense_key, fmt_ci, unit_of
 
     out = []
     for c in sorted(changes, key=lambda c: ORDER[c.status]):

@@ -21,7 +21,7 @@ from importlib.metadata import entry_points
 from importlib.util import find_spec
 from pathlib import Path
 
-KINDS = {"datasets": ("audit.data", "DATASETS"), "models": ("audit.models", "MODELS"),
+KINDS = {"datasets": ("audit.core.data", "DATASETS"), "models": ("audit.core.models", "MODELS"),
          "defenses": ("defenses", "DEFENSES"), "attacks": ("attacks", "ATTACKS")}
 CACHE_VERSION = 1
 log = logging.getLogger("splitaudit")
@@ -37,7 +37,7 @@ def describe(kind: str) -> str:
     """The text ``list`` prints for one kind, from the live registry."""
     from importlib import import_module
 
-    from audit.registry import REQUIRED
+    from audit.core.registry import REQUIRED
 
     module, attr = KINDS[kind]
     lines = [f"{kind}:"]
@@ -98,7 +98,7 @@ def descriptions() -> dict[str, str]:
             pass
     texts = {kind: describe(kind) for kind in KINDS}
     if path is not None:
-        from audit.store import write_json_atomic
+        from audit.core.store import write_json_atomic
 
         try:
             for old in path.parent.glob("*.json"):  # descriptions of earlier sources

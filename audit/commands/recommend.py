@@ -34,7 +34,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
 
 def parse_require(values: list[str]) -> list[str]:
     """``["no-evidence:attribute,reconstruction"]`` -> ``["attribute", "reconstruction"]``."""
-    from audit.errors import AuditInputError
+    from audit.core.errors import AuditInputError
 
     families = []
     for value in values:
@@ -50,7 +50,7 @@ def constraints(args: argparse.Namespace, report: dict):
     from pydantic import ValidationError
 
     from audit.decision import Decision
-    from audit.errors import AuditInputError
+    from audit.core.errors import AuditInputError
 
     base = dict((report.get("config") or {}).get("decision") or {})
     given = {"max_edge_flops": args.max_edge_flops, "max_accuracy_drop": args.max_accuracy_drop,
@@ -77,7 +77,7 @@ def row_text(row) -> str:
 def main(args: argparse.Namespace) -> int:
     from audit.cli import EXIT_FAILED, EXIT_OK
     from audit.decision import recommend
-    from audit.errors import AuditInputError
+    from audit.core.errors import AuditInputError
     from audit.gate import report_path
     from audit.report import read_report
 

@@ -50,7 +50,7 @@ def add_execution_arguments(p: argparse.ArgumentParser) -> None:
 
 
 def executor_from_args(args: argparse.Namespace):
-    from audit.errors import AuditInputError
+    from audit.core.errors import AuditInputError
     from audit.executors import make_executor
 
     if args.workers < 1:
@@ -65,8 +65,8 @@ def executor_from_args(args: argparse.Namespace):
 
 def stop_message(err: BaseException, out: str) -> str:
     """What the CLI says when a run stops on an I/O error or a signal: the cause, and what is kept."""
-    from audit.errors import describe_os_error
-    from audit.store import MANIFEST
+    from audit.core.errors import describe_os_error
+    from audit.core.store import MANIFEST
 
     cause = getattr(err, "splitaudit_detail", None) or (describe_os_error(err) if isinstance(err, OSError) else "")
     if not Path(out, MANIFEST).is_file():  # stopped before the run claimed OUT
@@ -79,7 +79,7 @@ def main(args: argparse.Namespace) -> int:
     from audit.api import Audit
     from audit.cli import EXIT_FAILED, EXIT_OK
     from audit.config import load_config
-    from audit.errors import AuditInterrupted, with_detail
+    from audit.core.errors import AuditInterrupted, with_detail
     from audit.runner import parse_shard
 
     config = load_config(args.config, args.overrides)

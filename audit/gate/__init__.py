@@ -31,14 +31,14 @@ lower rank means more leakage); :func:`orientation` tells which.
 
 Modules: :mod:`audit.gate.policy` (the YAML), :mod:`audit.gate.evaluation` (policy x report ->
 outcomes), :mod:`audit.gate.comparison` (two reports, paired), :mod:`audit.gate.junit`; the record
-helpers they use are in :mod:`audit.records`.
+helpers they use are in :mod:`audit.core.records`.
 """
 from audit.gate.comparison import (Change, change_of, classify, compare_records, pair_records, params_change,
                                    utility_changes)
 from audit.gate.evaluation import CheckResult, Outcome, evaluate, measured, partial_report, report_path
 from audit.gate.junit import FAILURE_TYPES, junit_xml
 from audit.gate.policy import Policy, Regression, Rule, Selector, load_policy
-from audit.records import (Record, defense_key, defense_labels, describe, fmt, fmt_ci, leakage, measurement_key,
+from audit.core.records import (Record, defense_key, defense_labels, describe, fmt, fmt_ci, leakage, measurement_key,
                            orientation, oriented, params_text, unit_of)
 
 __all__ = [

@@ -6,7 +6,7 @@ import math
 from dataclasses import dataclass
 
 from audit.gate.policy import Regression
-from audit.records import (Record, defense_key, fmt_ci, group_key, leakage, measurement_key, orientation, oriented,
+from audit.core.records import (Record, defense_key, fmt_ci, group_key, leakage, measurement_key, orientation, oriented,
                            unit_of)
 
 def pair_records(old: list[Record], new: list[Record]) -> list[tuple[Record | None, Record | None]]:

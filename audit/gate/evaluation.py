@@ -6,11 +6,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from audit.errors import AuditInputError
+from audit.core.errors import AuditInputError
 from audit.gate.comparison import compare_records
 from audit.gate.policy import Policy, Regression, Rule
-from audit.records import Record, defense_labels, describe, fmt_ci, group_key, measurement_key, orientation, unit_of
-from audit.store import non_finite_paths
+from audit.core.records import Record, defense_labels, describe, fmt_ci, group_key, measurement_key, orientation, unit_of
+from audit.core.store import non_finite_paths
 
 @dataclass
 class Outcome:

@@ -9,8 +9,8 @@ from typing import Any, Literal, get_args
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
-from audit.errors import AuditInputError
-from audit.records import Record
+from audit.core.errors import AuditInputError
+from audit.core.records import Record
 
 class _Strict(BaseModel):
     model_config = ConfigDict(extra="forbid")

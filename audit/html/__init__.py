@@ -17,13 +17,13 @@ from typing import Any
 
 import yaml
 
-from audit.store import atomic_write
+from audit.core.store import atomic_write
 
 FIGURES_DIR = "figures"
 
 
 def _task_infos(report: dict[str, Any]) -> list[dict[str, str]]:
-    from audit.records import fmt_ci
+    from audit.core.records import fmt_ci
     from audit.html.tables import human_count
 
     rows = []

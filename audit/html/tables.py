@@ -9,7 +9,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from audit.records import Record, defense_key, defense_labels, fmt, fmt_ci, leakage, orientation, unit_of
+from audit.core.records import Record, defense_key, defense_labels, fmt, fmt_ci, leakage, orientation, unit_of
 from audit.verdicts import shown_value
 
 
@@ -105,7 +105,7 @@ def tasks_of(report: dict[str, Any]) -> list[Task]:
 
 
 def worst(records: list[Record]) -> Record | None:
-    """The record with the most leakage (oriented; see audit.records.orientation)."""
+    """The record with the most leakage (oriented; see audit.core.records.orientation)."""
     scored = [(leakage(r), r) for r in records]
     scored = [(s, r) for s, r in scored if s is not None and math.isfinite(s[0])]
     return max(scored, key=lambda sr: sr[0][0])[1] if scored else None

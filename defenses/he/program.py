@@ -35,7 +35,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from audit.errors import AuditInputError
+from audit.core.errors import AuditInputError
 
 RESHAPES = (nn.Flatten, nn.Unflatten, nn.Identity, nn.Dropout, nn.Dropout1d, nn.Dropout2d, nn.AlphaDropout)
 AFFINE = (

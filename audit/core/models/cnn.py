@@ -10,10 +10,10 @@ from __future__ import annotations
 from pydantic import Field
 from torch import nn
 
-from audit.errors import AuditInputError
-from audit.models import register_model
-from audit.models.base import ModelFactory, SplitModel
-from audit.registry import PluginParams
+from audit.core.errors import AuditInputError
+from audit.core.models import register_model
+from audit.core.models.base import ModelFactory, SplitModel
+from audit.core.registry import PluginParams
 
 
 @register_model("small_cnn")

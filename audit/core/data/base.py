@@ -7,8 +7,8 @@ from typing import Any, ClassVar
 
 import torch
 
-from audit.errors import AuditInputError
-from audit.registry import PluginParams
+from audit.core.errors import AuditInputError
+from audit.core.registry import PluginParams
 
 SPLIT_NAMES = ("train", "aux", "test")
 

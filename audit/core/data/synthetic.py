@@ -15,9 +15,9 @@ import torch
 import torch.nn.functional as F
 from pydantic import Field
 
-from audit.data import register_dataset
-from audit.data.base import Dataset, LoadedData
-from audit.registry import PluginParams
+from audit.core.data import register_dataset
+from audit.core.data.base import Dataset, LoadedData
+from audit.core.registry import PluginParams
 
 
 def _smooth_patterns(k: int, channels: int, size: int, gen: torch.Generator) -> torch.Tensor:

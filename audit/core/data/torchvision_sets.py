@@ -1,7 +1,7 @@
 """torchvision datasets read from a local root. splitaudit never downloads.
 
 - ``cifar10``: labels class (10), animal (animal vs vehicle), brightness (tercile).
-- ``mnist``: labels digit, parity, large, ink (see :mod:`audit.data.digit_labels`).
+- ``mnist``: labels digit, parity, large, ink (see :mod:`audit.core.data.digit_labels`).
 - ``celeba``: the 40 binary attributes (e.g. primary Smiling, private Male).
 """
 from __future__ import annotations
@@ -13,11 +13,11 @@ import torch
 import torch.nn.functional as F
 from pydantic import Field
 
-from audit.data import register_dataset
-from audit.data.base import Dataset, LoadedData
-from audit.data.digit_labels import digit_labels
-from audit.errors import AuditInputError
-from audit.registry import PluginParams
+from audit.core.data import register_dataset
+from audit.core.data.base import Dataset, LoadedData
+from audit.core.data.digit_labels import digit_labels
+from audit.core.errors import AuditInputError
+from audit.core.registry import PluginParams
 
 CIFAR_ANIMALS = {2, 3, 4, 5, 6, 7}  # bird cat deer dog frog horse
 

@@ -10,11 +10,11 @@ the graph is then divided in two:
   output replaced by the input ``z``; so ``cloud(edge(x)) == model(x)``.
 
 Both halves are ``torch.fx.GraphModule`` s that share the model's parameters
-(no copy), like the stage slices of :class:`audit.models.base.SplitModel`.
+(no copy), like the stage slices of :class:`audit.core.models.base.SplitModel`.
 
 Only the modules on the path from the root to a cut point are traced; every
 other submodule stays an opaque call, so control flow inside them is fine.
-What cannot be cut (each raises :class:`audit.errors.AuditInputError` naming
+What cannot be cut (each raises :class:`audit.core.errors.AuditInputError` naming
 the problem):
 
 - a submodule whose output is not the only value crossing the cut: a skip
@@ -43,10 +43,10 @@ import torch
 from pydantic import Field
 from torch import fx, nn
 
-from audit.errors import AuditInputError
-from audit.models import register_model
-from audit.models.base import ModelFactory
-from audit.registry import PluginParams
+from audit.core.errors import AuditInputError
+from audit.core.models import register_model
+from audit.core.models.base import ModelFactory
+from audit.core.registry import PluginParams
 
 
 class _CutTracer(fx.Tracer):
@@ -165,7 +165,7 @@ def split_module(module: nn.Module, cut: str, model_name: str = "model") -> tupl
 class GraphSplitModel(nn.Module):
     """Any classifier ``module`` (x -> primary logits) with cut points at its named submodules.
 
-    Same interface as :class:`audit.models.base.SplitModel`: ``split(cut)`` ->
+    Same interface as :class:`audit.core.models.base.SplitModel`: ``split(cut)`` ->
     (edge, cloud), ``cut_points``, ``forward``; parameters live in ``module``.
     """
 
@@ -229,7 +229,7 @@ def last_linear(module: nn.Module) -> str | None:
 def load_state_file(module: nn.Module, path: Path) -> None:
     """Load a state_dict file (``torch.load(weights_only=True)``) into ``module``. Mismatched shapes of the
     classifier (last Linear) are re-initialised with a warning; any other mismatch is an error."""
-    from audit.models.torchvision_models import load_weights
+    from audit.core.models.torchvision_models import load_weights
 
     head = last_linear(module)
     load_weights(module, Path(path).expanduser(), f"{head}." if head else "\0")
@@ -258,7 +258,7 @@ def check_logits(model: nn.Module, x: torch.Tensor, num_classes: int, name: str)
 class ModuleModel(ModelFactory):
     """Base class for model plugins wrapping any ``nn.Module``: implement ``module(input_shape, num_classes)``.
 
-    Cut points are submodule names (torch.fx, see :mod:`audit.models.fx_split`). ``weights`` loads a
+    Cut points are submodule names (torch.fx, see :mod:`audit.core.models.fx_split`). ``weights`` loads a
     state_dict file (``weights_only``); with ``training.epochs: 0`` the model is audited as loaded.
     Register a subclass through the ``splitaudit.models`` entry-point group to use it from YAML.
     """
@@ -295,7 +295,7 @@ class PythonModel(ModelFactory):
         raise AuditInputError(
             f"model 'python' ({self.params.object}) stands for an nn.Module given to audit.Audit(model=...) and "
             "is only available in that Python process; to use your model from YAML, register a "
-            "audit.models.fx_split.ModuleModel subclass under the 'splitaudit.models' entry-point group"
+            "audit.core.models.fx_split.ModuleModel subclass under the 'splitaudit.models' entry-point group"
         )
 
 

@@ -5,9 +5,9 @@ more private labels, split by seed into disjoint train / aux / test parts.
 """
 import sys
 
-from audit.data.base import AuditData, Dataset, LoadedData, Part, split_indices
-from audit.discovery import import_submodules
-from audit.registry import Registry
+from audit.core.data.base import AuditData, Dataset, LoadedData, Part, split_indices
+from audit.core.discovery import import_submodules
+from audit.core.registry import Registry
 
 DATASETS: Registry[Dataset] = Registry("dataset", "splitaudit.datasets")
 register_dataset = DATASETS.register

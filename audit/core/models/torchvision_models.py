@@ -18,10 +18,10 @@ import torch
 from pydantic import Field
 from torch import nn
 
-from audit.errors import AuditInputError
-from audit.models import register_model
-from audit.models.base import ModelFactory, SplitModel
-from audit.registry import PluginParams
+from audit.core.errors import AuditInputError
+from audit.core.models import register_model
+from audit.core.models.base import ModelFactory, SplitModel
+from audit.core.registry import PluginParams
 
 
 class _TorchvisionParams(PluginParams):

@@ -7,10 +7,10 @@ from typing import Literal
 import torch
 from pydantic import Field
 
-from audit.data import register_dataset
-from audit.data.base import Dataset, LoadedData
-from audit.data.digit_labels import digit_labels
-from audit.registry import PluginParams
+from audit.core.data import register_dataset
+from audit.core.data.base import Dataset, LoadedData
+from audit.core.data.digit_labels import digit_labels
+from audit.core.registry import PluginParams
 
 DigitLabel = Literal["digit", "parity", "large", "ink"]
 

@@ -38,11 +38,11 @@ import torch
 from pydantic import Field
 from torch import nn
 
-from audit.data import register_dataset
-from audit.data.base import Dataset, LoadedData
-from audit.errors import AuditInputError
-from audit.registry import PluginParams
-from audit.store import atomic_write
+from audit.core.data import register_dataset
+from audit.core.data.base import Dataset, LoadedData
+from audit.core.errors import AuditInputError
+from audit.core.registry import PluginParams
+from audit.core.store import atomic_write
 
 NO_PRIMARY = "none"  # the primary label of a dump that has none: one class, nothing uses it
 

@@ -23,11 +23,11 @@ from typing import Literal
 import torch
 from pydantic import Field
 
-from audit.data import register_dataset
-from audit.data.base import Dataset, LoadedData
-from audit.errors import AuditInputError
-from audit.registry import PluginParams
-from audit.store import atomic_write
+from audit.core.data import register_dataset
+from audit.core.data.base import Dataset, LoadedData
+from audit.core.errors import AuditInputError
+from audit.core.registry import PluginParams
+from audit.core.store import atomic_write
 
 log = logging.getLogger("splitaudit")
 

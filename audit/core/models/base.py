@@ -12,8 +12,8 @@ from typing import ClassVar
 import torch
 from torch import nn
 
-from audit.errors import AuditInputError
-from audit.registry import PluginParams
+from audit.core.errors import AuditInputError
+from audit.core.registry import PluginParams
 
 
 class SplitModel(nn.Module):

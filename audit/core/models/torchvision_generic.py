@@ -7,7 +7,7 @@ imported from a string. Weights come from a local state_dict file
 (``weights:``, read with ``weights_only=True``; never downloaded); a
 classifier with another number of classes is re-initialised with a warning.
 Cut points are submodule names (``layer3``, ``features.6``; torch.fx, see
-:mod:`audit.models.fx_split`). A first convolution expecting another number
+:mod:`audit.core.models.fx_split`). A first convolution expecting another number
 of input channels than the data has is replaced (re-initialised).
 
     model: {name: torchvision, arch: resnet50, weights: r50_utkface.pt}
@@ -22,9 +22,9 @@ import difflib
 from pydantic import Field
 from torch import nn
 
-from audit.errors import AuditInputError
-from audit.models import register_model
-from audit.models.fx_split import ModuleModel
+from audit.core.errors import AuditInputError
+from audit.core.models import register_model
+from audit.core.models.fx_split import ModuleModel
 
 
 def classification_archs() -> list[str]:

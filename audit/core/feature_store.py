@@ -31,9 +31,9 @@ from typing import Callable
 import numpy as np
 import torch
 
-from audit.errors import reserve_file_space
-from audit.paths import inside
-from audit.store import atomic_write
+from audit.core.errors import reserve_file_space
+from audit.core.paths import inside
+from audit.core.store import atomic_write
 
 MB = 1 << 20
 log = logging.getLogger("splitaudit")
@@ -192,7 +192,7 @@ def digest_path(path: Path) -> Path:
 
 class FeatureStore:
     """Edge features per (task key, cut point, split) under ``root/<task key>/<cut>/<split>.npy``;
-    each name passes through :func:`audit.paths.path_component` (a cut point called ``../x`` or
+    each name passes through :func:`audit.core.paths.path_component` (a cut point called ``../x`` or
     ``/etc`` stays under ``root``)."""
 
     def __init__(self, root: Path, max_ram_mb: float):

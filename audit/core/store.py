@@ -39,7 +39,7 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
-from audit.errors import AuditInputError
+from audit.core.errors import AuditInputError
 
 MANIFEST = "audit.json"
 LOCK = ".lock"

@@ -17,10 +17,10 @@ from pathlib import Path
 import torch
 from pydantic import Field
 
-from audit.data import register_dataset
-from audit.data.base import Dataset, LoadedData
-from audit.errors import AuditInputError
-from audit.registry import PluginParams
+from audit.core.data import register_dataset
+from audit.core.data.base import Dataset, LoadedData
+from audit.core.errors import AuditInputError
+from audit.core.registry import PluginParams
 
 
 @register_dataset("csv")

@@ -43,10 +43,10 @@ import torch
 from pydantic import Field
 from torch.utils.data import DataLoader
 
-from audit.data import register_dataset
-from audit.data.base import SPLIT_NAMES, Dataset, LoadedData
-from audit.errors import AuditInputError
-from audit.registry import PluginParams
+from audit.core.data import register_dataset
+from audit.core.data.base import SPLIT_NAMES, Dataset, LoadedData
+from audit.core.errors import AuditInputError
+from audit.core.registry import PluginParams
 
 SplitMode = Literal["auto", "datamodule", "pool"]
 _PART_ALIASES = {"train": "train", "aux": "aux", "val": "aux", "validation": "aux", "test": "test"}
@@ -330,5 +330,5 @@ class PythonData(Dataset):
         raise AuditInputError(
             f"dataset 'python' ({self.params.object}) stands for data given to audit.Audit(data=...) and is only "
             "available in that Python process; to use your data from YAML, register an "
-            "audit.data.lightning_data.TorchDataset subclass under the 'splitaudit.datasets' entry-point group"
+            "audit.core.data.lightning_data.TorchDataset subclass under the 'splitaudit.datasets' entry-point group"
         )
