@@ -13,8 +13,7 @@ import logging
 import signal
 import sys
 
-from audit.core.errors import (EXIT_BAD_INPUT, EXIT_FAILED, EXIT_IO, EXIT_OK, AuditInputError, AuditInterrupted,
-                          describe_os_error)
+from audit.core.errors import EXIT_BAD_INPUT, EXIT_FAILED, EXIT_IO, EXIT_OK, AuditInputError, AuditInterrupted, describe_os_error
 from audit.core.registry import PluginParamsError, UnknownPluginError
 
 __all__ = ["EXIT_BAD_INPUT", "EXIT_FAILED", "EXIT_IO", "EXIT_OK", "build_parser", "main"]

@@ -31,10 +31,10 @@ from typing import Annotated, Any, Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, ValidationError, field_validator, model_validator
 
-from audit.decision import Decision
 from audit.core.errors import AuditInputError
 from audit.core.registry import PluginParams, PluginParamsError, Registry, UnknownPluginError
 from audit.core.training import TrainerSettings
+from audit.decision import Decision
 
 TASK_KEYS = ("dataset", "model", "cut_points", "training", "splits", "label", "model_label", "attacker_data")
 

@@ -54,7 +54,9 @@ import torch
 from audit.core.errors import AuditInputError
 
 if TYPE_CHECKING:  # pragma: no cover
-    from audit.runner import AuditRun, Cell, TaskState
+    from audit.plan import Cell
+    from audit.runner import AuditRun
+    from audit.tasks import TaskState
 
 log = logging.getLogger("splitaudit")
 

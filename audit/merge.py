@@ -123,7 +123,7 @@ def _torch_threads(folder: Path) -> int | None:
 
 def _missing_shards(shards: list[tuple[int, int] | None], planned: list, missing_ids: set[str]) -> list[str]:
     """Labels ``i/n`` of the shards holding missing cells, when every folder is a shard of one n."""
-    from audit.runner import shard_cells
+    from audit.plan import shard_cells
 
     counts = {s[1] for s in shards if s}
     if len(counts) != 1 or None in shards:
@@ -150,8 +150,9 @@ def merge_outputs(folders: list[str | Path], out: str | Path, allow_partial: boo
     the shards' (from their report.json; None when unknown or when they differ).
     """
     from audit.config import build_config
+    from audit.plan import plan_cells
     from audit.report import write_report
-    from audit.runner import AuditRun, plan_cells
+    from audit.runner import AuditRun
 
     folders = [Path(f) for f in folders]
     out = Path(out)

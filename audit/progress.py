@@ -16,7 +16,8 @@ from typing import TYPE_CHECKING, Any
 from audit.runner import RunCallback, summarize
 
 if TYPE_CHECKING:  # pragma: no cover
-    from audit.runner import AuditRun, Cell
+    from audit.plan import Cell
+    from audit.runner import AuditRun
 
 log = logging.getLogger("splitaudit")
 

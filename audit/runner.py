@@ -1,29 +1,25 @@
-"""The audit runner: a grid of cells (task x seed x cut point x defense x attack).
+"""The audit runner: plan -> submit -> commit -> report.
 
-Work is shared where it can be: per (task, seed) the data is split and the
-task model trained once (cached on disk by a hash of what determines it); per
-cut point the edge features are extracted once (into ``OUT/features``,
-memory-mapped when large, see :mod:`audit.core.feature_store`); per (cut point,
-defense) *group* the defense is fitted and the aux/test features released
-once, then every attack runs on them. The driver does the shared steps and
-hands groups to an executor (:mod:`audit.executors`: in the driver, local
-worker processes, or Ray); finished cells come back to the driver, which
-commits each to the results store, so a rerun skips it. Every stage is seeded
-from the audit seed and the stage's own identity (initial weights, training,
-defense fit, attack), so a cell's values do not depend on which other cells
-ran before it, in which process, or in which order.
+The plan is a grid of cells (task x seed x cut point x defense x attack, :mod:`audit.plan`).
+Work is shared where it can be: per (task, seed) the data is split and the task model trained
+once (:mod:`audit.tasks`, cached on disk by a hash of what determines it); per cut point the edge
+features are extracted once (into ``OUT/features``, memory-mapped when large, see
+:mod:`audit.core.feature_store`); per (cut point, defense) *group* the defense is fitted and the
+aux/test features released once, then every attack runs on them (:mod:`audit.pipeline`). The
+driver does the shared steps and hands groups to an executor (:mod:`audit.executors`: in the
+driver, local worker processes, or Ray); finished cells come back to the driver, which commits
+each to the results store, so a rerun skips it. Every stage is seeded from the audit seed and the
+stage's own identity (initial weights, training, defense fit, attack), so a cell's values do not
+depend on which other cells ran before it, in which process, or in which order.
 """
 from __future__ import annotations
 
 import contextlib
-import json
 import logging
 import math
-import os
 import shutil
 import time
 import traceback
-from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Callable, Iterable
@@ -32,127 +28,26 @@ import torch
 
 from attacks import Score
 from audit import pipeline
-from audit.config import AuditConfig, TaskConfig
-from audit.core.data import DATASETS, AuditData, split_indices
-from audit.core.data.feature_dump import model_free_measures, model_free_split, model_free_summary, precomputed_features
-from audit.core.errors import AuditInputError, interruptible
+from audit.config import AuditConfig
+from audit.core.data.feature_dump import model_free_measures, model_free_split
+from audit.core.errors import interruptible
 from audit.core.feature_store import FeatureStore
-from audit.core.models import MODELS, SplitModel, flops_per_sample
-from audit.pipeline import stable_hash, stage_seed
-from audit.preflight import check_run
-from audit.core.profile import add_seconds, report_timings, timed
+from audit.core.profile import report_timings, timed
 from audit.core.records import AuditRecord
-from audit.report import SCHEMA_VERSION, environment, write_report
-from audit.core.stats import mean_ci
-from audit.core.store import ResultStore, atomic_write, write_json_atomic
-from audit.core.training import fit_classifier, inference_device, predict
+from audit.core.store import ResultStore
+from audit.core.training import inference_device, predict
 from audit.decision import fresh_verdicts
+from audit.pipeline import stage_seed
+from audit.plan import Cell, plan_cells, shard_cells
+from audit.preflight import check_run
+from audit.report import SCHEMA_VERSION, environment, write_report
+from audit.tasks import TaskState, attacker_splits, default_cache_dir, extract_features, prepare_task, task_key
 from defenses import SplitPoint
 
 if TYPE_CHECKING:  # pragma: no cover
     from audit.executors import CellResult, Executor
 
 log = logging.getLogger("splitaudit")
-
-CACHE_VERSION = 1  # bump when task training changes in a way that invalidates cached models
-
-
-def default_cache_dir() -> Path:
-    return Path(os.environ.get("SPLITAUDIT_CACHE", Path.home() / ".cache" / "splitaudit"))
-
-
-@dataclass(frozen=True)
-class Cell:
-    """One unit of the grid; ``id`` hashes everything that determines its results."""
-
-    task: int
-    seed: int
-    cut_point: str
-    defense: int  # index into config.defenses
-    attack: str
-    id: str
-
-    @property
-    def group(self) -> tuple[int, int, str, int]:
-        return (self.task, self.seed, self.cut_point, self.defense)
-
-
-def _training_record(path: Path) -> dict[str, Any]:
-    """What the run that trained a cached task model recorded beside it (``KEY.json``): when, how
-    long, torch version and thread count; empty for a model cached before such records existed."""
-    record = path.with_suffix(".json")
-    try:
-        data = json.loads(record.read_text(encoding="utf-8"))
-    except FileNotFoundError:
-        return {}
-    except (OSError, ValueError) as err:
-        log.warning("training record %s unreadable (%s); the report will not say how the task model was trained",
-                    record, err)
-        return {}
-    keep = ("trained_at", "seconds", "torch", "torch_threads", "device")
-    return {k: data[k] for k in keep if k in data} if isinstance(data, dict) else {}
-
-
-def task_key(task: TaskConfig, seed: int) -> str:
-    """Identity of a trained task model: dataset, model, training, splits and seed."""
-    what = task.model_dump(mode="json", exclude={"label", "cut_points", "attacks", "attacker_data"})
-    return stable_hash(CACHE_VERSION, what, seed)
-
-
-def plan_cells(config: AuditConfig) -> list[Cell]:
-    """Every cell of the audit, in execution order."""
-    defense_params = [config.defense_params(d).model_dump(mode="json") for d in range(len(config.defenses))]
-    attack_params = {a: config.attack_params(a).model_dump(mode="json") for a in config.attacks}
-    cells = []
-    for t, task in enumerate(config.tasks):
-        for seed in config.seeds:
-            stronger = [task.attacker_data] if task.attacker_data != "aux" else []  # (default: old ids kept)
-            for cut in task.cut_points:
-                for d, spec in enumerate(config.defenses):
-                    for attack in task.attacks or config.attacks:
-                        cid = stable_hash(
-                            task_key(task, seed), cut, spec.name, defense_params[d],
-                            attack, attack_params[attack], config.n_boot, *stronger,
-                        )
-                        cells.append(Cell(t, seed, cut, d, attack, cid))
-    return cells
-
-
-def parse_shard(text: str) -> tuple[int, int]:
-    """``"i/n"`` -> (i, n) with 1 <= i <= n."""
-    try:
-        i, n = (int(v) for v in text.split("/"))
-    except ValueError:
-        raise AuditInputError(f"--shard {text!r}: expected I/N, e.g. --shard 1/2") from None
-    if not 1 <= i <= n:
-        raise AuditInputError(f"--shard {text!r}: need 1 <= I <= N")
-    return i, n
-
-
-def shard_cells(cells: list[Cell], index: int, count: int) -> list[Cell]:
-    """Shard ``index`` of ``count`` (1-based): every ``count``-th group of cells in plan order,
-    starting at the ``index``-th. Groups are never split (their cells share a defense fit), the
-    slices are disjoint, cover the grid, and depend on the config only."""
-    groups = list(dict.fromkeys(c.group for c in cells))
-    mine = {g for j, g in enumerate(groups) if j % count == index - 1}
-    return [c for c in cells if c.group in mine]
-
-
-@dataclass
-class TaskState:
-    """A (task, seed) ready for cells: data split, trained model, summary figures."""
-
-    key: str
-    data: AuditData
-    model: SplitModel | None  # None: saved features audited without a model
-    full_flops: int | None
-    summary: dict[str, Any]
-    features: dict[str, torch.Tensor] | None = None  # saved edge features per cut point (N, ...), all rows
-    seed_key: str | None = None  # identity the defense / attack seeds derive from (default: key)
-
-    def __post_init__(self) -> None:
-        # a feature dump names the task it was taken from: its cells replay that task's seeds
-        self.seed_key = self.seed_key or self.data.loaded.meta.get("seed_key") or self.key
 
 
 class RunCallback:
@@ -182,11 +77,6 @@ def _finite(value: Any) -> Any:
     if isinstance(value, float) and not math.isfinite(value):
         return None
     return value
-
-
-def attacker_splits(task: TaskConfig) -> tuple[str, ...]:
-    """The splits the attacks train on (``attacker_data``), rows in this order."""
-    return ("train", "aux") if task.attacker_data == "train+aux" else ("aux",)
 
 
 @contextlib.contextmanager
@@ -255,105 +145,13 @@ class AuditRun:
 
     # --------------------------------------------------------------------- task
     def prepare_task(self, t: int, seed: int) -> TaskState:
-        task = self.config.tasks[t]
-        key = task_key(task, seed)
-        given = self.objects.get(t, {})
-        started = time.perf_counter()
-        dataset = given.get("dataset") or DATASETS.from_params(
-            task.dataset.name, self.config.plugin_params("tasks", t, "dataset"))
-        loaded = dataset.load(self.cache_dir)
-        # a dataset may bring its own split (a LightningDataModule's train/val/test)
-        splits = getattr(loaded, "splits", None) or split_indices(loaded.x.shape[0], task.splits.model_dump(), seed)
-        data = AuditData(task.display_name, loaded, splits)
-        features = precomputed_features(loaded, task.cut_points, with_model=task.model is not None)
-        add_seconds(self.driver_timings, "data_seconds", started)
-        started = time.perf_counter()
-        attacker = {"attacker_data": task.attacker_data,
-                    "n_attacker": sum(len(splits[p]) for p in attacker_splits(task))}
-        if task.model is None:  # saved features audited without a model (audit/core/data/feature_dump.py)
-            summary = {**model_free_summary(task, seed, key, data), **attacker}
-            return TaskState(key, data, None, None, summary, features)
-        factory = given.get("model") or MODELS.from_params(task.model.name, self.config.plugin_params("tasks", t, "model"))
-        with torch.random.fork_rng(devices=[]):  # the initial weights depend on the seed only
-            torch.manual_seed(stage_seed(seed, key, "init"))
-            model = factory.build(data.input_shape, data.num_classes(data.primary))
-        for cut in task.cut_points:
-            model.split(cut)  # raises naming the model's cut points on a typo
-        path = self.cache_dir / "task_models" / f"{key}.pt"
-        train = data.part("train")
-        if task.training.epochs == 0:
-            log.info("%s/%s seed=%d: model audited as given (training.epochs: 0)", task.display_name, task.model_name, seed)
-            provenance = {"source": "given"}
-        elif path.exists():
-            try:
-                model.load_state_dict(torch.load(path, map_location="cpu", weights_only=True))
-            except Exception as err:  # noqa: BLE001 - a tampered or foreign file: never unpickle it unsafely
-                raise AuditInputError(
-                    f"cached task model {path} cannot be loaded safely ({type(err).__name__}: "
-                    f"{str(err).splitlines()[0] if str(err) else ''}); delete it to retrain"
-                ) from None
-            log.info("%s/%s seed=%d: task model from cache %s", task.display_name, task.model_name, seed, path)
-            provenance = {"source": "cache", "path": str(path), **_training_record(path)}
-        else:
-            log.info(
-                "%s/%s seed=%d: training the task model (%d samples, %d epochs)",
-                task.display_name, task.model_name, seed, len(train), task.training.epochs,
-            )
-            tr = task.training
-            started = time.perf_counter()
-            fit_classifier(
-                model, train.x, train.y, data.num_classes(data.primary), settings=self.config.trainer,
-                epochs=tr.epochs, batch_size=tr.batch_size, lr=tr.lr, weight_decay=tr.weight_decay,
-                seed=stage_seed(seed, key, "task"), hflip=tr.hflip,
-                log_epochs=f"{task.display_name}/{task.model_name} seed={seed} task training",
-            )
-            # how it was trained: a cached model's accuracy depends on the torch version and thread count
-            record = {
-                "trained_at": datetime.now(timezone.utc).isoformat(timespec="seconds"),
-                "seconds": round(time.perf_counter() - started, 2), "torch": torch.__version__,
-                "torch_threads": torch.get_num_threads(), "device": self.device.type,
-            }
-            with atomic_write(path) as tmp:
-                torch.save(model.state_dict(), tmp)
-            write_json_atomic(path.with_suffix(".json"), record)
-            provenance = {"source": "trained", "path": str(path), **record}
-        model.eval()
-        test = data.part("test")
-        correct = (predict(model, test.x, device=self.device).argmax(1) == test.y).float()
-        full_flops = flops_per_sample(model, test.x[:1])
-        summary = {
-            "dataset": task.display_name, "model": task.model_name, "seed": seed,
-            "primary": data.primary, "private": data.private,
-            "classes": {name: loaded.classes[name] for name in [data.primary, *data.private]},
-            "n": {name: len(idx) for name, idx in splits.items()}, **attacker,
-            "primary_accuracy": float(correct.mean()), "primary_accuracy_ci95": list(mean_ci(correct, seed=seed)),
-            "full_flops": full_flops, "cut_points": task.cut_points, "task_key": key,
-            "stage_seeds": {"init": stage_seed(seed, key, "init"), "task": stage_seed(seed, key, "task")},
-            "task_model": provenance,
-        }
-        log.info("%s/%s seed=%d: primary accuracy %.3f on %d test samples",
-                 task.display_name, task.model_name, seed, summary["primary_accuracy"], len(test))
-        add_seconds(self.driver_timings, "task_model_seconds", started)
-        return TaskState(key, data, model, full_flops, summary, features)
+        """Task ``t`` at ``seed`` ready for its cells (:func:`audit.tasks.prepare_task`)."""
+        return prepare_task(self.config, t, seed, self.cache_dir, self.device, self.objects.get(t), self.driver_timings)
 
     def extract_features(self, state: TaskState, cut: str) -> dict[str, str]:
-        """Edge features of every split at ``cut`` into the feature store (once); split -> file path.
-        A feature dump's saved rows are used as they are."""
+        """Edge features of every data split at ``cut`` into this run's feature store; split -> path."""
         with timed(self.driver_timings, "features_seconds"):
-            return self._extract_features(state, cut)
-
-    def _extract_features(self, state: TaskState, cut: str) -> dict[str, str]:
-        if state.features is not None:
-            saved = state.features[cut]
-            return {
-                part: str(self.features.put(state.key, cut, part, saved[state.data.splits[part]]))
-                for part in ("train", "aux", "test")
-            }
-        edge, _ = state.model.split(cut)
-        return {
-            part: str(self.features.extract(state.key, cut, part, edge, state.data.part(part).x, self.device))
-            for part in ("train", "aux", "test")
-        }
+            return extract_features(self.features, state, cut, self.device)
 
     # -------------------------------------------------------------------- group
     def stage_seeds(self, cell: Cell, seed_key: str | None = None) -> dict[str, int]:

@@ -23,8 +23,8 @@ from __future__ import annotations
 import json
 import logging
 import os
-import sys
 import re
+import sys
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -34,7 +34,8 @@ from audit.runner import RunCallback
 
 if TYPE_CHECKING:  # pragma: no cover
     from audit.config import AuditConfig
-    from audit.runner import AuditRun, Cell
+    from audit.plan import Cell
+    from audit.runner import AuditRun
 
 log = logging.getLogger("splitaudit")
 

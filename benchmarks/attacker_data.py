@@ -22,9 +22,9 @@ import torch
 
 from attacks import AttackView
 from audit.config import load_config
+from audit.core.training import predict
 from audit.pipeline import AttackInputs, fit_defense, run_attack
 from audit.runner import AuditRun
-from audit.core.training import predict
 from defenses import SplitPoint
 
 ROOT = Path(__file__).resolve().parents[1]

@@ -30,7 +30,8 @@ from typing import Any, Callable
 
 from audit.config import AuditConfig, PluginSpec, build_config, load_config
 from audit.progress import Progress
-from audit.runner import AuditRun, TaskState, task_key
+from audit.runner import AuditRun
+from audit.tasks import TaskState, task_key
 from defenses import DEFENSES
 
 ROOT = Path(__file__).resolve().parents[1]

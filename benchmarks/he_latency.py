@@ -36,7 +36,6 @@ from pathlib import Path
 import torch
 from torch import nn
 
-
 from defenses.he.defense import HomomorphicEncryption, build_session
 from defenses.he.protocol import Traffic
 

@@ -28,9 +28,9 @@ import torch
 
 from attacks import AttackView
 from audit.config import build_config, load_config
+from audit.core.training import predict
 from audit.pipeline import AttackInputs, fit_defense, release_all, run_attack, stage_seed
 from audit.runner import AuditRun
-from audit.core.training import predict
 from defenses import SplitPoint
 
 ROOT = Path(__file__).resolve().parents[1]

@@ -33,7 +33,6 @@ import time
 from collections import defaultdict
 from pathlib import Path
 
-
 from attacks.mi import benchmark_cli as mi_cli
 from attacks.mi import estimate_mi, list_methods
 from attacks.mi.synthetic import (

@@ -34,11 +34,9 @@ from pathlib import Path
 
 import torch
 
-
 from attacks.mi import benchmark_cli as mi_cli
-from attacks.mi import estimate_mi, list_methods
+from attacks.mi import estimate_mi, list_methods, synthetic
 from attacks.mi.intervals import covers
-from attacks.mi import synthetic
 
 DEFAULT_OUT = Path(__file__).with_name("mi_coverage.jsonl")
 AUDIT_BUDGET = {"steps": 200, "batch_size": 128}

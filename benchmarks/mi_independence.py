@@ -22,7 +22,6 @@ from pathlib import Path
 
 import torch
 
-
 from attacks.mi import estimate_mi, list_methods
 from audit.core.training import TrainerSettings
 

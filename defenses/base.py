@@ -25,7 +25,6 @@ from audit.core.models import SplitModel
 from audit.core.registry import PluginParams
 from audit.core.training import TrainerSettings
 
-
 RELEASE_BATCH = 512  # rows per release call the audit makes (audit.pipeline.release_all): mixing groups stay inside
 
 

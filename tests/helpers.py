@@ -6,8 +6,9 @@ import torch
 from attacks import AttackContext
 from audit.core.data import DATASETS, AuditData, split_indices
 from audit.core.models import MODELS
-from audit.pipeline import AttackInputs, attack_context as pipeline_context, fit_defense, release_views
 from audit.core.training import TrainerSettings, fit_classifier, predict
+from audit.pipeline import AttackInputs, fit_defense, release_views
+from audit.pipeline import attack_context as pipeline_context
 from defenses import SplitPoint
 
 SETTINGS = TrainerSettings(accelerator="cpu")

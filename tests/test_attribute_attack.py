@@ -7,7 +7,6 @@ from audit.core.data.synthetic import bayes_private_accuracy
 from tests.helpers import PLANTED, attack_context, planted_task, run_attack, scores_by_metric
 
 
-
 @pytest.fixture(scope="module")
 def planted():
     return planted_task(0.25)

@@ -11,10 +11,11 @@ import pytest
 
 from audit import Audit, build_config
 from audit.cli import main
+from audit.core.store import ResultStore
 from audit.executors import SequentialExecutor
 from audit.merge import strip_timing
-from audit.runner import plan_cells, shard_cells, torch_threads
-from audit.core.store import ResultStore
+from audit.plan import plan_cells, shard_cells
+from audit.runner import torch_threads
 from tests.conftest import TINY
 from tests.test_resume import Count
 from tests.worker_plugins import register

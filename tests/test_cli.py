@@ -39,8 +39,9 @@ def test_list(capsys):
 
 
 def test_version(capsys):
-    import pytest
     from importlib.metadata import version
+
+    import pytest
 
     with pytest.raises(SystemExit) as done:
         main(["--version"])

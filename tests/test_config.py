@@ -94,7 +94,8 @@ def test_config_hash_ignores_cache_dir(tiny_config):
 
 
 def test_a_task_runs_a_subset_of_the_audits_attacks(tiny_config):
-    from audit.runner import plan_cells, task_key
+    from audit.plan import plan_cells
+    from audit.tasks import task_key
 
     tiny_config["attacks"] = {"attribute": {"epochs": 1}, "mi": {}}
     full = build_config(tiny_config)

@@ -6,7 +6,8 @@ from audit import Audit, build_config
 from audit.executors import SequentialExecutor
 from audit.html import task_model_provenance
 from audit.merge import report_values
-from audit.runner import stage_seed, task_key
+from audit.pipeline import stage_seed
+from audit.tasks import task_key
 
 
 def _run(config, out, cache):

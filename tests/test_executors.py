@@ -10,7 +10,7 @@ from audit.cli import main
 from audit.core.errors import AuditInputError
 from audit.executors import ProcessExecutor, RayExecutor, SequentialExecutor
 from audit.merge import merge_outputs, report_values, strip_timing
-from audit.runner import parse_shard, plan_cells, shard_cells
+from audit.plan import parse_shard, plan_cells, shard_cells
 from tests.conftest import GRID, TINY
 from tests.worker_plugins import DRIVER_PID_ENV, probe_file, register
 

@@ -4,12 +4,11 @@ import pytest
 import torch
 
 from audit import Audit, build_config
-from audit.executors import ProcessExecutor
 from audit.core.feature_store import FeatureStore, is_mapped, map_batches, open_array, write_batches
+from audit.executors import ProcessExecutor
 from audit.merge import report_values
 from tests.conftest import GRID
-from tests.worker_plugins import register
-from tests.worker_plugins import probe_file
+from tests.worker_plugins import probe_file, register
 
 
 def test_feature_store_maps_large_arrays_and_keeps_small_ones_in_ram(tmp_path):

@@ -14,10 +14,10 @@ import pytest
 import yaml
 
 from audit.cli import main
-from audit.core.errors import EXIT_BAD_INPUT, EXIT_IO, EXIT_INTERRUPTED, EXIT_TERMINATED
-from audit.runner import plan_cells
-from audit.core.store import ResultStore
 from audit.config import build_config
+from audit.core.errors import EXIT_BAD_INPUT, EXIT_INTERRUPTED, EXIT_IO, EXIT_TERMINATED
+from audit.core.store import ResultStore
+from audit.plan import plan_cells
 
 ROOT = Path(__file__).resolve().parents[1]
 

@@ -96,7 +96,7 @@ def test_evil_pickle_as_model_weights_is_refused(tmp_path):
 
 
 def test_evil_pickle_in_the_task_model_cache_is_refused(tmp_path, tiny_config):
-    from audit.runner import task_key
+    from audit.tasks import task_key
 
     marker = tmp_path / "pwned"
     cache = tmp_path / "cache"

@@ -8,7 +8,8 @@ PACKAGES = ("audit", "attacks", "defenses")
 CORE = ("audit.core",)  # registry, discovery, errors, paths, data, models, training, stats, stores, records, profile
 DOCUMENTS = ("audit.report", "audit.html", "audit.verdicts", "audit.decision")  # report.json (with its verdicts),
 # results.csv, report.html, written by the runner
-ENGINE = ("audit.pipeline", "audit.runner", "audit.executors", "audit.preflight", "audit.merge", "audit.config")
+ENGINE = ("audit.pipeline", "audit.plan", "audit.tasks", "audit.runner", "audit.executors", "audit.preflight", "audit.merge",
+          "audit.config")
 
 
 def layer(module: str) -> int:

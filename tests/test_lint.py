@@ -1,4 +1,4 @@
-"""The linter passes: ruff with the project's settings (pyproject.toml [tool.ruff]: pycodestyle, pyflakes,
+"""The linter passes: ruff with the project's settings (pyproject.toml [tool.ruff]: pycodestyle, pyflakes, import order,
 line length 130) over the whole tree. A finding fails the suite with ruff's own report."""
 import subprocess
 import sys

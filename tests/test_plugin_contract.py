@@ -11,8 +11,8 @@ import pytest
 import torch
 
 from attacks import ATTACKS
-from audit.pipeline import AttackInputs, fit_defense, measure_utility, release_views, run_attack
 from audit.core.registry import PluginParamsError
+from audit.pipeline import AttackInputs, fit_defense, measure_utility, release_views, run_attack
 from defenses import DEFENSES, SplitPoint
 from tests.conftest import TINY
 from tests.helpers import SETTINGS, prepared_task

@@ -2,8 +2,8 @@
 import pytest
 
 from audit import Audit, build_config
-from audit.merge import report_values
 from audit.core.profile import report_timings
+from audit.merge import report_values
 from tests.conftest import TINY
 
 

@@ -14,9 +14,10 @@ import yaml
 from audit import Audit, build_config
 from audit.cli import main
 from audit.core.errors import AuditInputError
-from audit.merge import report_values
-from audit.runner import RunCallback, plan_cells
 from audit.core.store import ResultStore, atomic_write
+from audit.merge import report_values
+from audit.plan import plan_cells
+from audit.runner import RunCallback
 from tests.conftest import GRID
 from tests.worker_plugins import register
 

@@ -6,7 +6,8 @@ import pytest
 
 from audit import Audit, build_config
 from audit.core.errors import AuditInputError
-from audit.runner import RunCallback, plan_cells
+from audit.plan import plan_cells
+from audit.runner import RunCallback
 from defenses import DEFENSES, Defense
 
 RECORD_KEYS = {
@@ -126,8 +127,9 @@ def test_attacker_data_train_plus_aux_gives_the_attacks_those_rows(tmp_path, tin
     """attacker_data: train+aux -> each attack's aux view is the released train rows then the aux
     rows (checked against the edge features computed here); the default keeps config hashes and
     cell ids of folders made before the key existed."""
-    from audit.runner import AuditRun, attacker_splits
     from audit.core.training import predict
+    from audit.runner import AuditRun
+    from audit.tasks import attacker_splits
     from tests.worker_plugins import register
 
     register()

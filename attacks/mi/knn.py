@@ -27,7 +27,7 @@ from __future__ import annotations
 import torch
 from pydantic import Field
 
-from attacks.mi.core import EstimatorParams, Estimator, MIResult, Reducer, Scaler, register_estimator
+from attacks.mi.core import Estimator, EstimatorParams, MIResult, Reducer, Scaler, register_estimator
 from audit.core.stats import mean_ci
 
 INF = float("inf")

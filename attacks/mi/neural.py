@@ -42,7 +42,14 @@ from torch.utils.data import DataLoader, RandomSampler, TensorDataset
 
 import attacks.mi.bounds as bounds
 from attacks.mi.core import (
-    Estimator, EstimatorParams, MIInputError, MIResult, Reducer, Scaler, check_labels, register_estimator,
+    Estimator,
+    EstimatorParams,
+    MIInputError,
+    MIResult,
+    Reducer,
+    Scaler,
+    check_labels,
+    register_estimator,
 )
 from audit.core.stats import bootstrap_ci, mean_ci
 from audit.core.training import KeepBest, TrainerSettings, make_trainer, predict

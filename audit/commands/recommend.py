@@ -49,8 +49,8 @@ def constraints(args: argparse.Namespace, report: dict):
     """The report's decision block with the command line's options applied."""
     from pydantic import ValidationError
 
-    from audit.decision import Decision
     from audit.core.errors import AuditInputError
+    from audit.decision import Decision
 
     base = dict((report.get("config") or {}).get("decision") or {})
     given = {"max_edge_flops": args.max_edge_flops, "max_accuracy_drop": args.max_accuracy_drop,
@@ -76,8 +76,8 @@ def row_text(row) -> str:
 
 def main(args: argparse.Namespace) -> int:
     from audit.cli import EXIT_FAILED, EXIT_OK
-    from audit.decision import recommend
     from audit.core.errors import AuditInputError
+    from audit.decision import recommend
     from audit.gate import report_path
     from audit.report import read_report
 

@@ -80,7 +80,7 @@ def main(args: argparse.Namespace) -> int:
     from audit.cli import EXIT_FAILED, EXIT_OK
     from audit.config import load_config
     from audit.core.errors import AuditInterrupted, with_detail
-    from audit.runner import parse_shard
+    from audit.plan import parse_shard
 
     config = load_config(args.config, args.overrides)
     shard = parse_shard(args.shard) if args.shard else None

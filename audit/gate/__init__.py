@@ -33,13 +33,24 @@ Modules: :mod:`audit.gate.policy` (the YAML), :mod:`audit.gate.evaluation` (poli
 outcomes), :mod:`audit.gate.comparison` (two reports, paired), :mod:`audit.gate.junit`; the record
 helpers they use are in :mod:`audit.core.records`.
 """
-from audit.gate.comparison import (Change, change_of, classify, compare_records, pair_records, params_change,
-                                   utility_changes)
+from audit.core.records import (
+                                   Record,
+                                   defense_key,
+                                   defense_labels,
+                                   describe,
+                                   fmt,
+                                   fmt_ci,
+                                   leakage,
+                                   measurement_key,
+                                   orientation,
+                                   oriented,
+                                   params_text,
+                                   unit_of,
+)
+from audit.gate.comparison import Change, change_of, classify, compare_records, pair_records, params_change, utility_changes
 from audit.gate.evaluation import CheckResult, Outcome, evaluate, measured, partial_report, report_path
 from audit.gate.junit import FAILURE_TYPES, junit_xml
 from audit.gate.policy import Policy, Regression, Rule, Selector, load_policy
-from audit.core.records import (Record, defense_key, defense_labels, describe, fmt, fmt_ci, leakage, measurement_key,
-                           orientation, oriented, params_text, unit_of)
 
 __all__ = [
     "Change", "CheckResult", "FAILURE_TYPES", "Outcome", "Policy", "Record", "Regression", "Rule", "Selector",

@@ -5,9 +5,9 @@ import json
 import math
 from dataclasses import dataclass
 
+from audit.core.records import Record, defense_key, fmt_ci, group_key, leakage, measurement_key, orientation, oriented, unit_of
 from audit.gate.policy import Regression
-from audit.core.records import (Record, defense_key, fmt_ci, group_key, leakage, measurement_key, orientation, oriented,
-                           unit_of)
+
 
 def pair_records(old: list[Record], new: list[Record]) -> list[tuple[Record | None, Record | None]]:
     """(old, new) pairs of the same measurement (:func:`measurement_key`), None on the side that

@@ -7,10 +7,11 @@ from pathlib import Path
 from typing import Any
 
 from audit.core.errors import AuditInputError
-from audit.gate.comparison import compare_records
-from audit.gate.policy import Policy, Regression, Rule
 from audit.core.records import Record, defense_labels, describe, fmt_ci, group_key, measurement_key, orientation, unit_of
 from audit.core.store import non_finite_paths
+from audit.gate.comparison import compare_records
+from audit.gate.policy import Policy, Regression, Rule
+
 
 @dataclass
 class Outcome:

@@ -12,6 +12,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 from audit.core.errors import AuditInputError
 from audit.core.records import Record
 
+
 class _Strict(BaseModel):
     model_config = ConfigDict(extra="forbid")
 

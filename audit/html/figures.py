@@ -8,9 +8,9 @@ import io
 import math
 from dataclasses import dataclass
 
+from audit.core.paths import path_component
 from audit.core.records import leakage, orientation, unit_of
 from audit.html.tables import Point, Task, aggregate, worst
-from audit.core.paths import path_component
 
 PALETTE = ["#1f77b4", "#d62728", "#2ca02c", "#ff7f0e", "#9467bd", "#8c564b", "#e377c2", "#17becf", "#bcbd22", "#7f7f7f"]
 MARKERS = ["o", "s", "^", "D", "v", "P", "X", "*", "<", ">"]

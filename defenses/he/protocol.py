@@ -27,7 +27,16 @@ import torch
 
 from defenses.he.ckks import CloudCrypto, DeviceCrypto, decrypt_ops, encrypt_ops
 from defenses.he.packing import (
-    MatVecPlan, SlotLayout, VectorLayout, bias_vector, diagonals, next_pow2, pack, plan_matvec, spread, unpack,
+    MatVecPlan,
+    SlotLayout,
+    VectorLayout,
+    bias_vector,
+    diagonals,
+    next_pow2,
+    pack,
+    plan_matvec,
+    spread,
+    unpack,
     vector_layout,
 )
 from defenses.he.program import Schedule

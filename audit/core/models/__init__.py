@@ -1,8 +1,8 @@
 """Models with named cut points: registry and built-in families."""
 import sys
 
-from audit.core.models.base import ModelFactory, SplitModel, flops_per_sample
 from audit.core.discovery import import_submodules
+from audit.core.models.base import ModelFactory, SplitModel, flops_per_sample
 from audit.core.registry import Registry
 
 MODELS: Registry[ModelFactory] = Registry("model", "splitaudit.models")
