@@ -207,7 +207,7 @@ class AuditRun:
             error = f"defense {spec.label()} failed: {type(err).__name__}: {err}"
             log.debug("%s", traceback.format_exc())
             for cell in cells:
-                emit(cell, [self._failed(cell, error, state.seed_key)], 0.0)
+                emit(cell, [self.failed_record(cell, error, state.seed_key)], 0.0)
             return
         inputs = pipeline.AttackInputs(
             aux, test, {name: data.num_classes(name) for name in [data.primary, *data.private]}, data.primary, split,
@@ -223,7 +223,7 @@ class AuditRun:
                 records = [dict(self._record(cell, s, utility, cost, state.seed_key), timings=timings) for s in scores]
             except Exception as err:  # noqa: BLE001
                 log.debug("%s", traceback.format_exc())
-                records = [self._failed(cell, f"attack {cell.attack} failed: {type(err).__name__}: {err}",
+                records = [self.failed_record(cell, f"attack {cell.attack} failed: {type(err).__name__}: {err}",
                                         state.seed_key)]
             emit(cell, records, time.perf_counter() - start)
 
@@ -251,7 +251,8 @@ class AuditRun:
         )
         return rec
 
-    def _failed(self, cell: Cell, error: str, seed_key: str | None = None) -> dict[str, Any]:
+    def failed_record(self, cell: Cell, error: str, seed_key: str | None = None) -> dict[str, Any]:
+        """The record of a cell that failed with ``error`` (status "failed", no figures)."""
         rec = self._base_record(cell, seed_key)
         rec.update(status="failed", error=error)
         return rec
