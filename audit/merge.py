@@ -181,7 +181,7 @@ def merge_outputs(folders: list[str | Path], out: str | Path, allow_partial: boo
         hint = (f"; shards given: {given}" if given else "") + (
             f", missing: {', '.join(missing_shards)}" if missing_shards else "")
         run = AuditRun(config, out)
-        names = "; ".join(run.describe(c) for c in missing[:3])
+        names = "; ".join(run.cell_name(c) for c in missing[:3])
         raise AuditInputError(
             f"merge: {len(missing)} of {len(planned)} cells are in none of the folders (e.g. {names}){hint}; "
             "run the missing shards, or pass --partial"

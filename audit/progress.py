@@ -66,7 +66,7 @@ class Progress(RunCallback):
         self.done += 1
         self.done_here += 1
         width = len(str(self.total))
-        line = f"[{self.done:>{width}}/{self.total}] {run.describe(cell)}: {summarize(records)} ({seconds:.1f}s"
+        line = f"[{self.done:>{width}}/{self.total}] {run.cell_name(cell)}: {summarize(records)} ({seconds:.1f}s"
         left = time_left(time.perf_counter() - self.start, self.done_here, self.total - self.done)
         if self.bar is not None:
             log.info("%s)", line)

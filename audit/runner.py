@@ -131,12 +131,12 @@ class AuditRun:
         self.driver_timings: dict[str, float] = {}  # data / task model / features seconds of this run (audit.core.profile)
         self._started: float | None = None  # perf_counter() when run() began (the report's wall time)
 
-    # ----------------------------------------------------------------- describe
-    def describe(self, cell: Cell) -> str:
+    # ----------------------------------------------------------------- naming
+    def cell_name(self, cell: Cell) -> str:
         task = self.config.tasks[cell.task]
         return (
             f"{task.display_name}/{task.model_name} seed={cell.seed} cut={cell.cut_point} "
-            f"defense={self.config.defenses[cell.defense].label()} attack={cell.attack}"
+            f"defense={self.config.defenses[cell.defense].title()} attack={cell.attack}"
         )
 
     def _emit(self, method: str, *args: Any) -> None:
@@ -185,7 +185,7 @@ class AuditRun:
         compute = features or (lambda part: predict(edge, data.part(part).x, device=self.device))
         split = SplitPoint(cut, state.model, edge, cloud, compute_features=compute)
         scratch, max_ram = self.features.scratch(), self.features.max_ram_mb
-        where = f"{spec.label()} at {cut} (seed {seed})"
+        where = f"{spec.title()} at {cut} (seed {seed})"
         group_timings: dict[str, float] = {}
         try:
             with timed(group_timings, "defense_fit_seconds"):
@@ -204,7 +204,7 @@ class AuditRun:
                                                        state.summary["primary_accuracy"], seed, label=where)
                     cost = defense.cost(test.x[:32], state.full_flops)
         except Exception as err:  # noqa: BLE001 - a failing defense fails its cells, the rest go on
-            error = f"defense {spec.label()} failed: {type(err).__name__}: {err}"
+            error = f"defense {spec.title()} failed: {type(err).__name__}: {err}"
             log.debug("%s", traceback.format_exc())
             for cell in cells:
                 emit(cell, [self.failed_record(cell, error, state.seed_key)], 0.0)
@@ -346,7 +346,7 @@ class AuditRun:
         keys = dict.fromkeys(task_key(self.config.tasks[c.task], c.seed) for c in cells)
         env = environment(self.config.seeds, str(self.device))
         if executor is not None:
-            env["executor"] = executor.describe()
+            env["executor"] = executor.settings()
             env["torch_threads"] = executor.cell_threads()
         env["shard"] = list(self.shard) if self.shard else None
         report = {

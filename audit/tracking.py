@@ -55,7 +55,7 @@ def run_name(config: "AuditConfig") -> str:
     join = lambda items: "+".join(dict.fromkeys(items))
     name = "/".join([
         join(t.display_name for t in config.tasks), join(t.model.name for t in config.tasks),
-        join(d.label() for d in config.defenses),
+        join(d.title() for d in config.defenses),
     ])
     return name if len(name) <= 128 else name[:125] + "..."
 
@@ -160,7 +160,7 @@ class WandbTracker(RunCallback):
         log.info("W&B run %r (%s)%s", self.run.name, mode, where)
 
     def _labels(self, run: "AuditRun", cell: "Cell") -> str:
-        return run.config.defenses[cell.defense].label()
+        return run.config.defenses[cell.defense].title()
 
     def on_cell_end(self, run: "AuditRun", cell: "Cell", records: list[dict[str, Any]], seconds: float) -> None:
         if self.run is None:

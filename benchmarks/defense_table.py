@@ -73,7 +73,7 @@ def cell_config(config: AuditConfig, spec: PluginSpec, cut: str) -> AuditConfig:
     for name, make in ADAPTIVE.get(spec.name, {}).items():
         attacks[name] = make(raw["attacks"])
     raw["attacks"] = attacks
-    return build_config(raw, f"<{spec.label()} at {cut}>")
+    return build_config(raw, f"<{spec.title()} at {cut}>")
 
 
 class SharedTaskRun(AuditRun):
@@ -91,11 +91,11 @@ class SharedTaskRun(AuditRun):
 def run_all(config: AuditConfig, specs: list[PluginSpec], cuts: list[str], out: Path) -> None:
     for cut in cuts:
         for spec in specs:
-            folder = out / slug(spec.label()) / cut
+            folder = out / slug(spec.title()) / cut
             start = time.perf_counter()
-            log.info("== %s at %s -> %s", spec.label(), cut, folder)
+            log.info("== %s at %s -> %s", spec.title(), cut, folder)
             SharedTaskRun(cell_config(config, spec, cut), folder, [Progress(bar=False)]).run()
-            log.info("== %s at %s: %.0f s", spec.label(), cut, time.perf_counter() - start)
+            log.info("== %s at %s: %.0f s", spec.title(), cut, time.perf_counter() - start)
 
 
 def collect(out: Path) -> list[dict[str, Any]]:
@@ -112,7 +112,7 @@ def short_label(name: str, params: dict[str, Any]) -> str:
     except Exception:  # noqa: BLE001 - a plugin without defaults for every parameter, or not installed here
         defaults = {}
     changed = {k: v for k, v in params.items() if defaults.get(k, object()) != v}
-    return PluginSpec(name=name, **changed).label()
+    return PluginSpec(name=name, **changed).title()
 
 
 def _flops(value: float | None) -> str:

@@ -103,7 +103,7 @@ def run_task(name: str, args, out: Path) -> list[dict]:
             z_aux = release_all(defense, aux.x, split.features("aux"))
             z_test = release_all(defense, x_test, split.features("test"))
             split._features.clear()  # free the clean features (the attacks recompute what they need)
-            label = spec.label()
+            label = spec.title()
             inputs = AttackInputs(
                 AttackView(z_aux, aux.x, aux.y, aux.private),
                 AttackView(z_test, x_test, full_test.y[test_idx], test_private),

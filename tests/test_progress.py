@@ -14,8 +14,8 @@ def test_time_left_and_its_format():
 
 
 def fake_run():
-    """What Progress reads from an AuditRun: the config's name, the output folder, describe(cell)."""
-    return SimpleNamespace(config=SimpleNamespace(name="t"), out_dir="out", describe=lambda cell: f"cell {cell}")
+    """What Progress reads from an AuditRun: the config's name, the output folder, cell_name(cell)."""
+    return SimpleNamespace(config=SimpleNamespace(name="t"), out_dir="out", cell_name=lambda cell: f"cell {cell}")
 
 
 def records(value):

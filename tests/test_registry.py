@@ -74,7 +74,7 @@ def test_entry_points_are_discovered(tmp_path, monkeypatch):
 
 @pytest.mark.parametrize("registry", [DATASETS, MODELS, DEFENSES, ATTACKS], ids=lambda r: r.kind)
 def test_builtin_registries_are_populated_and_documented(registry):
-    rows = registry.describe()
+    rows = registry.catalogue()
     assert rows, f"no {registry.kind} registered"
     for name, doc, _ in rows:
         assert doc, f"{registry.kind} {name} has no docstring"

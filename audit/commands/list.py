@@ -33,7 +33,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.set_defaults(handler=main)
 
 
-def describe(kind: str) -> str:
+def catalogue_text(kind: str) -> str:
     """The text ``list`` prints for one kind, from the live registry."""
     from importlib import import_module
 
@@ -41,7 +41,7 @@ def describe(kind: str) -> str:
 
     module, attr = KINDS[kind]
     lines = [f"{kind}:"]
-    for name, doc, fields in getattr(import_module(module), attr).describe():
+    for name, doc, fields in getattr(import_module(module), attr).catalogue():
         lines.append(f"  {name:<18} {doc}")
         for fname, ftype, default in fields:
             shown = default if default is REQUIRED else f"= {default!r}"
@@ -96,7 +96,7 @@ def descriptions() -> dict[str, str]:
                 return cached
         except (OSError, ValueError):
             pass
-    texts = {kind: describe(kind) for kind in KINDS}
+    texts = {kind: catalogue_text(kind) for kind in KINDS}
     if path is not None:
         from audit.core.store import write_json_atomic
 

@@ -65,7 +65,8 @@ class PluginSpec(BaseModel):
     def params(self) -> dict[str, Any]:
         return dict(self.model_extra or {})
 
-    def label(self) -> str:
+    def title(self) -> str:
+        """``name`` with its parameters, sorted: ``noise(scale=10.0)``; the bare name without any."""
         if not self.params:
             return self.name
         return f"{self.name}(" + ",".join(f"{k}={v}" for k, v in sorted(self.params.items())) + ")"
@@ -248,7 +249,7 @@ class AuditConfig(Strict):
                                  f"({', '.join(self.attacks)})")
         seen = set()
         for i, spec in enumerate(self.defenses):
-            key = spec.label()
+            key = spec.title()
             if key in seen:
                 raise KeyedError(("defenses", i), f"defense {key} is listed twice")
             seen.add(key)

@@ -121,7 +121,7 @@ def defense_key(record: Record) -> tuple[str, str]:
     return record["defense"], json.dumps(record.get("defense_params") or {}, sort_keys=True)
 
 
-def describe(record: Record, labels: dict[tuple[str, str], str] | None = None) -> str:
+def case_name(record: Record, labels: dict[tuple[str, str], str] | None = None) -> str:
     """``dataset/model seed=S cut=C defense=D attack=A target=T metric=M`` (what names a cell's record;
     without attack / target and metric where they are None, e.g. for a (cut point, defense) group)."""
     defense = (labels or {}).get(defense_key(record)) or record["defense"]

@@ -121,7 +121,7 @@ class Registry(Generic[T]):
             raise TypeError(f"{self.kind} {name!r} takes {self.params_model(name).__name__}, got {type(params).__name__}")
         return cls(params)  # type: ignore[call-arg]
 
-    def describe(self) -> list[tuple[str, str, list[tuple[str, str, Any]]]]:
+    def catalogue(self) -> list[tuple[str, str, list[tuple[str, str, Any]]]]:
         """(name, one-line doc, [(param, type, default)]) for every plugin."""
         rows = []
         for name in self.list():

@@ -66,7 +66,8 @@ class Executor:
         self.threads = threads
         self.worker_setup = worker_setup
 
-    def describe(self) -> dict[str, Any]:
+    def settings(self) -> dict[str, Any]:
+        """What the report records of this executor (environment.executor): name, workers, threads."""
         return {"name": self.name, "workers": 1, "threads": self.cell_threads()}
 
     def cell_threads(self) -> int:

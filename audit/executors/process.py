@@ -123,7 +123,7 @@ class ProcessExecutor(Executor):
     def cell_threads(self) -> int:
         return self.threads or max(1, default_workers() // self.workers)
 
-    def describe(self):
+    def settings(self):
         return {"name": "local", "workers": self.workers, "threads": self.cell_threads()}
 
     def open(self, run, on_result):
@@ -229,7 +229,7 @@ class ProcessExecutor(Executor):
             _, job = w.job
             error = (f"worker process died ({how}) while running this group; "
                      "out of memory or a crash in native code? Rerun to retry.")
-            log.warning("%s: %s", self.run.describe(job.cells[0]), error)
+            log.warning("%s: %s", self.run.cell_name(job.cells[0]), error)
             for r in failed_results(self.run, job, error):
                 self._results.put(r)
         index = self._pool.index(w)

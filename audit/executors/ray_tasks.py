@@ -91,7 +91,7 @@ class RayExecutor(Executor):
     def cell_threads(self) -> int:
         return self.threads or max(1, int(self.cpus_per_task))
 
-    def describe(self):
+    def settings(self):
         return {"name": "ray", "address": self.address, "cpus_per_task": self.cpus_per_task,
                 "threads": self.cell_threads()}
 
@@ -155,7 +155,7 @@ class RayExecutor(Executor):
                 results = self.ray.get(ref)
             except Exception as err:  # noqa: BLE001 - RayTaskError, WorkerCrashedError, OutOfMemoryError...
                 cause = getattr(err, "cause", None) or err
-                log.debug("Ray task of %s failed: %s", self.run.describe(job.cells[0]), err)
+                log.debug("Ray task of %s failed: %s", self.run.cell_name(job.cells[0]), err)
                 results = failed_results(self.run, job, f"Ray task failed: {type(cause).__name__}: {_first_line(cause)}")
             for r in results:
                 self.on_result(r)

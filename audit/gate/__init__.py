@@ -35,9 +35,9 @@ helpers they use are in :mod:`audit.core.records`.
 """
 from audit.core.records import (
                                    Record,
+                                   case_name,
                                    defense_key,
                                    defense_labels,
-                                   describe,
                                    fmt,
                                    fmt_ci,
                                    leakage,
@@ -54,7 +54,7 @@ from audit.gate.policy import Policy, Regression, Rule, Selector, load_policy
 
 __all__ = [
     "Change", "CheckResult", "FAILURE_TYPES", "Outcome", "Policy", "Record", "Regression", "Rule", "Selector",
-    "change_of", "classify", "compare_records", "defense_key", "defense_labels", "describe", "evaluate", "fmt",
+    "case_name", "change_of", "classify", "compare_records", "defense_key", "defense_labels", "evaluate", "fmt",
     "fmt_ci", "junit_xml", "leakage", "load_policy", "measured", "measurement_key", "orientation", "oriented",
     "pair_records", "params_change", "params_text", "partial_report", "report_path", "unit_of", "utility_changes",
 ]

@@ -7,7 +7,7 @@ from pathlib import Path
 from typing import Any
 
 from audit.core.errors import AuditInputError
-from audit.core.records import Record, defense_labels, describe, fmt_ci, group_key, measurement_key, orientation, unit_of
+from audit.core.records import Record, case_name, defense_labels, fmt_ci, group_key, measurement_key, orientation, unit_of
 from audit.core.store import non_finite_paths
 from audit.gate.comparison import compare_records
 from audit.gate.policy import Policy, Regression, Rule
@@ -18,7 +18,7 @@ class Outcome:
     """One test case: a rule (or ``regression`` / ``failed-cells``) applied to one record."""
 
     suite: str
-    case: str  # the cell: describe(record)
+    case: str  # the cell: case_name(record)
     passed: bool
     message: str
     record: Record | None = None
@@ -60,7 +60,7 @@ def measured(rule: Rule, record: Record) -> tuple[float | None, list | None, str
 
 def _apply(rule: Rule, record: Record, labels) -> Outcome:
     estimate, ci, unit = measured(rule, record)
-    case = describe({**record, "target": None, "attack": None} if rule.per_group else record, labels)
+    case = case_name({**record, "target": None, "attack": None} if rule.per_group else record, labels)
     shown = f"{rule.quantity} {fmt_ci(estimate, ci, unit)}"
     if estimate is None:
         return Outcome(rule.name, case, False, f"{case}: {rule.quantity} not measured (missing or not finite)", record)
@@ -120,7 +120,7 @@ def evaluate(report: dict[str, Any], policy: Policy, baseline: dict[str, Any] | 
     non_finite = {id(r): paths for r in records if r.get("status") == "ok" and (paths := non_finite_paths(r))}
     for r in records:
         if id(r) in non_finite:
-            case = describe(r, labels)
+            case = case_name(r, labels)
             message = f"{case}: not finite (NaN/inf) at {', '.join(non_finite[id(r)][:4])}"
             if allow_non_finite:
                 result.warnings.append(f"{message} (left out: --allow-non-finite)")
@@ -140,7 +140,7 @@ def evaluate(report: dict[str, Any], policy: Policy, baseline: dict[str, Any] | 
     failed = [r for r in checked if r.get("status") != "ok"]
     if failed and not policy.allow_failed_cells:
         for r in failed:
-            case = describe(r, labels)
+            case = case_name(r, labels)
             first = (r.get("error") or "no error message").splitlines()[0]
             result.outcomes.append(Outcome("failed-cells", case, False, f"{case}: cell failed: {first}", r))
     elif failed:
@@ -163,7 +163,7 @@ def _regressions(result: CheckResult, old: list[Record], new: list[Record], regr
             if not regression.select.matches(c.old) or measurement_key(c.old)[:6] in failed_cells:
                 continue  # not gated, or its cell failed in the report (the failed-cells case)
             removed += 1
-            case = describe(c.old, labels)
+            case = case_name(c.old, labels)
             message = f"{case}: in the baseline, missing from the report (removed)"
             if allow_removed:
                 result.warnings.append(f"{message} (allowed: --allow-removed)")
@@ -174,7 +174,7 @@ def _regressions(result: CheckResult, old: list[Record], new: list[Record], regr
         if not regression.select.matches(c.new):
             continue
         compared += c.old is not None
-        case = describe(c.new, labels)
+        case = case_name(c.new, labels)
         if c.status == "non-finite" and allow_non_finite:
             result.warnings.append(f"regression: {case}: {c.explain()} (left out: --allow-non-finite)")
             continue
