@@ -1,0 +1,58 @@
+"""Reference records of the engine: what a refactoring of the engine must reproduce exactly.
+
+``python -m tests.engine_reference tiny|default OUT.json`` runs an audit in this process (cells with
+one torch thread) and writes, per record, the cell id and its figures. The files in ``tests/data/``
+were written by the engine before issue 20's restructuring (commit 6dc7cd6) and are compared by
+``tests/test_engine_reference.py``. A change that is *meant* to change figures (a stronger attack, a
+new default parameter) regenerates them with this command, and its commit says so and why.
+"""
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+from typing import Any
+
+DATA = Path(__file__).resolve().parent / "data"
+
+# seconds on two cores: one planted task, two cut points, two defenses, one attack of every family
+TINY_ENGINE = {
+    "name": "engine-reference",
+    "seeds": [0],
+    "n_boot": 100,
+    "dataset": {"name": "synthetic", "n": 400, "image_size": 8, "strength": 0.3},
+    "model": {"name": "small_cnn", "widths": [8], "fc": [16]},
+    "cut_points": ["conv1", "fc1"],
+    "training": {"epochs": 2},
+    "defenses": ["none", {"name": "noise", "scale": 1.0, "finetune_epochs": 1}],
+    "attacks": {"attribute": {"epochs": 2}, "mi": {}, "inversion": {"epochs": 1, "batch_size": 32, "width": 8},
+                "reidentify": {}},
+}
+
+
+def reference_rows(report: dict[str, Any]) -> list[dict[str, Any]]:
+    """The figures of every record, keyed by what identifies them (cell, target, metric)."""
+    keep = ("cell_id", "dataset", "cut_point", "defense", "attack", "target", "metric", "status", "value", "ci95",
+            "chance", "n_eval")
+    rows = [{k: r.get(k) for k in keep} for r in report["results"]]
+    return sorted(rows, key=lambda r: (r["cell_id"], str(r["target"]), str(r["metric"])))
+
+
+def run_reference(which: str, out_dir: Path) -> list[dict[str, Any]]:
+    """Run the ``tiny`` or the embedded ``default`` audit into ``out_dir``; its reference rows."""
+    from audit import Audit, build_config, load_config
+    from audit.executors import SequentialExecutor
+
+    config = build_config(TINY_ENGINE) if which == "tiny" else load_config()
+    report = Audit(config).run(out_dir, callbacks=[], executor=SequentialExecutor(threads=1))
+    return reference_rows(report)
+
+
+if __name__ == "__main__":  # pragma: no cover - writes the reference files
+    import tempfile
+
+    which, target = sys.argv[1], Path(sys.argv[2])
+    with tempfile.TemporaryDirectory() as tmp:
+        rows = run_reference(which, Path(tmp) / "out")
+    target.write_text(json.dumps(rows, indent=1) + "\n")
+    print(f"{len(rows)} records -> {target}")
