@@ -46,6 +46,14 @@ def stage_seed(seed: int, *identity: Any) -> int:
     return int(stable_hash(seed, *identity, length=8), 16) % (2**31 - 1)
 
 
+def cell_seeds(seed: int, task_key: str, cut: str, defense: str, defense_params: dict[str, Any],
+               attack: str) -> dict[str, int]:
+    """The seeds of a cell's stages: ``defense`` (its fit, shared by the group) and ``attack``.
+    ``defense_params``: the defense's validated parameters as JSON (defaults filled in)."""
+    group = (seed, task_key, cut, defense, defense_params)
+    return {"defense": stage_seed(*group), "attack": stage_seed(*group, attack)}
+
+
 def _create(registry: Registry, name: str, params: dict[str, Any] | PluginParams):
     """A plugin from validated parameters as they are, or from a dict (validated here)."""
     return registry.from_params(name, params) if isinstance(params, PluginParams) else registry.create(name, **params)

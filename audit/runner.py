@@ -37,7 +37,6 @@ from audit.core.records import AuditRecord
 from audit.core.store import ResultStore
 from audit.core.training import inference_device, predict
 from audit.decision import fresh_verdicts
-from audit.pipeline import stage_seed
 from audit.plan import Cell, plan_cells, shard_cells
 from audit.preflight import check_run
 from audit.report import SCHEMA_VERSION, environment, write_report
@@ -158,9 +157,8 @@ class AuditRun:
         """The seeds of the stages behind a cell: defense fit and attack. ``seed_key``: the task
         identity they derive from (default: the cell's task key; a feature dump replays its task's)."""
         key = seed_key or task_key(self.config.tasks[cell.task], cell.seed)
-        spec = self.config.defenses[cell.defense]
-        base = (cell.seed, key, cell.cut_point, spec.name, self.defense_params[cell.defense])
-        return {"defense": stage_seed(*base), "attack": stage_seed(*base, cell.attack)}
+        return pipeline.cell_seeds(cell.seed, key, cell.cut_point, self.config.defenses[cell.defense].name,
+                                   self.defense_params[cell.defense], cell.attack)
 
     def run_group(
         self,

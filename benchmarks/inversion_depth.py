@@ -13,7 +13,7 @@ sigma (scale x the std of the train features) is measured on a seeded subset of
 ``--sigma-samples`` train images and their cloud is not fine-tuned (utility is not
 measured here; what is released is the same), and attacks are scored on a seeded
 subset of ``--n-test`` test images (rMLE on its own ``--rmle-n`` subset of those).
-Attack seeds follow the runner's rule (stage_seed). Writes results.json, a markdown
+Defense and attack seeds follow the runner's rule (audit.pipeline.cell_seeds). Writes results.json, a markdown
 table (table.md) and the reconstruction grids under --out.
 """
 from __future__ import annotations
@@ -29,9 +29,9 @@ import torch
 from attacks import AttackView
 from audit.config import build_config, load_config
 from audit.core.training import predict
-from audit.pipeline import AttackInputs, fit_defense, release_all, run_attack, stage_seed
+from audit.pipeline import AttackInputs, cell_seeds, fit_defense, release_all, run_attack
 from audit.runner import AuditRun
-from defenses import SplitPoint
+from defenses import DEFENSES, SplitPoint
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -97,9 +97,9 @@ def run_task(name: str, args, out: Path) -> list[dict]:
             parts = {"train": train.x[sigma_idx], "aux": aux.x, "test": x_test}
             split = SplitPoint(cut, state.model, edge, cloud,
                                compute_features=lambda part, parts=parts: predict(edge, parts[part]))
-            fit_seed = stage_seed(seed, state.key, cut, spec.name, params)
+            full_params = DEFENSES.validate_params(spec.name, params).model_dump(mode="json")  # as the runner
             defense = fit_defense(spec.name, params, split, train, data.num_classes(data.primary), config.trainer,
-                                  fit_seed, audit_seed=seed)
+                                  cell_seeds(seed, state.key, cut, spec.name, full_params, "")["defense"], audit_seed=seed)
             z_aux = release_all(defense, aux.x, split.features("aux"))
             z_test = release_all(defense, x_test, split.features("test"))
             split._features.clear()  # free the clean features (the attacks recompute what they need)
@@ -114,7 +114,7 @@ def run_task(name: str, args, out: Path) -> list[dict]:
                 attack_params = dict(ATTACK_PARAMS[name][attack_name])
                 if attack_name == "inversion_rmle":
                     attack_params["n_eval"] = args.rmle_n
-                attack_seed = stage_seed(seed, state.key, cut, spec.name, params, attack_name)
+                attack_seed = cell_seeds(seed, state.key, cut, spec.name, full_params, attack_name)["attack"]
                 cell = f"{name}_{cut}_{label}_{attack_name}".replace("(", "_").replace(")", "").replace("=", "")
                 start = time.perf_counter()
                 scores = run_attack(attack_name, attack_params, inputs, defense, attack_seed,
