@@ -33,7 +33,7 @@ import torch
 from attacks import Score
 from audit import pipeline
 from audit.config import AuditConfig, TaskConfig
-from audit.core.data import DATASETS, AuditData, split_indices
+from audit.core.data import DATASETS, AuditData, audit_data
 from audit.core.data.feature_dump import model_free_measures, model_free_split, model_free_summary, precomputed_features
 from audit.core.errors import AuditInputError, interruptible
 from audit.core.feature_store import FeatureStore
@@ -42,7 +42,7 @@ from audit.pipeline import stable_hash, stage_seed
 from audit.preflight import check_run
 from audit.core.profile import add_seconds, report_timings, timed
 from audit.core.records import AuditRecord
-from audit.report import SCHEMA_VERSION, environment, write_report
+from audit.report import SCHEMA_VERSION, environment, splits_used, write_report
 from audit.core.stats import mean_ci
 from audit.core.store import ResultStore, atomic_write, write_json_atomic
 from audit.core.training import fit_classifier, inference_device, predict
@@ -262,9 +262,9 @@ class AuditRun:
         dataset = given.get("dataset") or DATASETS.from_params(
             task.dataset.name, self.config.plugin_params("tasks", t, "dataset"))
         loaded = dataset.load(self.cache_dir)
-        # a dataset may bring its own split (a LightningDataModule's train/val/test)
-        splits = getattr(loaded, "splits", None) or split_indices(loaded.x.shape[0], task.splits.model_dump(), seed)
-        data = AuditData(task.display_name, loaded, splits)
+        # a dataset may bring its own split (a LightningDataModule's train/val/test, a dump's)
+        data = audit_data(task.display_name, loaded, task.splits.model_dump(), seed)
+        loaded, splits = data.loaded, data.splits
         features = precomputed_features(loaded, task.cut_points, with_model=task.model is not None)
         add_seconds(self.driver_timings, "data_seconds", started)
         started = time.perf_counter()
@@ -325,7 +325,7 @@ class AuditRun:
             "dataset": task.display_name, "model": task.model_name, "seed": seed,
             "primary": data.primary, "private": data.private,
             "classes": {name: loaded.classes[name] for name in [data.primary, *data.private]},
-            "n": {name: len(idx) for name, idx in splits.items()}, **attacker,
+            "n": {name: len(idx) for name, idx in splits.items()}, **data.split_info, **attacker,
             "primary_accuracy": float(correct.mean()), "primary_accuracy_ci95": list(mean_ci(correct, seed=seed)),
             "full_flops": full_flops, "cut_points": task.cut_points, "task_key": key,
             "stage_seeds": {"init": stage_seed(seed, key, "init"), "task": stage_seed(seed, key, "task")},
@@ -550,12 +550,13 @@ class AuditRun:
             env["executor"] = executor.describe()
             env["torch_threads"] = executor.cell_threads()
         env["shard"] = list(self.shard) if self.shard else None
+        tasks = [t for t in (self.store.task(k) for k in keys) if t is not None]
         report = {
             "schema_version": SCHEMA_VERSION,
             "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
-            "config": self.config.model_dump(mode="json"),
+            "config": splits_used(self.config.model_dump(mode="json"), tasks),
             "environment": env,
-            "tasks": [t for t in (self.store.task(k) for k in keys) if t is not None],
+            "tasks": tasks,
             "results": records,
             "timings": report_timings(records, self.driver_timings,
                                       None if self._started is None else time.perf_counter() - self._started),
