@@ -46,8 +46,8 @@ from audit.runner import AuditRun, RunCallback
 if TYPE_CHECKING:  # pragma: no cover
     from audit.executors import Executor
 
-# the label attacks of the CLI's examples and benchmarks: the strongest member of the attribute family
-# decides, and a linear probe sometimes reads more than the MLP head (issue 21: 0.414 vs 0.361)
+# the label attacks of the example configs (configs/*.yaml) and the benchmarks: the strongest member of the
+# attribute family decides, and a linear probe sometimes reads more than the MLP head (issue 21: 0.414 vs 0.361)
 DEFAULT_ATTACKS = ("attribute", "attribute_linear")
 
 
