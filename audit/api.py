@@ -53,17 +53,18 @@ DEFAULT_ATTACKS = ("attribute", "attribute_linear")
 
 @contextlib.contextmanager
 def api_logging(quiet: bool | None, verbose: bool | None):
-    """The ``splitaudit`` logger for an API call: as the CLI sets it up (a stderr handler at INFO, WARNING
-    with ``quiet``, DEBUG with ``verbose``) when it has no handler or ``quiet`` / ``verbose`` is given;
-    restored afterwards."""
+    """The ``splitaudit`` logger during an API call, restored afterwards. Left as it is when it has handlers
+    of its own (set up by the CLI or the user) and neither ``quiet`` nor ``verbose`` is given; otherwise at
+    INFO (WARNING with ``quiet``, DEBUG with ``verbose``), writing to stderr as the CLI does, or, when the
+    root logger has handlers (``logging.basicConfig``, pytest), through those."""
     from audit.cli import setup_logging
 
     logger = logging.getLogger("splitaudit")
-    if logger.handlers and quiet is None and verbose is None:  # set up by the CLI or the user
+    if logger.handlers and quiet is None and verbose is None:
         yield
         return
     saved = (list(logger.handlers), logger.level, logger.propagate)
-    if logger.handlers:
+    if logger.handlers or logging.getLogger().handlers:
         logger.setLevel(logging.WARNING if quiet else (logging.DEBUG if verbose else logging.INFO))
     else:
         setup_logging(bool(quiet), bool(verbose))

@@ -81,14 +81,32 @@ def bare_logger(monkeypatch):
     return logger
 
 
-def test_the_api_logs_per_cell_lines_by_default_and_nothing_when_quiet(bare_logger, tmp_path, capsys):
+def test_the_api_logs_per_cell_lines_by_default_and_nothing_when_quiet(bare_logger, tmp_path, caplog):
+    """Through the root logger's handlers when it has some (here pytest's: caplog), at INFO by default."""
     ds = planted(300)
     common = {"model": mlp(), "data": ds, "private": ["s"], "cut_points": ["1"], "attacks": ["attribute_linear"],
               "n_boot": 100}
     Audit(**common).run(tmp_path / "loud")
-    err = capsys.readouterr().err
-    assert "audit 'audit': 1 cells" in err and "[1/1] TensorDataset/Sequential seed=0 cut=1" in err, err
-    assert "s balanced_accuracy" in err and "audit 'audit' finished" in err
-    assert bare_logger.handlers == []  # the API's handler is gone after the run
+    lines = [r.getMessage() for r in caplog.records if r.name == "splitaudit"]
+    assert lines[0] == "audit 'audit': 1 cells" and lines[-1].startswith("audit 'audit' finished: 1 cells"), lines
+    assert any(line.startswith("[1/1] TensorDataset/Sequential seed=0 cut=1 defense=none attack=attribute_linear: "
+                               "s balanced_accuracy") for line in lines), lines
+    assert bare_logger.level == logging.NOTSET  # restored after the run
+    caplog.clear()
     Audit(**common, quiet=True).run(tmp_path / "quiet")
-    assert capsys.readouterr().err == ""
+    assert [r for r in caplog.records if r.name == "splitaudit" and r.levelno < logging.WARNING] == []
+
+
+def test_without_logging_set_up_the_api_writes_lines_to_stderr_like_the_cli(bare_logger, monkeypatch, capsys):
+    from audit.api import api_logging
+
+    monkeypatch.setattr(logging.getLogger(), "handlers", [])  # a plain `python script.py`
+    with api_logging(None, None):
+        bare_logger.info("[1/1] a cell")
+        bare_logger.debug("hidden")
+    with api_logging(None, True):
+        bare_logger.debug("shown with verbose=True")
+    with api_logging(True, None):
+        bare_logger.info("hidden with quiet=True")
+    assert capsys.readouterr().err == "[1/1] a cell\nshown with verbose=True\n"
+    assert bare_logger.handlers == [] and bare_logger.propagate
