@@ -19,14 +19,23 @@ cut at named submodules (:mod:`audit.core.models.fx_split`) and audited as given
 registered model (``"small_cnn"``, ``{"name": "torchvision", "arch":
 "resnet50", "weights": "r50.pt"}``). ``data`` is a LightningDataModule, a
 torch Dataset or ``{"train", "val", "test"}`` Datasets whose samples carry
-private labels (:mod:`audit.core.data.lightning_data`), or a registered dataset
+private labels (:mod:`audit.core.data.lightning_data`), a pandas DataFrame
+(``primary=`` / ``private=`` name its label columns, ``table=`` its encoding:
+:mod:`audit.core.data.table`), or a registered dataset
 (``{"name": "utkface", "root": ...}``, ``{"name": "features", "path":
 "dump.npz"}`` with ``model=None``). Python objects appear in the config and
 the report as the placeholders ``python`` (with their class and a hash of
 their weights / data), so an output folder resumes only for the same model and data.
+
+Progress is logged as by the CLI (a tqdm bar on a terminal or in a notebook, one line per
+finished cell otherwise) to the ``splitaudit`` logger; ``quiet=True`` keeps only warnings,
+``verbose=True`` adds debug output. A logger set up by its user (handlers of its own) is
+left as it is unless ``quiet`` or ``verbose`` is given.
 """
 from __future__ import annotations
 
+import contextlib
+import logging
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Iterable, Mapping
 
@@ -36,6 +45,35 @@ from audit.runner import AuditRun, RunCallback
 
 if TYPE_CHECKING:  # pragma: no cover
     from audit.executors import Executor
+
+# the label attacks of the example configs (configs/*.yaml) and the benchmarks: the strongest member of the
+# attribute family decides, and a linear probe sometimes reads more than the MLP head (issue 21: 0.414 vs 0.361)
+DEFAULT_ATTACKS = ("attribute", "attribute_linear")
+
+
+@contextlib.contextmanager
+def api_logging(quiet: bool | None, verbose: bool | None):
+    """The ``splitaudit`` logger during an API call, restored afterwards. Left as it is when it has handlers
+    of its own (set up by the CLI or the user) and neither ``quiet`` nor ``verbose`` is given; otherwise at
+    INFO (WARNING with ``quiet``, DEBUG with ``verbose``), writing to stderr as the CLI does, or, when the
+    root logger has handlers (``logging.basicConfig``, pytest), through those."""
+    from audit.cli import setup_logging
+
+    logger = logging.getLogger("splitaudit")
+    if logger.handlers and quiet is None and verbose is None:
+        yield
+        return
+    saved = (list(logger.handlers), logger.level, logger.propagate)
+    if logger.handlers or logging.getLogger().handlers:
+        logger.setLevel(logging.WARNING if quiet else (logging.DEBUG if verbose else logging.INFO))
+    else:
+        setup_logging(bool(quiet), bool(verbose))
+    try:
+        yield
+    finally:
+        logger.handlers[:] = saved[0]
+        logger.setLevel(saved[1])
+        logger.propagate = saved[2]
 
 
 def default_callbacks(config: AuditConfig, callbacks: Iterable[RunCallback] | None = None) -> list[RunCallback]:
@@ -89,9 +127,13 @@ class Audit:
     private / primary: the private label names / the primary label's name of Python data;
     defenses / attacks: as in YAML (["none", {"name": "noise", "scale": 1.0}], ["attribute"] or {"attribute": {...}});
     training: task (fine-)tuning, e.g. {"epochs": 2, "lr": 1e-4} or 2 (default for a module: 0 = as given);
+    attacks default to :data:`DEFAULT_ATTACKS` (the attribute MLP head and the linear probe);
+    table: encoding options of a DataFrame (:class:`audit.core.data.table.TableParams`: categorical,
+    encoding, unknown, missing, missing_indicator, split_column, classes);
     splits: "datamodule" / "pool" for Python data, or fractions {"train": .5, "aux": .25, "test": .25};
     seeds, name, n_boot, trainer: as in YAML; model_name / data_name: names in the report;
-    cache_dir: trained task models (default $SPLITAUDIT_CACHE or ~/.cache/splitaudit).
+    cache_dir: trained task models (default $SPLITAUDIT_CACHE or ~/.cache/splitaudit);
+    quiet / verbose: progress output (module docstring).
     """
 
     def __init__(
@@ -104,7 +146,7 @@ class Audit:
         private: list[str] | str | None = None,
         primary: str | None = None,
         defenses: Iterable[Any] = ("none",),
-        attacks: Iterable[Any] | Mapping[str, Any] = ("attribute",),
+        attacks: Iterable[Any] | Mapping[str, Any] = DEFAULT_ATTACKS,
         training: Mapping[str, Any] | int | None = None,
         splits: str | Mapping[str, float] | None = None,
         seeds: Iterable[int] = (0,),
@@ -114,8 +156,12 @@ class Audit:
         model_name: str | None = None,
         data_name: str | None = None,
         cache_dir: str | Path | None = None,
+        table: Mapping[str, Any] | None = None,
+        quiet: bool | None = None,
+        verbose: bool | None = None,
     ):
         self.cache_dir = cache_dir
+        self.quiet, self.verbose = quiet, verbose
         self.objects: dict[int, dict[str, Any]] = {}
         self._config: AuditConfig | None = None
         if config is not None:
@@ -144,7 +190,7 @@ class Audit:
             self._raw["model_label"] = model_name
         if isinstance(splits, Mapping):
             self._raw["splits"] = dict(splits)
-        self._data = self._data_source(data, private, primary, splits)
+        self._data = self._data_source(data, private, primary, splits, table)
         self._model = model
         if isinstance(training, int):
             training = {"epochs": training}
@@ -155,18 +201,30 @@ class Audit:
 
     # ------------------------------------------------------------------ inputs
     @staticmethod
-    def _data_source(data: Any, private, primary, splits) -> Any:
+    def _data_source(data: Any, private, primary, splits, table=None) -> Any:
         from audit.core.data.lightning_data import TorchData
+        from audit.core.data.table import FrameTable, TableParams
 
         if isinstance(data, str) or (isinstance(data, Mapping) and "name" in data):
             if private is not None or primary is not None:
                 raise AuditInputError("for a registered dataset give private / primary inside its spec, e.g. "
                                       "data={'name': 'utkface', 'root': ..., 'private': ['race']}")
             return _spec(data, "data")
-        if isinstance(data, TorchData):
+        if isinstance(data, (TorchData, FrameTable)):
             return data
         if private is None:
             raise AuditInputError("name the private labels of your data: Audit(..., private=['race'])")
+        if hasattr(data, "columns") and hasattr(data, "iloc"):  # a pandas DataFrame
+            if primary is None:
+                raise AuditInputError("name the primary label column of your DataFrame: Audit(..., primary='income')")
+            private = [private] if isinstance(private, str) else list(private)
+            try:
+                options = TableParams(label=primary, private=private, **dict(table or {}))
+            except ValueError as err:
+                raise AuditInputError(f"table=: {err}") from None
+            return FrameTable(data, options)
+        if table is not None:
+            raise AuditInputError("table= is for a pandas DataFrame given as data=")
         mode = splits if isinstance(splits, str) else ("pool" if isinstance(splits, Mapping) else "auto")
         return TorchData(data, private, primary or "y", splits=mode)
 
@@ -178,12 +236,14 @@ class Audit:
         return self._config
 
     def _build_config(self) -> AuditConfig:
+        from audit.core.data import audit_data
         from audit.core.data.lightning_data import TorchData
+        from audit.core.data.table import FrameTable
         from audit.core.models.fx_split import ModuleInstance, check_logits, module_fingerprint
 
         raw = dict(self._raw)
         given: dict[str, Any] = {}
-        if isinstance(self._data, TorchData):
+        if isinstance(self._data, (TorchData, FrameTable)):
             loaded = self._data.load()
             raw["dataset"] = {"name": "python", "object": self._data.name, "fingerprint": self._data.fingerprint()}
             raw.setdefault("label", self._data.name)
@@ -206,9 +266,10 @@ class Audit:
                             "fingerprint": module_fingerprint(model)}
             raw["model_label"] = label
             given["model"] = ModuleInstance(model, label)
-            if loaded is not None:
-                check_logits(model, loaded.x[:2], len(loaded.classes[loaded.primary]), label)
         config = build_config(raw, "<Audit(...)>")
+        if loaded is not None and "model" in given:  # inputs as the audit sees them (a table's encoded on its train split)
+            data = audit_data("", loaded, config.tasks[0].splits.model_dump(), config.seeds[0])
+            check_logits(model, data.loaded.x[:2], len(loaded.classes[loaded.primary]), raw["model_label"])
         if given:
             self.objects = {0: given}
         return config
@@ -228,8 +289,12 @@ class Audit:
         :func:`audit.executors.make_executor` (default: in this process; Python objects given as
         ``model=`` / ``data=`` must be picklable for worker processes); ``shard``: (i, n) runs
         shard i of n; ``resume``: see :class:`audit.core.store.ResultStore`."""
-        config = self.config
-        callbacks = default_callbacks(config, callbacks)
+        with api_logging(self.quiet, self.verbose):
+            config = self.config
+            callbacks = default_callbacks(config, callbacks)
+            return self._run(config, out, callbacks, executor, shard, resume)
+
+    def _run(self, config, out, callbacks, executor, shard, resume) -> Report:
         try:
             return Report(AuditRun(config, out, callbacks, self.cache_dir, objects=self.objects,
                                    executor=executor, shard=shard, resume=resume).run())
@@ -244,21 +309,28 @@ class Audit:
         (and inputs), as a feature dump (.npz or .pt) for ``{"name": "features", "path": ...}``.
 
         The task model is trained (or loaded from the cache) exactly as :meth:`run` would; rows are in the
-        dataset's order, so an audit of the dump with the same seed sees the same train/aux/test rows.
+        dataset's order and the dump holds the split this audit used (its row indices, and the seed), so an
+        audit of the dump sees the same train/aux/test rows and reproduces this audit's figures.
         """
         from audit.core.data.feature_dump import extract_features, save_feature_dump
 
-        config = self.config
-        seed = config.seeds[0] if seed is None else seed
-        task = config.tasks[0]
-        if task.model is None:
-            raise AuditInputError("dump_features needs a model; this audit has none")
-        run = AuditRun(config, Path("."), (), self.cache_dir, objects=self.objects)
-        state = run.prepare_task(0, seed)
-        loaded = state.data.loaded
-        features = extract_features(state.model, loaded.x, task.cut_points)
+        with api_logging(self.quiet, self.verbose):
+            config = self.config
+            seed = config.seeds[0] if seed is None else seed
+            task = config.tasks[0]
+            if task.model is None:
+                raise AuditInputError("dump_features needs a model; this audit has none")
+            run = AuditRun(config, Path("."), (), self.cache_dir, objects=self.objects)
+            state = run.prepare_task(0, seed)
+        data, loaded = state.data, state.data.loaded
+        features: dict[str, Any] = {}
+        for part, rows in data.splits.items():  # split by split, in the runner's batches: the same values
+            for cut, values in extract_features(state.model, loaded.x[rows], task.cut_points).items():
+                features.setdefault(cut, values.new_zeros((len(loaded.x), *values.shape[1:])))[rows] = values
         meta = {
             "primary": loaded.primary, "private": loaded.private, "classes": loaded.classes,
             "dataset": task.display_name, "model": task.model_name, "seed": seed, "task_key": state.key,
+            "split": data.split_info,
         }
-        return save_feature_dump(path, features, loaded.labels, x=loaded.x if inputs else None, meta=meta)
+        return save_feature_dump(path, features, loaded.labels, x=loaded.x if inputs else None, meta=meta,
+                                 splits=data.splits)

@@ -46,7 +46,7 @@ def check_tasks(config: Any, objects: dict[int, dict[str, Any]], cache_dir: Path
     dataset root, unusable files or a cut point the model lacks raise :class:`AuditInputError` naming it."""
     import torch
 
-    from audit.core.data import DATASETS
+    from audit.core.data import DATASETS, audit_data
     from audit.core.data.feature_dump import precomputed_features
     from audit.core.models import MODELS
 
@@ -58,8 +58,10 @@ def check_tasks(config: Any, objects: dict[int, dict[str, Any]], cache_dir: Path
         if task.model is None:
             continue
         factory = given.get("model") or MODELS.from_params(task.model.name, config.plugin_params("tasks", t, "model"))
+        # the inputs' shape once split (a table's encoded columns come from its train split)
+        shape = audit_data(task.display_name, loaded, task.splits.model_dump(), config.seeds[0]).input_shape
         with torch.random.fork_rng(devices=[]):  # building draws initial weights: leave the global RNG as it was
-            model = factory.build(tuple(loaded.x.shape[1:]), len(loaded.classes[loaded.primary]))
+            model = factory.build(shape, len(loaded.classes[loaded.primary]))
         for cut in task.cut_points:
             model.split(cut)  # raises naming the model's cut points on a typo (as the runner would, later)
         del loaded, model

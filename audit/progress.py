@@ -1,9 +1,10 @@
 """Progress over the audit's cells with an estimate of the time left.
 
-On a terminal: a tqdm bar (cells done / total, elapsed, time left) with one line per
-finished cell printed above it. Elsewhere (CI logs, files): one line per finished cell
-ending in the time left. Both go to the ``splitaudit`` logger's level: ``--quiet``
-(WARNING) silences them. Lightning's own bars stay off inside cells
+On a terminal or in a Jupyter notebook: a tqdm bar (``tqdm.auto``: a widget in a notebook; cells
+done / total, elapsed, time left) with one line per finished cell printed above it. Elsewhere (CI
+logs, files): one line per finished cell ending in the time left. Both go to the ``splitaudit``
+logger's level: ``--quiet`` (WARNING) silences them; the Python API sets the logger up as the CLI
+does (``audit.api.api_logging``). Lightning's own bars stay off inside cells
 (``trainer.progress_bar: false``, the default).
 """
 from __future__ import annotations
@@ -38,9 +39,16 @@ def time_left(elapsed: float, done_here: int, remaining: int) -> float | None:
     return elapsed / done_here * remaining
 
 
+def in_notebook() -> bool:
+    """True inside a Jupyter kernel (IPython's ZMQ shell), where stderr is no terminal but a bar shows."""
+    ipython = sys.modules.get("IPython")
+    shell = ipython.get_ipython() if ipython is not None and hasattr(ipython, "get_ipython") else None
+    return type(shell).__name__ == "ZMQInteractiveShell"
+
+
 class Progress(RunCallback):
     """Cell progress with time left (see the module doc). ``bar``: force the tqdm bar on or off
-    (default: on when stderr is a terminal)."""
+    (default: on when stderr is a terminal or in a notebook)."""
 
     def __init__(self, bar: bool | None = None):
         self.bar_wanted = bar
@@ -52,9 +60,9 @@ class Progress(RunCallback):
         self.done_here, self.start = 0, time.perf_counter()
         skipped = f", {self.done} already done in {run.out_dir}" if self.done else ""
         log.info("audit %r: %d cells%s", run.config.name, len(cells), skipped)
-        show = self.bar_wanted if self.bar_wanted is not None else sys.stderr.isatty()
+        show = self.bar_wanted if self.bar_wanted is not None else (sys.stderr.isatty() or in_notebook())
         if show and log.isEnabledFor(logging.INFO) and pending:
-            from tqdm import tqdm
+            from tqdm.auto import tqdm
             from tqdm.contrib.logging import logging_redirect_tqdm
 
             self.bar = tqdm(total=self.total, initial=self.done, unit="cell", desc=run.config.name,

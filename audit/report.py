@@ -43,6 +43,18 @@ def environment(seeds: list[int], device: str) -> dict[str, Any]:
     }
 
 
+def splits_used(config: dict[str, Any], tasks: list[dict[str, Any]]) -> dict[str, Any]:
+    """``config`` (a config as JSON) with ``splits: given`` on each task whose data brought its own
+    split (a datamodule's train/val/test, a CSV's split column, a feature dump's rows), as its task
+    summaries in ``tasks`` say; the fractions stay where they were drawn (the summaries hold the seed)."""
+    given = {(t.get("dataset"), t.get("model")) for t in tasks if t.get("splits") == "given"}
+    for task in config.get("tasks") or []:
+        model = task.get("model_label") or (task.get("model") or {}).get("name", "none")
+        if (task.get("label") or task["dataset"]["name"], model) in given:
+            task["splits"] = "given"
+    return config
+
+
 def write_report(out_dir: Path, report: dict[str, Any]) -> None:
     """Write report.json, results.csv and report.html (with figures/) into ``out_dir``.
 

@@ -39,7 +39,7 @@ from audit.core.training import inference_device, predict
 from audit.decision import fresh_verdicts
 from audit.plan import Cell, plan_cells, shard_cells
 from audit.preflight import check_run
-from audit.report import SCHEMA_VERSION, environment, write_report
+from audit.report import SCHEMA_VERSION, environment, splits_used, write_report
 from audit.tasks import TaskState, attacker_splits, default_cache_dir, extract_features, prepare_task, task_key
 from defenses import SplitPoint
 
@@ -347,12 +347,13 @@ class AuditRun:
             env["executor"] = executor.settings()
             env["torch_threads"] = executor.cell_threads()
         env["shard"] = list(self.shard) if self.shard else None
+        tasks = [t for t in (self.store.task(k) for k in keys) if t is not None]
         report = {
             "schema_version": SCHEMA_VERSION,
             "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
-            "config": self.config.model_dump(mode="json"),
+            "config": splits_used(self.config.model_dump(mode="json"), tasks),
             "environment": env,
-            "tasks": [t for t in (self.store.task(k) for k in keys) if t is not None],
+            "tasks": tasks,
             "results": records,
             "timings": report_timings(records, self.driver_timings,
                                       None if self._started is None else time.perf_counter() - self._started),

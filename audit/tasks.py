@@ -20,7 +20,7 @@ from typing import Any
 import torch
 
 from audit.config import AuditConfig, TaskConfig
-from audit.core.data import DATASETS, AuditData, split_indices
+from audit.core.data import DATASETS, AuditData, audit_data
 from audit.core.data.feature_dump import model_free_summary, precomputed_features
 from audit.core.errors import AuditInputError
 from audit.core.feature_store import FeatureStore
@@ -102,9 +102,9 @@ def prepare_task(config: AuditConfig, t: int, seed: int, cache_dir: Path, device
     dataset = given.get("dataset") or DATASETS.from_params(
         task.dataset.name, config.plugin_params("tasks", t, "dataset"))
     loaded = dataset.load(cache_dir)
-    # a dataset may bring its own split (a LightningDataModule's train/val/test)
-    splits = getattr(loaded, "splits", None) or split_indices(loaded.x.shape[0], task.splits.model_dump(), seed)
-    data = AuditData(task.display_name, loaded, splits)
+    # a dataset may bring its own split (a LightningDataModule's train/val/test, a dump's)
+    data = audit_data(task.display_name, loaded, task.splits.model_dump(), seed)
+    loaded, splits = data.loaded, data.splits
     features = precomputed_features(loaded, task.cut_points, with_model=task.model is not None)
     add_seconds(timings, "data_seconds", started)
     started = time.perf_counter()
@@ -165,7 +165,7 @@ def prepare_task(config: AuditConfig, t: int, seed: int, cache_dir: Path, device
         "dataset": task.display_name, "model": task.model_name, "seed": seed,
         "primary": data.primary, "private": data.private,
         "classes": {name: loaded.classes[name] for name in [data.primary, *data.private]},
-        "n": {name: len(idx) for name, idx in splits.items()}, **attacker,
+        "n": {name: len(idx) for name, idx in splits.items()}, **data.split_info, **attacker,
         "primary_accuracy": float(correct.mean()), "primary_accuracy_ci95": list(mean_ci(correct, seed=seed)),
         "full_flops": full_flops, "cut_points": task.cut_points, "task_key": key,
         "stage_seeds": {"init": stage_seed(seed, key, "init"), "task": stage_seed(seed, key, "task")},

@@ -95,11 +95,11 @@ def test_utkface_development_split_skips_its_two_malformed_names(_private_cache)
 def test_csv(tmp_path):
     path = tmp_path / "t.csv"
     path.write_text("a,b,label,secret\n1,2,yes,x\n3,4,no,y\n5,6,yes,y\n7,8,no,x\n")
-    data = DATASETS.create("csv", path=path, label="label", private=["secret"]).load(None)
+    data = DATASETS.create("csv", path=path, label="label", private=["secret"]).load(None).fitted(torch.arange(4))
     assert data.x.shape == (4, 2) and abs(float(data.x.mean())) < 1e-6
     assert data.labels["label"].tolist() == [1, 0, 1, 0] and data.classes["label"] == ["no", "yes"]
-    path.write_text("a,b,label,secret\n1,2,yes,x\n3,,no,y\n")
-    with pytest.raises(AuditInputError, match=r"row 3, column 'b': missing value"):
+    path.write_text("a,b,label,secret\n1,2,yes,x\n3,4,,y\n")
+    with pytest.raises(AuditInputError, match=r"row 3, label column 'label': missing value"):
         DATASETS.create("csv", path=path, label="label", private=["secret"]).load(None)
     with pytest.raises(AuditInputError, match=r"no column 'sekret'"):
         DATASETS.create("csv", path=path, label="label", private=["sekret"]).load(None)

@@ -207,7 +207,7 @@ def test_evil_pickle_in_the_image_cache_is_refused(tmp_path, _private_cache):
 
 # ---------------------------------------------------------------------------------------------- CSV
 @pytest.mark.parametrize("text, params, message", [
-    ("a,label,secret\n1,yes,x\n,no,y\n", {}, r"row 3, column 'a': missing value"),
+    ("a,label,secret\n1,yes,x\nfoo,no,y\n", {"categorical": []}, r"row 3, column 'a': non-numeric value 'foo'"),
     ("a,label,secret\n1,yes,x\n2,,y\n", {}, r"row 3, label column 'label': missing value"),
     ("a,label,secret\n1,yes,x\n2,maybe,y\n", {"classes": {"label": ["yes", "no"]}},
      r"row 3, label column 'label': unknown label value 'maybe' \(declared classes: yes, no\)"),
@@ -218,7 +218,7 @@ def test_evil_pickle_in_the_image_cache_is_refused(tmp_path, _private_cache):
     ("a,label,secret\n1,yes\n2,no,y\n", {}, r"line 2 has fewer fields than the header \(3\)"),
     ("a,a,label,secret\n1,2,yes,x\n3,4,no,y\n", {}, r"duplicate column names: a"),
     ("a,label,secret\n1,yes,x\n2,no,y\n", {"classes": {"a": ["1"]}}, r"'a', which is not a label column"),
-    ("a,label,secret\ninf,yes,x\n2,no,y\n", {}, r"row 2, column 'a': value is NaN or infinite"),
+    ("a,label,secret\ninf,yes,x\n2,no,y\n", {}, r"row 2, column 'a': value 'inf' is not finite"),
 ])
 def test_bad_csv_files_are_refused_naming_the_problem(tmp_path, text, params, message):
     path = tmp_path / "t.csv"

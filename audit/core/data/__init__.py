@@ -5,7 +5,7 @@ more private labels, split by seed into disjoint train / aux / test parts.
 """
 import sys
 
-from audit.core.data.base import AuditData, Dataset, LoadedData, Part, split_indices
+from audit.core.data.base import AuditData, Dataset, LoadedData, Part, audit_data, split_indices
 from audit.core.discovery import import_submodules
 from audit.core.registry import Registry
 
@@ -13,6 +13,8 @@ DATASETS: Registry[Dataset] = Registry("dataset", "splitaudit.datasets")
 register_dataset = DATASETS.register
 
 
-import_submodules(sys.modules[__name__], skip=("base", "digit_labels"))
+import_submodules(sys.modules[__name__], skip=("base", "digit_labels", "adult_like"))  # adult_like: a generator
 
-__all__ = ["AuditData", "DATASETS", "Dataset", "LoadedData", "Part", "register_dataset", "split_indices"]
+__all__ = [
+    "AuditData", "DATASETS", "Dataset", "LoadedData", "Part", "audit_data", "register_dataset", "split_indices",
+]

@@ -22,6 +22,7 @@ class LoadedData:
     labels: label name -> (N,) int64 class indices; holds the primary and the
        private labels (and possibly more the user did not select).
     classes: label name -> class names (index i is class i).
+    splits: the data's own train/aux/test row indices (int64), or None: split by seed.
     """
 
     x: torch.Tensor
@@ -30,6 +31,12 @@ class LoadedData:
     primary: str
     private: list[str]
     meta: dict[str, Any] = field(default_factory=dict)
+    splits: dict[str, torch.Tensor] | None = None
+
+    def fitted(self, train: torch.Tensor) -> "LoadedData":
+        """The data ready for an audit once the train split's rows (``train``, int64 indices) are known;
+        data whose inputs are encoded with train-split statistics (tables) override this."""
+        return self
 
     def __post_init__(self) -> None:
         n = self.x.shape[0]
@@ -78,6 +85,8 @@ class AuditData:
     name: str
     loaded: LoadedData
     splits: dict[str, torch.Tensor]  # split name -> int64 row indices
+    # the split used, for reports: {"splits": "given"} or {"splits": {fractions}, "split_seed": seed}
+    split_info: dict[str, Any] = field(default_factory=dict)
 
     @property
     def primary(self) -> str:
@@ -122,6 +131,19 @@ def split_indices(n: int, fractions: dict[str, float], seed: int) -> dict[str, t
                 f"split {name!r} has {len(idx)} samples out of {n}; use more data or a larger fraction"
             )
     return out
+
+
+def audit_data(name: str, loaded: LoadedData, fractions: dict[str, float], seed: int) -> AuditData:
+    """``loaded`` split for an audit: its own split when it brings one ("given"), else ``fractions``
+    drawn with ``seed``; then fitted on its train split (:meth:`LoadedData.fitted`)."""
+    if loaded.splits is not None:
+        splits, info = loaded.splits, {"splits": "given"}
+        if loaded.meta.get("split_origin"):  # e.g. a feature dump's: how the dumped audit drew it
+            info["split_origin"] = loaded.meta["split_origin"]
+    else:
+        splits = split_indices(loaded.x.shape[0], fractions, seed)
+        info = {"splits": dict(fractions), "split_seed": seed}
+    return AuditData(name, loaded.fitted(splits["train"]), splits, info)
 
 
 class Dataset:

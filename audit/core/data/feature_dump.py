@@ -6,8 +6,12 @@ A dump holds, for N samples in one fixed order:
 ``features/<cut>``     (N, ...) float: the edge output at cut point ``<cut>``; one or more
 ``labels/<name>``      (N,) integer class indices: the private labels (and the primary label)
 ``x`` (optional)       (N, ...) float: the inputs (needed by inversion attacks)
+``splits/<name>``      (optional) int64 row indices of the split the dumped audit used: ``train``,
+                       ``aux`` and ``test``, disjoint (written by ``Audit.dump_features``)
 ``meta`` (optional)    JSON: ``primary`` (label name), ``private`` (names), ``classes``
-                       (name -> class names), free keys such as ``model``, ``dataset``
+                       (name -> class names), ``split`` (how the dumped audit's split was made:
+                       ``{"splits": "given"}`` or the fractions and ``split_seed``), free keys
+                       such as ``model``, ``dataset``, ``seed``
 =====================  ==========================================================
 
 as a ``.npz`` file (those keys; ``meta`` a 0-d string array; read with
@@ -15,7 +19,9 @@ as a ``.npz`` file (those keys; ``meta`` a 0-d string array; read with
 "labels": {name: tensor}, "x": tensor, "meta": dict}``; read with
 ``torch.load(weights_only=True)``). :func:`save_feature_dump` writes both.
 
-The audit splits the N rows into train/aux/test by seed like any dataset.
+A dump with ``splits/*`` is audited on those rows (``splits: given`` in the report), so it reproduces
+the dumped audit whatever its seed; ``splits: seed`` (a parameter of the ``features`` dataset), or a
+dump without them, splits the N rows into train/aux/test by the audit's seed like any dataset.
 Without a model (no ``model:`` in the config) the attacks that need only
 features and labels run (attribute inference, mutual information,
 re-identification among released features); the learned inversion decoder runs
@@ -31,7 +37,7 @@ from __future__ import annotations
 import json
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, ClassVar
+from typing import Any, ClassVar, Literal
 
 import numpy as np
 import torch
@@ -39,7 +45,7 @@ from pydantic import Field
 from torch import nn
 
 from audit.core.data import register_dataset
-from audit.core.data.base import Dataset, LoadedData
+from audit.core.data.base import SPLIT_NAMES, Dataset, LoadedData
 from audit.core.errors import AuditInputError
 from audit.core.registry import PluginParams
 from audit.core.store import atomic_write
@@ -72,10 +78,10 @@ def _read_npz(path: Path) -> dict[str, Any]:
         raise AuditInputError(f"{path}: cannot read without pickle ({err}); save plain numeric arrays") from None
     except Exception as err:  # noqa: BLE001
         raise AuditInputError(f"{path} is not a readable .npz file: {type(err).__name__}: {err}") from None
-    dump: dict[str, Any] = {"features": {}, "labels": {}}
+    dump: dict[str, Any] = {"features": {}, "labels": {}, "splits": {}}
     for key, value in arrays.items():
         group, _, name = key.partition("/")
-        if group in ("features", "labels") and name:
+        if group in ("features", "labels", "splits") and name:
             dump[group][name] = value
         elif key == "x":
             dump["x"] = value
@@ -86,7 +92,7 @@ def _read_npz(path: Path) -> dict[str, Any]:
                 raise AuditInputError(f"{path}: 'meta' is not valid JSON: {err}") from None
         else:
             raise AuditInputError(
-                f"{path}: unexpected array {key!r}; a dump holds features/<cut>, labels/<name>, x and meta"
+                f"{path}: unexpected array {key!r}; a dump holds features/<cut>, labels/<name>, splits/<name>, x and meta"
             )
     return dump
 
@@ -98,10 +104,11 @@ def _read_pt(path: Path) -> dict[str, Any]:
         raise AuditInputError(f"cannot load {path} with torch.load(weights_only=True): {err}") from None
     if not isinstance(dump, dict):
         raise AuditInputError(f"{path} holds a {type(dump).__name__}; expected a dict with 'features' and 'labels'")
-    unknown = set(dump) - {"features", "labels", "x", "meta"}
+    unknown = set(dump) - {"features", "labels", "splits", "x", "meta"}
     if unknown:
-        raise AuditInputError(f"{path}: unexpected keys {sorted(unknown)}; a dump holds features, labels, x and meta")
-    for group in ("features", "labels"):
+        raise AuditInputError(
+            f"{path}: unexpected keys {sorted(unknown)}; a dump holds features, labels, splits, x and meta")
+    for group in ("features", "labels", "splits"):
         if not isinstance(dump.get(group, {}), dict):
             raise AuditInputError(f"{path}: {group!r} must be a dict of name -> tensor")
     return dump
@@ -173,6 +180,7 @@ def check_feature_dump(
                 f"{path}: labels/{name} holds negative values (first at index {int((t < 0).nonzero()[0])}); "
                 "missing labels are not allowed: drop those samples before dumping"
             )
+    splits = _check_splits(dump.get("splits") or {}, n, path)
     primary = primary if primary is not None else meta.get("primary")
     if private is None:
         private = meta.get("private") or [k for k in labels if k != primary]
@@ -200,9 +208,32 @@ def check_feature_dump(
             **{k: v for k, v in meta.items() if k not in ("classes",)},
             # a dump of a splitaudit task replays that task's defense and attack seeds
             "seed_key": meta.get("task_key") if isinstance(meta.get("task_key"), str) else None,
+            "split_origin": meta.get("split") if splits else None,
         },
-        features=features,
+        features=features, splits=splits,
     )
+
+
+def _check_splits(raw: dict[str, Any], n: int, path: Path) -> dict[str, torch.Tensor] | None:
+    """The dump's split (None when it has none): train/aux/test int64 indices into its N rows, disjoint."""
+    if not raw:
+        return None
+    if set(raw) != set(SPLIT_NAMES):
+        raise AuditInputError(f"{path}: splits {sorted(raw)}; a dump's split has exactly {', '.join(SPLIT_NAMES)}")
+    splits, seen = {}, torch.zeros(n, dtype=torch.bool)
+    for name in SPLIT_NAMES:
+        t = _tensor(raw[name], f"splits/{name}", path)
+        if t.ndim != 1 or t.is_floating_point() or len(t) < 2:
+            raise AuditInputError(f"{path}: splits/{name} must be at least 2 integer row indices, "
+                                  f"got shape {tuple(t.shape)} of {t.dtype}")
+        t = t.long()
+        if bool(((t < 0) | (t >= n)).any()):
+            raise AuditInputError(f"{path}: splits/{name} holds row indices outside 0..{n - 1}")
+        if bool(seen[t].any()) or len(t.unique()) != len(t):
+            raise AuditInputError(f"{path}: splits/{name} repeats rows or shares rows with another split")
+        seen[t] = True
+        splits[name] = t
+    return splits
 
 
 def save_feature_dump(
@@ -211,15 +242,18 @@ def save_feature_dump(
     labels: dict[str, torch.Tensor],
     x: torch.Tensor | None = None,
     meta: dict[str, Any] | None = None,
+    splits: dict[str, torch.Tensor] | None = None,
 ) -> Path:
     """Write a feature dump (.npz or .pt by the suffix of ``path``) after checking it as a reader would.
 
     features: cut point -> (N, ...) floats; labels: name -> (N,) class indices; x: (N, ...) inputs;
-    meta: JSON-serialisable (``primary``, ``private``, ``classes``, anything else is kept as a note).
+    meta: JSON-serialisable (``primary``, ``private``, ``classes``, ``split``, anything else is kept as a note);
+    splits: train/aux/test -> int64 row indices (the split to audit the dump on).
     """
     path = Path(path)
     meta = dict(meta or {})
-    dump = {"features": dict(features), "labels": dict(labels), "x": x, "meta": meta}
+    splits = dict(splits or {})
+    dump = {"features": dict(features), "labels": dict(labels), "splits": splits, "x": x, "meta": meta}
     check_feature_dump(dump, path)
     as_np = lambda t: t.detach().cpu().numpy() if isinstance(t, torch.Tensor) else np.asarray(t)  # noqa: E731
     suffix = path.suffix.lower()
@@ -229,6 +263,7 @@ def save_feature_dump(
         if suffix == ".npz":
             arrays = {f"features/{k}": as_np(v) for k, v in features.items()}
             arrays.update({f"labels/{k}": as_np(v) for k, v in labels.items()})
+            arrays.update({f"splits/{k}": as_np(v) for k, v in splits.items()})
             if x is not None:
                 arrays["x"] = as_np(x)
             arrays["meta"] = np.array(json.dumps(meta))
@@ -237,6 +272,8 @@ def save_feature_dump(
         else:
             tensors = lambda d: {k: torch.as_tensor(v).detach().cpu() for k, v in d.items()}  # noqa: E731
             out = {"features": tensors(features), "labels": tensors(labels), "meta": json.loads(json.dumps(meta))}
+            if splits:
+                out["splits"] = tensors(splits)
             if x is not None:
                 out["x"] = torch.as_tensor(x).detach().cpu()
             torch.save(out, tmp)
@@ -267,10 +304,16 @@ class Features(Dataset):
         primary: str | None = Field(None, description="primary label name (default: meta's, else none)")
         private: list[str] | None = Field(
             None, description="private labels to attack (default: meta's, else all but the primary)")
+        splits: Literal["dump", "seed"] = Field(
+            "dump", description="dump: the dumped audit's split when the dump holds one; seed: split by the audit's seed")
 
     def load(self, cache_dir: Path | None) -> FeatureData:
         p = self.params
-        return check_feature_dump(read_feature_dump(p.path), p.path, p.primary, p.private)
+        data = check_feature_dump(read_feature_dump(p.path), p.path, p.primary, p.private)
+        if p.splits == "seed":
+            data.splits = None
+            data.meta["split_origin"] = None
+        return data
 
 
 # --------------------------------------------------------------- the runner's model-free seam
@@ -314,7 +357,7 @@ def model_free_summary(task: Any, seed: int, key: str, data: Any) -> dict[str, A
         "dataset": task.display_name, "model": task.model_name, "seed": seed,
         "primary": data.primary, "private": data.private,
         "classes": {name: loaded.classes[name] for name in [data.primary, *data.private]},
-        "n": {name: len(idx) for name, idx in data.splits.items()},
+        "n": {name: len(idx) for name, idx in data.splits.items()}, **data.split_info,
         "primary_accuracy": None, "primary_accuracy_ci95": None, "full_flops": None,
         "cut_points": task.cut_points, "task_key": key,
         "note": "saved features audited without a model: utility and edge cost not available",

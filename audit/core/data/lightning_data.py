@@ -54,9 +54,7 @@ _PART_ALIASES = {"train": "train", "aux": "aux", "val": "aux", "validation": "au
 
 @dataclass
 class SplitData(LoadedData):
-    """LoadedData that brings its own train/aux/test row indices (``None``: split by seed)."""
-
-    splits: dict[str, torch.Tensor] | None = None
+    """LoadedData read from a Python source (``splits``: its own train/aux/test rows, or ``None``)."""
 
 
 def _labels(t: Any, name: str) -> torch.Tensor:
