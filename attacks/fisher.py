@@ -122,17 +122,19 @@ def noise_precision(facts: dict[str, Any], distribution: str | None, probe_relea
 # ------------------------------------------------------------------ the plugin
 @register_attack("dfil")
 class FisherLeakage(Attack):
-    """Fisher-information leakage (dFIL, Maeng et al. 2023): the MSE floor of any unbiased reconstruction, and its PSNR ceiling."""
+    """Fisher-information leakage (dFIL, Maeng et al. 2023): the MSE floor of unbiased reconstructions, its PSNR ceiling."""
 
     threat_model: ClassVar[dict[str, Any]] = THREAT_MODEL
 
     class Params(Attack.Params):
         n_eval: int = Field(64, ge=2, description="test inputs at which the Fisher information is computed")
-        probes: int = Field(32, ge=1, description="Hutchinson probes per sample (exact trace when the input has at most this many elements)")
+        probes: int = Field(32, ge=1, description="Hutchinson probes per sample (exact trace for inputs of at most "
+                                                  "this many elements)")
         queries: int = Field(8, ge=2, description="releases per input to estimate the noise when the defense states no sigma")
         query_inputs: int = Field(16, ge=1, description="aux inputs released `queries` times for that estimate")
         data_range: tuple[float, float] | None = Field(
-            None, description="[low, high] of the inputs (the PSNR peak); default [0, 1] if the aux inputs lie in it, else their min/max")
+            None, description="[low, high] of the inputs (the PSNR peak); default [0, 1] if the aux inputs lie in it, "
+                              "else their min/max")
 
     def fit(self, ctx: AttackContext) -> None:
         p = self.params
@@ -164,8 +166,9 @@ class FisherLeakage(Attack):
                                  "data_range": list(self.range), "applicable": self.noisy}
         if self.noise is None:  # deterministic release: the edge is invertible in principle, no floor
             extra["reason"] = "deterministic release: infinite Fisher information, no lower bound on the MSE"
-            return [Score("input", "mse_bound", 0.0, (0.0, 0.0), None, n, extra={**extra, "unit": "unit^2", "direction": "lower"}),
-                    Score("input", "psnr_ceiling", PSNR_CAP_DB, (PSNR_CAP_DB, PSNR_CAP_DB), None, n, extra={**extra, "unit": "dB"})]
+            bound, ceiling = {**extra, "unit": "unit^2", "direction": "lower"}, {**extra, "unit": "dB"}
+            return [Score("input", "mse_bound", 0.0, (0.0, 0.0), None, n, extra=bound),
+                    Score("input", "psnr_ceiling", PSNR_CAP_DB, (PSNR_CAP_DB, PSNR_CAP_DB), None, n, extra=ceiling)]
         precision, dist, source = self.noise
         trace, exact = fisher_trace(self.edge, x, precision, probes=p.probes, seed=ctx.seed)
         figures = dfil_figures(trace, d, peak)

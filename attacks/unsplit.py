@@ -131,7 +131,7 @@ def unsplit_invert(
 # ------------------------------------------------------------------ the plugin
 @register_attack("unsplit")
 class UnSplitInversion(Attack):
-    """Architecture-only inversion (UnSplit, Erdogan et al. 2022): a fresh surrogate edge and the inputs optimised jointly, no aux data."""
+    """Architecture-only inversion (UnSplit, Erdogan et al. 2022): fresh surrogate edge and inputs optimised jointly, no aux."""
 
     threat_model: ClassVar[dict[str, Any]] = THREAT_MODEL
 

@@ -7,7 +7,7 @@ import pytest
 import torch
 from torch import nn
 
-from attacks.unsplit import THREAT_MODEL, UnSplitInversion, fresh_surrogate, surrogate_seed
+from attacks.unsplit import THREAT_MODEL, fresh_surrogate, surrogate_seed
 from tests.helpers import attack_context, prepared_task, run_attack, scores_by_metric
 
 DIGITS = {"name": "digits", "primary": "digit", "private": ["ink"]}
