@@ -42,7 +42,7 @@ from pydantic import Field
 from torch import nn
 
 from attacks import register_attack
-from attacks._channel import is_stochastic, release_batched, white_box_edge
+from attacks._channel import is_stochastic, release_batched, require_white_box_edge
 from attacks.base import Attack, AttackContext, Score
 from attacks.inversion import PSNR_CAP_DB, data_range_of, eval_subset
 from audit.core.stats import mean_ci
@@ -139,13 +139,7 @@ class FisherLeakage(Attack):
     def fit(self, ctx: AttackContext) -> None:
         p = self.params
         self.range = data_range_of(ctx.aux.x, p.data_range)
-        self.edge = white_box_edge(ctx.channel, ctx.split.edge, ctx.aux.x[:2].float(), tuple(ctx.aux.z.shape[1:]))
-        if self.edge is None:
-            raise ValueError(
-                f"dfil needs a white-box map from inputs to the released feature; defense {ctx.channel.name} "
-                f"releases shape {tuple(ctx.aux.z.shape[1:])}, which neither its edge nor the split's edge "
-                f"({ctx.split.cut_point}) produces"
-            )
+        self.edge = require_white_box_edge(ctx, "dfil")
         probe_x = ctx.aux.x[: p.query_inputs].float()
         self.noisy = is_stochastic(ctx.channel, probe_x[:2])
         self.noise: tuple[torch.Tensor | float, str, str] | None = None

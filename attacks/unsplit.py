@@ -40,7 +40,7 @@ from pydantic import Field
 from torch import nn
 
 from attacks import register_attack
-from attacks._channel import white_box_edge
+from attacks._channel import require_white_box_edge
 from attacks.base import Attack, AttackContext, Score
 from attacks.inversion import data_range_of, eval_subset, grid_extra, reconstruction_scores
 from attacks.inversion_rmle import total_variation
@@ -152,13 +152,7 @@ class UnSplitInversion(Attack):
         """Nothing is learned from the aux split: only the architecture is taken (and, for scoring, the mean image)."""
         self.range = data_range_of(ctx.aux.x, self.params.data_range)
         self.mean_image = ctx.aux.x.float().mean(dim=0)  # the chance level only; the attack never sees it
-        edge = white_box_edge(ctx.channel, ctx.split.edge, ctx.aux.x[:2].float(), tuple(ctx.aux.z.shape[1:]))
-        if edge is None:
-            raise ValueError(
-                f"unsplit needs the architecture of a map from inputs to the released feature; defense "
-                f"{ctx.channel.name} releases shape {tuple(ctx.aux.z.shape[1:])}, which neither its edge "
-                f"nor the split's edge ({ctx.split.cut_point}) produces"
-            )
+        edge = require_white_box_edge(ctx, "unsplit", needs="the architecture of a map")
         self.surrogate, self.redrawn = fresh_surrogate(edge, ctx.seed)
 
     def score(self, ctx: AttackContext) -> list[Score]:
