@@ -1,7 +1,8 @@
 """UnSplit (architecture-only inversion) against known truths on digits: with no aux data and a
 surrogate edge that holds none of the edge's weights it reconstructs a shallow cut far above the
-mean-image baseline, the reconstruction falls with depth, a collapsed reconstruction is flagged
-degenerate, and the aux split never changes what it reconstructs."""
+mean-image baseline, the reconstruction falls with depth and to the baseline under overwhelming
+noise, a collapsed reconstruction is flagged degenerate, and the aux split never changes what it
+reconstructs."""
 import lightning as L
 import pytest
 import torch
@@ -86,3 +87,11 @@ def test_a_release_without_a_white_box_map_is_refused(digits):
     ctx.aux.z = ctx.aux.z.flatten(1)[:, :10]  # e.g. a projection: no edge of this architecture produces it
     with pytest.raises(ValueError, match="architecture of a map"):
         run_attack("unsplit", ctx)
+
+
+def test_a_feature_drowned_in_noise_gives_no_advantage(digits):
+    """Independent data: at 100x the feature's std the release carries (almost) nothing about the input."""
+    data, net = digits
+    ctx = attack_context(data, net, "conv1", defense="noise", scale=100.0, finetune_epochs=0)
+    s = scores_by_metric(run_attack("unsplit", ctx, **FAST))[("input", "psnr")]
+    assert s.ci95[0] < s.chance + 1.0, s  # not above the mean image by the verdicts' 1 dB
