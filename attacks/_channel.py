@@ -15,7 +15,7 @@ import torch
 from torch import nn
 
 if TYPE_CHECKING:
-    from attacks.base import ReleaseChannel
+    from attacks.base import AttackContext, ReleaseChannel
 
 
 @torch.no_grad()
@@ -55,3 +55,16 @@ def edge_output_shape(edge: nn.Module, x: torch.Tensor) -> tuple[int, ...]:
     shape = tuple(edge(x[:2]).shape[1:])
     edge.train(was)
     return shape
+
+
+def require_white_box_edge(ctx: "AttackContext", attack: str, needs: str = "a white-box map") -> nn.Module:
+    """:func:`white_box_edge` for ``ctx`` (the channel's edge, else the split's), or a ValueError saying that
+    ``attack`` needs ``needs`` from inputs to the released feature and that neither edge produces its shape."""
+    shape = tuple(ctx.aux.z.shape[1:])
+    edge = white_box_edge(ctx.channel, ctx.split.edge, ctx.aux.x[:2].float(), shape)
+    if edge is None:
+        raise ValueError(
+            f"{attack} needs {needs} from inputs to the released feature; defense {ctx.channel.name} releases "
+            f"shape {shape}, which neither its edge nor the split's edge ({ctx.split.cut_point}) produces"
+        )
+    return edge

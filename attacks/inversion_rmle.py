@@ -28,7 +28,7 @@ from pydantic import Field
 from torch import nn
 
 from attacks import register_attack
-from attacks._channel import white_box_edge
+from attacks._channel import require_white_box_edge
 from attacks.base import Attack, AttackContext, Score
 from attacks.inversion import data_range_of, eval_subset, grid_extra, reconstruction_scores
 
@@ -91,13 +91,7 @@ class RMLEInversion(Attack):
     def fit(self, ctx: AttackContext) -> None:
         self.range = data_range_of(ctx.aux.x, self.params.data_range)
         self.mean_image = ctx.aux.x.float().mean(dim=0)
-        self.edge = white_box_edge(ctx.channel, ctx.split.edge, ctx.aux.x[:2].float(), tuple(ctx.aux.z.shape[1:]))
-        if self.edge is None:
-            raise ValueError(
-                f"inversion_rmle needs a white-box map from inputs to the released feature; defense "
-                f"{ctx.channel.name} releases shape {tuple(ctx.aux.z.shape[1:])}, which neither its edge "
-                f"nor the split's edge ({ctx.split.cut_point}) produces"
-            )
+        self.edge = require_white_box_edge(ctx, "inversion_rmle")
         self.feature_scale = float(ctx.aux.z.float().pow(2).mean().clamp_min(1e-12))
 
     def score(self, ctx: AttackContext) -> list[Score]:
