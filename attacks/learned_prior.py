@@ -46,7 +46,8 @@ from attacks._channel import white_box_edge
 from attacks.attribute import Standardize, cnn_head, mlp_head
 from attacks.base import Attack, AttackContext, Score
 from attacks.inversion import (
-    RangeSigmoid, conv_decoder, data_range_of, eval_subset, grid_extra, mlp_decoder, reconstruction_scores,
+    DecoderInversion, RangeSigmoid, conv_decoder, data_range_of, eval_subset, grid_extra, mlp_decoder,
+    reconstruction_scores,
 )
 from attacks.metrics import classification_scores
 from audit.core.training import KeepBest, TrainerSettings, fit_classifier, make_trainer, predict, tensor_loader
@@ -98,14 +99,14 @@ class PriorDecoderModule(L.LightningModule):
 
     def __init__(self, decoder: nn.Module, trunk: nn.Module, head: nn.Module, edge: nn.Module | None, *,
                  data_range: tuple[float, float], pixel_scale: float, feature_scale: float, feature_weight: float,
-                 adv_weight: float, lr: float, lr_discriminator: float):
+                 adv_weight: float, lr: float, lr_discriminator: float, weight_decay: float = 0.0):
         super().__init__()
         self.automatic_optimization = False
         self.decoder, self.trunk, self.head, self.edge = decoder, trunk, head, edge
         self.low, self.peak = data_range[0], data_range[1] - data_range[0]
         self.pixel_scale, self.feature_scale = pixel_scale, feature_scale
         self.feature_weight, self.adv_weight = feature_weight, adv_weight
-        self.lr, self.lr_discriminator = lr, lr_discriminator
+        self.lr, self.lr_discriminator, self.weight_decay = lr, lr_discriminator, weight_decay
 
     def train(self, mode: bool = True):
         super().train(mode)
@@ -152,7 +153,7 @@ class PriorDecoderModule(L.LightningModule):
         self.log("val_loss", loss, on_epoch=True)
 
     def configure_optimizers(self):
-        opt_g = torch.optim.Adam(self.decoder.parameters(), lr=self.lr, betas=(0.5, 0.999))
+        opt_g = torch.optim.Adam(self.decoder.parameters(), lr=self.lr, betas=(0.5, 0.999), weight_decay=self.weight_decay)
         opt_d = torch.optim.Adam([*self.trunk.parameters(), *self.head.parameters()], lr=self.lr_discriminator,
                                  betas=(0.5, 0.999))
         return [opt_g, opt_d]
@@ -161,7 +162,7 @@ class PriorDecoderModule(L.LightningModule):
 # ------------------------------------------------------------------ functional core
 def fit_prior_decoder(
     z: torch.Tensor, x: torch.Tensor, data_range: tuple[float, float], edge: nn.Module | None, *,
-    settings: TrainerSettings, epochs: int, batch_size: int, lr: float, lr_discriminator: float,
+    settings: TrainerSettings, epochs: int, batch_size: int, lr: float, lr_discriminator: float, weight_decay: float,
     feature_weight: float, adv_weight: float, width: int, min_width: int, hidden: int, disc_width: int,
     val_fraction: float, seed: int,
 ) -> tuple[nn.Module, str]:
@@ -186,7 +187,7 @@ def fit_prior_decoder(
         tensors = (z, x, f_x)
     module = PriorDecoderModule(decoder, trunk, head, edge, data_range=data_range, pixel_scale=pixel_scale,
                                 feature_scale=feature_scale, feature_weight=feature_weight, adv_weight=adv_weight,
-                                lr=lr, lr_discriminator=lr_discriminator)
+                                lr=lr, lr_discriminator=lr_discriminator, weight_decay=weight_decay)
     trainer = make_trainer(settings, epochs, [KeepBest("val_loss", mode="min")])
     trainer.fit(module, tensor_loader(*(t[train] for t in tensors), batch_size=batch_size, shuffle=True, seed=seed),
                 tensor_loader(*(t[val] for t in tensors), batch_size=256, shuffle=False))
@@ -217,9 +218,10 @@ class LearnedPriorInversion(Attack):
     """SDAR-style decoder (pixel + adversarial + feature-matching losses); PSNR/SSIM vs the mean image and the
     attribute accuracy of a fixed aux-trained classifier on the reconstructions."""
 
-    class Params(Attack.Params):
+    class Params(DecoderInversion.Params):
+        """The ``inversion`` decoder's parameters (width, hidden, n_eval, data_range, grid, ...) and the prior's."""
+
         epochs: int = Field(10, ge=1, description="training epochs of the decoder and discriminator")
-        batch_size: int = Field(32, ge=1)
         lr: float = Field(1e-3, gt=0, description="decoder learning rate (Adam, betas 0.5/0.999)")
         lr_discriminator: float = Field(5e-4, gt=0)
         adv_weight: float = Field(0.02, ge=0, description="weight of the adversarial term (pixel term scaled to 1)")
@@ -227,19 +229,11 @@ class LearnedPriorInversion(Attack):
         feature_matching: FeatureMatching = Field(
             "auto", description="edge: re-encode with the public edge (white-box); discriminator: match D's "
                                 "features; auto: edge when the release is edge(x) plus same-shaped noise")
-        width: int = Field(32, ge=1, description="conv decoder channels at the feature's resolution")
-        min_width: int = Field(32, ge=1, description="fewest conv decoder channels after upsampling")
-        hidden: int = Field(512, ge=1, description="hidden width of the MLP decoder (flat features)")
         disc_width: int = Field(16, ge=1, description="first conv width of the discriminator")
-        val_fraction: float = Field(0.1, gt=0, lt=0.5, description="part of the aux split for epoch selection")
         targets: list[str] | None = Field(None, description="private attributes scored on the reconstructions "
                                                             "(default: all; [] for none)")
         classifier_epochs: int = Field(10, ge=1, description="epochs of the fixed attribute classifier")
         classifier_width: int = Field(32, ge=1)
-        n_eval: int | None = Field(None, ge=1, description="test samples scored (default: all)")
-        data_range: tuple[float, float] | None = Field(
-            None, description="[low, high] of the inputs; default [0, 1] if the aux inputs lie in it, else their min/max")
-        grid: bool = Field(True, description="save a PNG grid of originals vs reconstructions")
 
     def fit(self, ctx: AttackContext) -> None:
         p = self.params
@@ -254,7 +248,8 @@ class LearnedPriorInversion(Attack):
         self.matching = "edge" if edge is not None else "discriminator"
         self.decoder, self.kind = fit_prior_decoder(
             ctx.aux.z, ctx.aux.x, self.range, edge, settings=ctx.settings, epochs=p.epochs, batch_size=p.batch_size,
-            lr=p.lr, lr_discriminator=p.lr_discriminator, feature_weight=p.feature_weight, adv_weight=p.adv_weight,
+            lr=p.lr, lr_discriminator=p.lr_discriminator, weight_decay=p.weight_decay, feature_weight=p.feature_weight,
+            adv_weight=p.adv_weight,
             width=p.width, min_width=p.min_width, hidden=p.hidden, disc_width=p.disc_width,
             val_fraction=p.val_fraction, seed=ctx.seed,
         )
