@@ -57,3 +57,10 @@ def test_without_a_white_box_map_it_matches_discriminator_features(digits):
     assert psnr.extra["feature_matching"] == "discriminator" and psnr.extra["decoder"] == "mlp"
     assert psnr.ci95[0] > psnr.chance + 1.0, psnr
     assert set(s) == {("input", "psnr"), ("input", "ssim")}
+
+
+def test_deterministic_per_seed(digits):
+    data, net = digits
+    runs = [[(s.metric, s.value) for s in run_attack("inversion_prior", attack_context(data, net, "pool1"), epochs=1,
+                                                       classifier_epochs=1, grid=False)] for _ in range(2)]
+    assert runs[0] == runs[1]
