@@ -46,7 +46,13 @@ from attacks._channel import white_box_edge
 from attacks.attribute import Standardize, cnn_head, mlp_head
 from attacks.base import Attack, AttackContext, Score
 from attacks.inversion import (
-    DecoderInversion, RangeSigmoid, conv_decoder, data_range_of, eval_subset, grid_extra, mlp_decoder,
+    DecoderInversion,
+    RangeSigmoid,
+    conv_decoder,
+    data_range_of,
+    eval_subset,
+    grid_extra,
+    mlp_decoder,
     reconstruction_scores,
 )
 from attacks.metrics import classification_scores
