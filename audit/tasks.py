@@ -57,9 +57,11 @@ def training_record(path: Path) -> dict[str, Any]:
 
 
 def task_key(task: TaskConfig, seed: int) -> str:
-    """Identity of a trained task model: dataset, model, training, splits and seed."""
+    """Identity of a trained task model: dataset (and its plugin's ``data_version``), model, training,
+    splits and seed."""
     what = task.model_dump(mode="json", exclude={"label", "cut_points", "attacks", "attacker_data"})
-    return stable_hash(CACHE_VERSION, what, seed)
+    data_version = DATASETS.get(task.dataset.name).data_version
+    return stable_hash(CACHE_VERSION, what, seed, *([data_version] if data_version else []))
 
 
 @dataclass

@@ -147,3 +147,18 @@ def test_a_dataframe_finds_the_planted_sex(adult_csv, tmp_path):
     sex = found(report, "sex")
     assert report["config"]["tasks"][0]["dataset"]["object"] == "DataFrame"
     assert sex["status"] == "ok" and sex["ci95"][0] > 0.65, sex
+
+
+def test_the_csv_data_version_is_part_of_the_task_key(monkeypatch):
+    """Models cached (and cells committed) before tables were encoded on the train split are not reused."""
+    from audit.config import build_config
+    from audit.tasks import task_key
+
+    config = build_config({"dataset": {"name": "csv", "path": "t.csv", "label": "y", "private": ["s"]}, "model": {"name": "mlp"},
+                           "cut_points": ["fc1"], "defenses": ["none"], "attacks": ["attribute"]})
+    synthetic = build_config({"dataset": {"name": "synthetic"}, "model": {"name": "small_cnn"}, "cut_points": ["conv1"],
+                              "defenses": ["none"], "attacks": ["attribute"]})
+    csv_key, synthetic_key = task_key(config.tasks[0], 0), task_key(synthetic.tasks[0], 0)
+    monkeypatch.setattr(DATASETS.get("csv"), "data_version", DATASETS.get("csv").data_version + 1)
+    assert task_key(config.tasks[0], 0) != csv_key
+    assert task_key(synthetic.tasks[0], 0) == synthetic_key  # data_version 0: keys as before

@@ -150,6 +150,9 @@ class Dataset:
     """Base class of dataset plugins: ``load(context)`` returns a :class:`LoadedData`."""
 
     name: ClassVar[str]
+    # bumped when the rows a dataset yields change for the same parameters (e.g. a new encoding), so that
+    # task models cached and cells committed before are not reused: part of the task key when not 0
+    data_version: ClassVar[int] = 0
 
     class Params(PluginParams):
         pass
