@@ -10,8 +10,8 @@ class-balanced loss; the epoch is chosen on a held-out part of that split):
 - ``auto``: mlp for flat features; for spatial ones cnn and plain, and mlp too when the
   flattened feature has at most ``auto_mlp_max_dim`` elements; each head at each of
   ``widths``; the one with the highest balanced accuracy on the held-out part of the aux
-  split is kept. Training stops ``patience`` epochs after the best validation epoch; the
-  chosen head is then retrained on all of the aux split for that many epochs (``refit``).
+  split is kept (the weights of its best validation epoch; with ``patience`` training stops
+  that many epochs after it). The chosen head is then retrained on all of the aux split for that many epochs (``refit``).
   On UTKFace pool3 (128x8x8) the mlp head found more race leakage than the cnn head
   (0.493 vs 0.448 balanced accuracy): a fixed choice under-reports.
 
@@ -159,8 +159,9 @@ class AttributeAttack(_AttributeBase):
         widths: list[int] | None = Field(
             None, min_length=1, description="hidden widths tried with each head, the best on validation kept; "
                                             "default [width]")
-        patience: int | None = Field(4, ge=1, description="stop after this many epochs without a better validation "
-                                                          "balanced accuracy (None: run every epoch)")
+        patience: int | None = Field(None, ge=1, description="stop after this many epochs without a better validation "
+                                                             "balanced accuracy (None: run every epoch; patience 4 "
+                                                             "stopped the slow-starting plain head too early)")
         refit: bool = Field(True, description="retrain the chosen head and width on all of the aux split for the "
                                               "best epoch count (the validation part is data too)")
         val_fraction: float = Field(0.15, gt=0, lt=0.5, description="part of the aux split for epoch selection")

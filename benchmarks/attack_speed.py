@@ -13,10 +13,10 @@ Feature sets (seed s; aux / test rows as the audit splits them):
 - ``dump-65k``: a generated conv1-sized dump, 1,715 aux / 1,714 test rows of 65,536 elements, 5
   imbalanced classes planted in a 16-dimensional subspace under correlated noise (``make_dump``).
 
-``attribute``: the ``attribute`` plugin (15 epochs) with its 1a4d8df settings (cnn head of width 128, every
-epoch, no refit) against its current defaults (head auto: cnn, plain and mlp chosen on validation, early
-stopping, refit on all aux), next to the plain 3-conv CNN of issue 19 (:func:`plain_cnn`) trained on all
-aux rows, on the spatial sets.
+``attribute``: the ``attribute`` plugin (15 epochs) as at 1a4d8df on features over 16,384 elements such as
+UTKFace conv1 (cnn head, width 128, no refit) against its current defaults there (``auto_mlp_max_dim: 0``:
+cnn and plain heads, the better on validation, refit on all aux), next to the plain 3-conv CNN of issue 19
+(:func:`plain_cnn`) trained on all aux rows, on the spatial sets.
 
 Each row: balanced accuracy [95% CI] of old and new, their wall and CPU seconds (``time.process_time``,
 all threads: on a loaded machine wall time is mostly waiting) and the ratios old / new.
@@ -189,7 +189,7 @@ def run_linear(seed: int, only: list[str] | None) -> list[dict]:
 
 
 # ------------------------------------------------------------------ attribute heads
-OLD_HEAD = {"head": "cnn", "widths": [128], "patience": None, "refit": False}  # the attribute plugin at 1a4d8df
+OLD_HEAD = {"head": "cnn", "widths": [128], "refit": False}  # the plugin at 1a4d8df on features over 16,384 elements
 
 
 def plain_cnn(channels: int, k: int) -> torch.nn.Module:
@@ -201,7 +201,7 @@ def plain_cnn(channels: int, k: int) -> torch.nn.Module:
         nn.Conv2d(64, 128, 3, stride=2, padding=1), nn.ReLU(), nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(128, k))
 
 
-def head_rows(z_aux, s_aux, z_test, s_test, k, seed: int) -> dict[str, dict]:
+def head_rows(z_aux, s_aux, z_test, s_test, k, seed: int, common: dict | None = None) -> dict[str, dict]:
     """balanced accuracy and seconds of the attribute plugin with its 1a4d8df settings (``old``), its current
     defaults (``new``) and the plain CNN (Adam 1e-3, 15 epochs, class-weighted cross-entropy, all aux rows)."""
     import lightning as L
@@ -212,7 +212,7 @@ def head_rows(z_aux, s_aux, z_test, s_test, k, seed: int) -> dict[str, dict]:
     test = AttackView(z_test, z_test, s_test, {"t": s_test})
     ctx = AttackContext(aux, test, {"t": k}, "t", channel=None, split=None, settings=SETTINGS, seed=seed, n_boot=500)
     out = {}
-    for label, params in (("old", OLD_HEAD), ("new", {})):
+    for label, params in (("old", OLD_HEAD), ("new", dict(common or {}))):
         start, cpu = time.perf_counter(), time.process_time()
         L.seed_everything(seed, verbose=False)
         attack = ATTACKS.create("attribute", epochs=15, **params)
@@ -237,14 +237,19 @@ def run_heads(seed: int, only: list[str] | None) -> list[dict]:
     for name, (z_aux, s_aux, z_test, s_test, k) in feature_sets(seed, dump=False).items():
         if (only and name not in only) or z_aux.ndim != 4:
             continue
-        r = head_rows(z_aux.float(), s_aux, z_test.float(), s_test, k, seed)
-        row = {"bench": "attribute", "features": name, "seed": seed, "n_aux": len(s_aux), "n_test": len(s_test),
-               "dim": int(z_aux[0].numel()), "k": k, **r,
-               "speedup": round(r["old"]["seconds"] / r["new"]["seconds"], 2),
-               "cpu_speedup": round(r["old"]["cpu_seconds"] / r["new"]["cpu_seconds"], 2)}
-        print(json.dumps(row), flush=True)
-        rows.append(row)
+        rows.append(head_row(name + " (no mlp, as at UTKFace conv1)", z_aux, s_aux, z_test, s_test, k, seed,
+                             {"auto_mlp_max_dim": 0}))
     return rows
+
+
+def head_row(name: str, z_aux, s_aux, z_test, s_test, k, seed: int, common: dict) -> dict:
+    r = head_rows(z_aux.float(), s_aux, z_test.float(), s_test, k, seed, common)
+    row = {"bench": "attribute", "features": name, "seed": seed, "n_aux": len(s_aux), "n_test": len(s_test),
+           "dim": int(z_aux[0].numel()), "k": k, **r,
+           "speedup": round(r["old"]["seconds"] / r["new"]["seconds"], 2),
+           "cpu_speedup": round(r["old"]["cpu_seconds"] / r["new"]["cpu_seconds"], 2)}
+    print(json.dumps(row), flush=True)
+    return row
 
 
 def table(path: Path) -> str:
