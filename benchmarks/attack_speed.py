@@ -119,6 +119,12 @@ class OldStandardize(torch.nn.Module):
             _, _, v = torch.pca_lowrank(self(flat), q=q, center=False, niter=4)
             self.projection = v[:, :q]
 
+    @staticmethod
+    def chunks(z: torch.Tensor, st: torch.nn.Module):
+        """Row chunks of z standardised with st's mean and std (no projection)."""
+        flat = z.flatten(1)
+        return [(flat[i : i + 256] - st.mean).div_(st.std) for i in range(0, flat.shape[0], 256)]
+
     def forward(self, z: torch.Tensor) -> torch.Tensor:
         flat = z.flatten(1)
         parts = [(flat[i : i + self.chunk] - self.mean).div_(self.std) for i in range(0, flat.shape[0], self.chunk)]
@@ -186,6 +192,26 @@ def run_linear(seed: int, only: list[str] | None) -> list[dict]:
         print(json.dumps(row), flush=True)
         rows.append(row)
     return rows
+
+
+def run_pca(seed: int, targets: int = 2) -> list[dict]:
+    """The standardised PCA-256 of dump-65k's aux rows as one linear-probe cell with ``targets`` targets
+    needs it: old = one ``torch.pca_lowrank`` per target, new = one chunked basis shared through the cache;
+    with the fraction of the standardised variance each keeps."""
+    z = make_dump(seed, n_test=1)[0]
+    out = {}
+    for label, make in (("old", lambda: OldStandardize(z, 256)), ("new", lambda: Standardize(z, False, 256))):
+        start, cpu = time.perf_counter(), time.process_time()
+        for _ in range(targets):
+            st = make()
+        seconds, cpu = time.perf_counter() - start, time.process_time() - cpu
+        kept = float(st(z).pow(2).sum() / sum(float(part.pow(2).sum()) for part in OldStandardize.chunks(z, st)))
+        out[label] = {"seconds": round(seconds, 2), "cpu_seconds": round(cpu, 2), "kept_variance": round(kept, 4)}
+    row = {"bench": "pca", "features": f"dump-65k aux, {targets} targets", "seed": seed, "n_aux": z.shape[0],
+           "dim": int(z[0].numel()), **out, "speedup": round(out["old"]["seconds"] / out["new"]["seconds"], 2),
+           "cpu_speedup": round(out["old"]["cpu_seconds"] / out["new"]["cpu_seconds"], 2)}
+    print(json.dumps(row), flush=True)
+    return [row]
 
 
 # ------------------------------------------------------------------ attribute heads
@@ -258,6 +284,8 @@ def table(path: Path) -> str:
              "|---|---|---|---|---|---|---|---|---|---|"]
     for line in path.read_text().splitlines():
         r = json.loads(line)
+        if r["bench"] == "pca":
+            continue
         o, n = r["old"], r["new"]
         lines.append(f"| {r['bench']} | {r['features']} | {r['seed']} | {r['n_aux']} / {r['n_test']} | {r['dim']} | "
                      f"{o['bacc']:.3f} [{o['ci95'][0]:.3f}, {o['ci95'][1]:.3f}] | "
@@ -270,7 +298,7 @@ def table(path: Path) -> str:
 
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("bench", nargs="?", choices=["linear", "attribute"], default="linear")
+    parser.add_argument("bench", nargs="?", choices=["linear", "attribute", "pca"], default="linear")
     parser.add_argument("--seeds", type=int, nargs="+", default=[0])
     parser.add_argument("--only", nargs="*", help="feature sets to run (default: all)")
     parser.add_argument("--out", type=Path)
@@ -280,7 +308,10 @@ def main(argv: list[str] | None = None) -> None:
         print(table(args.table))
         return
     for seed in args.seeds:
-        rows = (run_linear if args.bench == "linear" else run_heads)(seed, args.only)
+        if args.bench == "pca":
+            rows = run_pca(seed)
+        else:
+            rows = (run_linear if args.bench == "linear" else run_heads)(seed, args.only)
         if args.out:
             with args.out.open("a") as f:
                 f.writelines(json.dumps(r) + "\n" for r in rows)
