@@ -10,7 +10,8 @@ the released feature back to the input, by mean squared error in input space:
 - flat features (N, D): an MLP, reshaped to the input's shape.
 Features are standardised with the attacker's aux statistics (per channel for spatial
 features, per element otherwise); the output goes through a sigmoid scaled to the data
-range. The epoch with the lowest MSE on a held-out part of the aux split is kept.
+range. The epoch with the lowest MSE on a held-out part of the aux split is kept; training stops
+``patience`` epochs after it (early stopping).
 
 Scoring (:func:`reconstruction_scores`): per-sample PSNR (dB) and SSIM (torchmetrics),
 mean over the evaluated test samples with a bootstrap 95% CI; the chance level is the
@@ -29,6 +30,7 @@ from pathlib import Path
 
 import lightning as L
 import torch
+from lightning.pytorch.callbacks import EarlyStopping
 import torch.nn.functional as F
 from pydantic import Field
 from torch import nn
@@ -231,10 +233,12 @@ class DecoderModule(L.LightningModule):
 def fit_decoder(
     z: torch.Tensor, x: torch.Tensor, data_range: tuple[float, float], *, settings: TrainerSettings,
     epochs: int, batch_size: int, lr: float, weight_decay: float, width: int, min_width: int, hidden: int,
-    val_fraction: float, seed: int,
+    val_fraction: float, seed: int, patience: int | None = None, report: dict | None = None,
 ) -> tuple[nn.Module, str]:
-    """Train a decoder from released features z (N, ...) to inputs x (N, ...) with Lightning;
-    returns (decoder: z -> x inside data_range, architecture name)."""
+    """Train a decoder from released features z (N, ...) to inputs x (N, ...) with Lightning, keeping the
+    epoch with the lowest validation MSE and stopping after ``patience`` epochs without one (None: all
+    epochs); returns (decoder: z -> x inside data_range, architecture name). ``report`` (a dict) receives
+    ``best_epoch`` (0-based) and ``epochs_run``."""
     L.seed_everything(seed, verbose=False)
     spatial = z.ndim == 4 and x.ndim == 4
     perm = torch.randperm(z.shape[0], generator=torch.Generator().manual_seed(seed))
@@ -250,12 +254,18 @@ def fit_decoder(
         body, kind = mlp_decoder(math.prod(feature_shape), input_shape, hidden), "mlp"
     net = nn.Sequential(standardize, body, RangeSigmoid(*data_range))
     module = DecoderModule(net, lr, weight_decay)
-    trainer = make_trainer(settings, epochs, [KeepBest("val_mse", mode="min")])
+    keep = KeepBest("val_mse", mode="min")
+    callbacks: list[L.Callback] = [keep]
+    if patience is not None:
+        callbacks.append(EarlyStopping("val_mse", mode="min", patience=patience))
+    trainer = make_trainer(settings, epochs, callbacks)
     trainer.fit(
         module,
         tensor_loader(z_train, x_train, batch_size=batch_size, shuffle=True, seed=seed),
         tensor_loader(z[val].float(), x[val].float(), batch_size=256, shuffle=False),
     )
+    if report is not None:
+        report.update(best_epoch=keep.best_epoch, epochs_run=keep.epochs_run)
     return net.cpu().eval(), kind
 
 
@@ -265,7 +275,9 @@ class DecoderInversion(Attack):
     """Learned decoder (Lightning) from released feature back to the input; PSNR/SSIM vs the mean-image baseline."""
 
     class Params(Attack.Params):
-        epochs: int = Field(20, ge=1, description="training epochs of the decoder")
+        epochs: int = Field(20, ge=1, description="training epochs of the decoder (at most, with patience)")
+        patience: int | None = Field(4, ge=1, description="stop after this many epochs without a lower validation MSE "
+                                                          "(None: run every epoch)")
         batch_size: int = Field(32, ge=1)
         lr: float = Field(1e-3, gt=0)
         weight_decay: float = Field(0.0, ge=0)
@@ -285,14 +297,15 @@ class DecoderInversion(Attack):
         self.decoder, self.kind = fit_decoder(
             ctx.aux.z, ctx.aux.x, self.range, settings=ctx.settings, epochs=p.epochs, batch_size=p.batch_size,
             lr=p.lr, weight_decay=p.weight_decay, width=p.width, min_width=p.min_width, hidden=p.hidden,
-            val_fraction=p.val_fraction, seed=ctx.seed,
+            val_fraction=p.val_fraction, seed=ctx.seed, patience=p.patience, report=(report := {}),
         )
+        self.report = report
 
     def score(self, ctx: AttackContext) -> list[Score]:
         idx = eval_subset(len(ctx.test), self.params.n_eval, ctx.seed)
         x = ctx.test.x[idx].float()
         x_rec = predict(self.decoder, ctx.test.z[idx].float())
-        extra = {"method": "decoder", "decoder": self.kind, "epochs": self.params.epochs}
+        extra = {"method": "decoder", "decoder": self.kind, "epochs": self.params.epochs, **self.report}
         if self.params.grid:
             extra |= grid_extra(ctx, x, x_rec, self.range, "inversion_decoder.png")
         return reconstruction_scores(x, x_rec, self.mean_image, self.range, n_boot=ctx.n_boot, seed=ctx.seed,

@@ -115,8 +115,8 @@ def test_hflip_augmentation_trains_on_releases_of_the_mirrored_aux_images(plante
     assert abs(float(residual.std()) / (2.0 * float(noisy.split.features("train").std())) - 1) < 0.05
     attack = ATTACKS.create("attribute", epochs=2, augment="hflip")
     attack.fit(ctx)
-    n_val = int(len(ctx.aux) * attack.params.val_fraction)
-    assert attack.models["secret"]["train_samples"] == 2 * (len(ctx.aux) - n_val)
+    assert attack.models["secret"]["train_samples"] == 2 * len(ctx.aux)  # refit on all aux rows and their mirrors
+    assert attack.models["secret"]["refit"] is True
     assert attack.mirrored is None  # not kept after fitting
 
 

@@ -127,3 +127,34 @@ def test_rmle_refuses_a_release_without_white_box_map(digits):
     ctx.aux.z = ctx.defense.release(ctx.aux.x)
     with pytest.raises(ValueError, match="white-box map"):
         run_attack("inversion_rmle", ctx)
+
+
+def test_rmle_batched_over_images_equals_one_image_at_a_time(digits):
+    """All images are optimised in one batch: the loss is a sum of per-image terms and Adam is elementwise,
+    so each image's reconstruction is the one a loop over single images finds (float rounding aside)."""
+    from attacks.inversion_rmle import rmle_invert
+
+    data, net = digits
+    edge, _ = net.split("conv1")
+    x = data.part("test").x[:6].float()
+    z = edge.eval()(x).detach()
+    x0 = data.part("aux").x.float().mean(0).expand_as(x)
+    kw = dict(iterations=60, lr=0.05, tv_weight=0.05, feature_scale=float(z.pow(2).mean()))
+    batched, res = rmle_invert(edge, z, x0, (0.0, 1.0), **kw)
+    for i in range(6):
+        single, res_i = rmle_invert(edge, z[i : i + 1], x0[i : i + 1], (0.0, 1.0), **kw)
+        assert torch.allclose(batched[i : i + 1], single, atol=1e-4), i
+        assert torch.allclose(res[i : i + 1], res_i, rtol=1e-3, atol=1e-7)
+
+
+def test_decoder_stops_early_and_keeps_its_best_epoch(digits):
+    """With patience the decoder stops once the validation MSE has not improved for that many epochs, and
+    the record says which epoch was kept; without it every epoch runs."""
+    data, net = digits
+    ctx = attack_context(data, net, "pool1")
+    fast = dict(FAST, epochs=30, lr=2e-2)
+    early = scores_by_metric(run_attack("inversion", ctx, patience=1, **fast))[("input", "psnr")]
+    assert early.extra["epochs_run"] <= early.extra["best_epoch"] + 2 and early.extra["epochs_run"] < 30
+    assert early.ci95[0] > early.chance + 3  # still far above the mean image
+    full = scores_by_metric(run_attack("inversion", ctx, patience=None, **dict(fast, epochs=3)))[("input", "psnr")]
+    assert full.extra["epochs_run"] == 3

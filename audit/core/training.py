@@ -145,20 +145,24 @@ class ClassifierModule(L.LightningModule):
 
 
 class KeepBest(L.Callback):
-    """Keep the weights of the epoch with the best monitored validation metric; restore them at the end."""
+    """Keep the weights of the epoch with the best monitored validation metric; restore them at the end.
+    ``best_epoch``: that epoch (0-based); ``epochs_run``: how many epochs were validated."""
 
     def __init__(self, monitor: str, mode: str = "max"):
         self.monitor, self.sign = monitor, (1.0 if mode == "max" else -1.0)
         self.best: float | None = None
         self.state: dict[str, torch.Tensor] | None = None
+        self.best_epoch: int | None = None
+        self.epochs_run = 0
 
     def on_validation_epoch_end(self, trainer, pl_module):
         value = trainer.callback_metrics.get(self.monitor)
         if value is None:
             return
+        self.epochs_run += 1
         value = self.sign * float(value)
         if self.best is None or value > self.best:
-            self.best = value
+            self.best, self.best_epoch = value, trainer.current_epoch
             self.state = copy.deepcopy(pl_module.state_dict())
 
     def on_fit_end(self, trainer, pl_module):
@@ -202,6 +206,8 @@ def fit_classifier(
     hflip: bool = False,
     val: tuple[torch.Tensor, torch.Tensor] | None = None,
     log_epochs: str | None = None,
+    patience: int | None = None,
+    report: dict | None = None,
 ) -> nn.Module:
     """Train ``net`` (in place) to predict ``y`` from ``x`` with Lightning.
 
@@ -209,6 +215,8 @@ def fit_classifier(
     accuracy are kept (early model selection on held-out data, never on test).
     With ``balanced`` the loss is weighted by inverse class frequency.
     With ``log_epochs`` (a label) every finished epoch logs a line with the time left.
+    With ``val`` and ``patience`` training stops after ``patience`` epochs without a better validation
+    balanced accuracy; ``report`` (a dict) then receives ``best_epoch`` (0-based) and ``epochs_run``.
     """
     L.seed_everything(seed, verbose=False)
     net.train()
@@ -216,12 +224,17 @@ def fit_classifier(
         net, num_classes, lr=lr, weight_decay=weight_decay,
         weights=class_weights(y, num_classes) if balanced else None, hflip=hflip,
     )
-    callbacks = [KeepBest("val_bacc")] if val is not None else []
+    keep = KeepBest("val_bacc")
+    callbacks: list[L.Callback] = [keep] if val is not None else []
+    if val is not None and patience is not None:
+        callbacks.append(L.pytorch.callbacks.EarlyStopping("val_bacc", mode="max", patience=patience))
     if log_epochs:
         callbacks.append(EpochLog(log_epochs))
     trainer = make_trainer(settings, epochs, callbacks)
     train_loader = tensor_loader(x, y, batch_size=batch_size, shuffle=True, seed=seed)
     val_loader = tensor_loader(*val, batch_size=512, shuffle=False) if val is not None else None
     trainer.fit(module, train_loader, val_loader)
+    if report is not None and val is not None:
+        report.update(best_epoch=keep.best_epoch, epochs_run=keep.epochs_run)
     net.cpu()
     return net
