@@ -212,3 +212,16 @@ def test_default_budget_on_5d_gaussian(method):
         assert abs(r.nats - truth) < (0.6 if method == "ksg" else 0.4), r
         if r.kind == "lower":
             assert r.ci95[0] <= truth, r
+
+
+def test_a_neural_estimator_without_a_finite_validation_check_says_it_did_not_train():
+    from attacks.mi.core import ESTIMATORS
+
+    est = ESTIMATORS.create("classifier", steps=50, val_every=25, hidden=8)
+    z, s = torch.randn(200, 3), torch.randint(0, 2, (200,))
+    est.fit(z, s, num_classes=2, seed=0)
+    assert est._details()["trained"] is True
+    est.fit_info = {**est.fit_info, "best_val_nll": None}
+    assert est._details()["trained"] is False
+    est.fit_info = {**est.fit_info, "best_val_nll": float("nan")}
+    assert est._details()["trained"] is False

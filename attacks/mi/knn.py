@@ -239,4 +239,5 @@ class KSG(Estimator):
         ci = mean_ci(terms, n_boot=n_boot, seed=seed)
         variant = "ross2014" if s.ndim == 1 else "ksg1"
         return MIResult(value, ci, self.name, self.kind, int(z.shape[0]),
-                        details={"variant": variant, "k": self.params.k, "dim": dim, "n_used": int(terms.numel())})
+                        details={"variant": variant, "k": self.params.k, "dim": dim, "n_used": int(terms.numel()),
+                                 "trained": True})  # nothing to train: always usable
