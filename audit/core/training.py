@@ -250,7 +250,7 @@ def fit_to_convergence(
     settings: TrainerSettings,
     max_epochs: int,
     patience: int = 3,
-    min_delta: float = 1e-4,
+    min_delta: float = 1e-3,
     batch_size: int = 128,
     lr: float = 1e-3,
     seed: int = 0,
