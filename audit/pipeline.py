@@ -114,7 +114,7 @@ def utility_flags(primary_accuracy: float, majority_accuracy: float) -> dict[str
     """``cloud_failed_to_train``: the defended pipeline is less accurate than predicting the majority class
     for every input, which any cloud trained on what it receives can match: its utility says how badly
     the cloud was fine-tuned, not what the defense costs; ``cloud_failure`` says so in words."""
-    failed = bool(primary_accuracy < majority_accuracy)
+    failed = bool(primary_accuracy < majority_accuracy - 1e-6)  # a float32 mean: 0.51 reads 0.50999999
     why = (f"primary accuracy {primary_accuracy:.3f} < majority-class rate {majority_accuracy:.3f}: "
            f"the cloud failed to train on the defended release") if failed else None
     return {"majority_accuracy": majority_accuracy, "cloud_failed_to_train": failed, "cloud_failure": why}

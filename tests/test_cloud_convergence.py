@@ -48,6 +48,8 @@ def test_majority_rate_and_the_flag():
     assert utility_flags(0.70, 0.75)["cloud_failed_to_train"] is True
     assert "0.700 < majority-class rate 0.750" in utility_flags(0.70, 0.75)["cloud_failure"]
     assert utility_flags(0.75, 0.75) == {"majority_accuracy": 0.75, "cloud_failed_to_train": False, "cloud_failure": None}
+    at_majority = float(torch.tensor([1.0] * 51 + [0.0] * 49).mean())  # 0.50999999 in float32, as measure_utility's
+    assert not utility_flags(at_majority, 0.51)["cloud_failed_to_train"]
 
 
 def test_the_old_fine_tuning_falls_below_the_majority_rate_and_is_flagged(task):
