@@ -32,8 +32,8 @@ from torch import nn
 from torchmetrics.functional.classification import multiclass_accuracy
 
 from attacks import register_attack
-from attacks._linear import fit_logistic, pca_basis
 from attacks._channel import release_batched
+from attacks._linear import fit_logistic, pca_basis
 from attacks.base import Attack, AttackContext, Score
 from attacks.metrics import classification_scores
 from audit.core.training import fit_classifier, predict

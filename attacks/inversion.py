@@ -30,8 +30,8 @@ from pathlib import Path
 
 import lightning as L
 import torch
-from lightning.pytorch.callbacks import EarlyStopping
 import torch.nn.functional as F
+from lightning.pytorch.callbacks import EarlyStopping
 from pydantic import Field
 from torch import nn
 from torchmetrics.functional.image import peak_signal_noise_ratio, structural_similarity_index_measure

@@ -13,7 +13,9 @@ point, defense) out (seeds averaged), each with its verdict per attack family
       min_advantage: {balanced_accuracy: 0.02}
 
 The best admissible pair: the highest primary accuracy, then the least edge FLOPs, then the
-fewest bytes.
+fewest bytes. A row whose defended accuracy lies below the test split's majority-class rate (any
+seed) is flagged ``cloud_failed``: the figure says the cloud was not trained well enough on the
+release, not what the defense costs (``audit.pipeline.utility_flags``).
 """
 from __future__ import annotations
 
@@ -75,6 +77,30 @@ class Decision(BaseModel):
         return value
 
 
+def latency_text(cost: dict[str, Any], prefix: str, reference: dict[str, Any] | None = None,
+                 reference_name: str = "none") -> str:
+    """A latency for display: "2.29 [2.10–2.41]" (ms per sample, median [quartiles]); with the
+    undefended ``reference`` cost at the same cut, "≈ none (…)" when the two lie within each other's
+    spread, so timing noise is not shown as a difference; "n/a" without a figure."""
+    median = cost.get(f"{prefix}_latency_ms")
+    if median is None:
+        return "n/a"
+    q1, q3 = cost.get(f"{prefix}_latency_q1_ms"), cost.get(f"{prefix}_latency_q3_ms")
+    text = f"{median:.4g}" + ("" if q1 is None or q3 is None else f" [{q1:.3g}–{q3:.3g}]")
+    if reference is not None and reference is not cost and latencies_differ(cost, reference, prefix) is False:
+        return f"≈ {reference_name} ({text})"
+    return text
+
+
+def latencies_differ(a: dict[str, Any], b: dict[str, Any], prefix: str) -> bool | None:
+    """Whether two costs' ``prefix`` latencies differ beyond their spread: their interquartile ranges
+    do not overlap. None when either has no spread recorded (a single timing, an older report)."""
+    keys = (f"{prefix}_latency_q1_ms", f"{prefix}_latency_q3_ms")
+    if any(c.get(k) is None for c in (a, b) for k in keys):
+        return None
+    return a[keys[1]] < b[keys[0]] or b[keys[1]] < a[keys[0]]
+
+
 def _mean(values: list[float]) -> float | None:
     values = [v for v in values if v is not None]
     return sum(values) / len(values) if values else None
@@ -94,6 +120,15 @@ class Row:
     task_accuracy: float | None  # the undefended model's
     seeds: list[int]
     families: dict[str, dict[str, Any]] = field(default_factory=dict)  # family -> verdict entry
+    majority_accuracy: float | None = None  # the test split's majority-class rate
+    cloud_failed: bool = False  # some seed's defended accuracy lies below the majority-class rate
+
+    def cloud_failure_text(self) -> str:
+        """'cloud failed to train (accuracy < majority-class rate 0.764)' for a flagged row, else ''."""
+        if not self.cloud_failed:
+            return ""
+        rate = "" if self.majority_accuracy is None else f" {self.majority_accuracy:.3f}"
+        return f"cloud failed to train (accuracy < majority-class rate{rate})"
 
     @property
     def task(self) -> str:
@@ -135,7 +170,7 @@ class Row:
                 why.append("accuracy drop unknown")
             elif drop > decision.max_accuracy_drop:
                 why.append(f"accuracy drop {drop:.3f} ({self.task_accuracy:.3f} -> {self.primary_accuracy:.3f}) "
-                           f"> {decision.max_accuracy_drop:g}")
+                           f"> {decision.max_accuracy_drop:g}" + (f"; {self.cloud_failure_text()}" if self.cloud_failed else ""))
         if decision.max_bytes_sent is not None:
             if self.bytes_sent is None:
                 why.append("bytes sent unknown")
@@ -173,7 +208,8 @@ def decision_rows(report: dict[str, Any], decision: Decision | None = None) -> l
             dataset, model, cut, labels.get(dkey, dkey[0]),
             _mean([c.get("edge_flops_fraction") for c in cost]), _mean([c.get("bytes_sent") for c in cost]),
             _mean([u.get("primary_accuracy") for u in utility]), _mean([u.get("task_accuracy") for u in utility]),
-            sorted({r["seed"] for r in recs}))
+            sorted({r["seed"] for r in recs}), majority_accuracy=_mean([u.get("majority_accuracy") for u in utility]),
+            cloud_failed=any(u.get("cloud_failed_to_train") for u in utility))
     for v in verdicts(ok, (decision or decision_of(report)).settings()):
         row = rows.get((v["dataset"], v["model"], v["cut_point"], v["defense_label"]))
         if row is not None:

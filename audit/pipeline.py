@@ -113,18 +113,39 @@ def release_views(
     return AttackView(z_aux, aux.x, aux.y, aux.private), AttackView(z_test, test.x, test.y, test.private)
 
 
+def majority_rate(y: torch.Tensor) -> float:
+    """The accuracy of the best constant predictor on labels ``y`` (N,): the largest class frequency."""
+    return float(torch.bincount(y).max()) / y.numel() if y.numel() else math.nan
+
+
+def utility_flags(primary_accuracy: float, majority_accuracy: float) -> dict[str, Any]:
+    """``cloud_failed_to_train``: the defended pipeline is less accurate than predicting the majority class
+    for every input, which any cloud trained on what it receives can match: its utility says how badly
+    the cloud was fine-tuned, not what the defense costs; ``cloud_failure`` says so in words."""
+    failed = bool(primary_accuracy < majority_accuracy - 1e-6)  # a float32 mean: 0.51 reads 0.50999999
+    why = (f"primary accuracy {primary_accuracy:.3f} < majority-class rate {majority_accuracy:.3f}: "
+           f"the cloud failed to train on the defended release") if failed else None
+    return {"majority_accuracy": majority_accuracy, "cloud_failed_to_train": failed, "cloud_failure": why}
+
+
 def measure_utility(defense: Defense, split: SplitPoint, test: Part, task_accuracy: float, seed: int,
                     label: str = "") -> dict[str, Any]:
     """Primary accuracy through the defended pipeline on the test split, with its 95% CI (bootstrap,
-    ``seed``), next to the undefended task model's (``task_accuracy``)."""
+    ``seed``), next to the undefended task model's (``task_accuracy``), the majority-class rate of the
+    test split and whether the defended accuracy lies below it (:func:`utility_flags`), and the facts
+    of the defense's cloud fine-tuning (``defense.cloud_training``) as ``cloud_<fact>``."""
     where = f"{label}: " if label else ""
     logits = predict_all(defense, test.x, split.features("test"), label=f"{where}prediction on the test split")
     correct = (logits.argmax(1) == test.y).float()
+    accuracy = float(correct.mean())
+    training = {f"cloud_{k}": v for k, v in (getattr(defense, "cloud_training", None) or {}).items()}
     return {
-        "primary_accuracy": float(correct.mean()),
+        "primary_accuracy": accuracy,
         "primary_accuracy_ci95": list(mean_ci(correct, seed=seed)),
         "task_accuracy": task_accuracy,
         "n_eval": len(test),
+        **utility_flags(accuracy, majority_rate(test.y)),
+        **training,
     }
 
 

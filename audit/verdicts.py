@@ -20,6 +20,13 @@ The statistics, per decision record (a *comparison*):
   p = 1 - Phi(a / se). For balanced accuracy se is at least its largest value under H0,
   sqrt(c (1 - c) / n) with c = chance (:func:`reference_se`): a percentile CI from a few hundred
   resamples has noisy ends, and a too-narrow one alone made the null control alarm 8% of the time.
+- a permutation p-value cannot go below 1/(1 + n_perm) (0.0099 with the mi plugin's 100), while
+  Holm's first level is alpha/m (0.0001 for 500 comparisons): at its floor (the value beats every
+  shuffle) p = min(floor, max(p_CI, p_tail)), p_tail the normal tail of the estimator's own null
+  (mean, std in ``extra.null_values``; not for cross-fitted estimates, whose summed null is too
+  narrow). The maximum of two p-values is valid when either is, and capping at the floor keeps
+  the exact test's level; raising n_perm to m/alpha instead would need m before the attacks run
+  and 10^4 re-estimates per record. ``p_source`` says which p decided.
 - Holm's step-down over *every* comparison of a (dataset, model): the report's summary maximises
   over cut points, defenses, attacks, targets, metrics and seeds, so the family-wise error rate
   of "some cell leaks" is held at ``alpha`` (Holm 1979; valid for any dependence).
@@ -162,6 +169,7 @@ class Comparison:
     min_advantage: float
     p_holm: float = 1.0
     m: int = 1
+    p_source: str = "ci"  # "ci", "permutation" or "permutation floor, refined" (see one_sided_test)
 
     @property
     def strength(self) -> float:
@@ -173,12 +181,10 @@ class Comparison:
 
     def min_detectable(self, settings: VerdictSettings) -> float | None:
         """(z_{1-alpha/m} + z_power) * se, with se at least :func:`reference_se` (a nearly constant
-        predictor's narrow CI says nothing about what a working attack would have detected); None when
-        the attack's own p-value cannot get below alpha/m (a permutation test with too few permutations)."""
-        floor = p_value_floor(self.record)
+        predictor's narrow CI says nothing about what a working attack would have detected). A permutation
+        p-value at its floor 1/(1 + n_perm) is refined by the CI (see :func:`one_sided_test`), so a coarse
+        permutation test does not cap the power."""
         level = settings.alpha / self.m
-        if floor is not None and floor > level:
-            return None
         se = max(self.se, reference_se(self.record))
         return (NormalDist().inv_cdf(1 - level) + NormalDist().inv_cdf(settings.power)) * se
 
@@ -195,12 +201,15 @@ def reference_se(record: Record) -> float:
 
 
 def p_value_floor(record: Record) -> float | None:
-    """The smallest p-value the attack's own test can give: 1 / (1 + n_perm) for a permutation test."""
+    """The smallest p-value the attack's own test can give: 1 / (1 + n_perm) for a permutation test,
+    2 / (1 + n_perm) for a cross-fitted one (twice the mean of the folds' p-values)."""
     extra = record.get("extra") or {}
     if extra.get("p_value_permutation") is None:
         return None
     n_perm = (extra.get("null_values") or {}).get("n_perm")
-    return None if n_perm is None else 1.0 / (1 + n_perm)
+    if n_perm is None:
+        return None
+    return min(1.0, (2.0 if extra.get("folds") else 1.0) / (1 + n_perm))
 
 
 def _advantage(record: Record) -> tuple[float, float, float]:
@@ -223,16 +232,34 @@ def one_sided_test(record: Record, family: str, settings: VerdictSettings) -> Co
     se = max(hi - lo, 0.0) / (2 * Z95)
     if raw:
         se = max(se, se_low)
+    if se_low > 0:
+        p_ci = 1 - NormalDist().cdf(ta / se_low)
+    else:
+        p_ci = 0.0 if ta > 0 else 1.0
+    p, source = p_ci, "ci"
     p_perm = extra.get("p_value_permutation")
     if p_perm is not None:
-        p = float(p_perm)
-    elif se_low > 0:
-        p = 1 - NormalDist().cdf(ta / se_low)
-    else:
-        p = 0.0 if ta > 0 else 1.0
+        p, source = float(p_perm), "permutation"
+        floor = p_value_floor(record)
+        if floor is not None and p <= floor * (1 + 1e-9):
+            # the observed value beats every shuffle: p <= floor is all the permutation test says
+            tail = null_tail_p(record, ta + record["chance"])
+            p, source = min(p, max(p_ci, tail if tail is not None else 0.0)), "permutation floor, refined"
     if is_lower_bound(record):
         a, lo, hi = max(0.0, a), max(0.0, lo), max(0.0, hi)
-    return Comparison(record, family, a, lo, hi, p, se, settings.threshold(str(record["metric"])))
+    return Comparison(record, family, a, lo, hi, p, se, settings.threshold(str(record["metric"])), p_source=source)
+
+
+def null_tail_p(record: Record, raw_value: float) -> float | None:
+    """1 - Phi((value - mean) / std) of the estimator's own permutation null (``extra.null_values``),
+    a normal fit to its tail beyond the shuffles drawn; None for a cross-fitted estimate (its null is a
+    sum of per-fold shuffles, narrower than the folds' dependent statistics, ``attacks.mi.intervals``)
+    or a null without spread."""
+    extra = record.get("extra") or {}
+    null = extra.get("null_values") or {}
+    if extra.get("folds") or not null.get("std") or null.get("mean") is None:
+        return None
+    return 1 - NormalDist().cdf((raw_value - null["mean"]) / null["std"])
 
 
 def holm(p_values: list[float]) -> list[float]:
@@ -280,7 +307,7 @@ def _entry(key: tuple, members: list[Record], tested: list[Comparison], settings
     if not tested:
         return {**entry, "verdict": "inconclusive", "deciding_attack": None, "target": None, "metric": None,
                 "unit": None, "advantage": None, "ci95": None, "min_detectable_advantage": None,
-                "min_advantage": None, "p_value": None, "p_holm": None, "comparisons": None, "n_eval": None,
+                "min_advantage": None, "p_value": None, "p_source": None, "p_holm": None, "comparisons": None, "n_eval": None,
                 "reason": "; ".join(excluded) or "no decision record", "excluded": excluded}
     leaking = [c for c in tested if c.leaks(settings.alpha)]
     best = max(leaking or tested, key=lambda c: (c.strength, -c.p_holm))
@@ -289,7 +316,8 @@ def _entry(key: tuple, members: list[Record], tested: list[Comparison], settings
         "verdict": "leaks" if leaking else "no_evidence", "deciding_attack": r["attack"], "target": r["target"],
         "metric": r["metric"], "unit": unit_of(r), "seed": r["seed"], "advantage": best.advantage,
         "ci95": [best.low, best.high], "min_detectable_advantage": best.min_detectable(settings),
-        "min_advantage": best.min_advantage, "p_value": best.p, "p_holm": best.p_holm, "comparisons": best.m,
+        "min_advantage": best.min_advantage, "p_value": best.p, "p_source": best.p_source, "p_holm": best.p_holm,
+        "comparisons": best.m,
         "n_eval": r.get("n_eval"), "reason": None, "excluded": excluded,
     })
     if not leaking and (sig := [c for c in tested if c.p_holm <= settings.alpha]):

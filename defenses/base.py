@@ -13,6 +13,7 @@ A defense sits at the cut:
 from __future__ import annotations
 
 import copy
+import statistics
 import time
 from dataclasses import dataclass, field
 from typing import Any, Callable, ClassVar
@@ -78,6 +79,9 @@ class Defense:
         self.params = params
         self.edge: nn.Module | None = None
         self.cloud: nn.Module | None = None
+        # facts of the cloud's fine-tuning (``defenses.noise.finetune_on_noise``: epochs run, best epoch,
+        # validation loss / accuracy), recorded with the utility; empty when the cloud is not fine-tuned
+        self.cloud_training: dict[str, Any] = {}
 
     def fit(self, ctx: FitContext) -> None:
         """Prepare the defense (may fine-tune copies of edge and/or cloud)."""
@@ -122,7 +126,8 @@ class Defense:
 
     def cost(self, x: torch.Tensor, full_flops: int) -> dict[str, Any]:
         """Edge FLOPs (torch's flop counter) and their fraction of the full model, bytes sent,
-        edge / cloud latency per sample (ms, median of 3 timings on the batch ``x``), rounds."""
+        edge / cloud latency per sample (ms: the median and quartiles of timed runs on the batch ``x``
+        after warm-up, :func:`timed_runs`, :func:`latency`), rounds."""
         from torch.utils.flop_counter import FlopCounterMode
 
         counter = FlopCounterMode(display=False)
@@ -135,8 +140,8 @@ class Defense:
             "edge_flops": edge_flops,
             "edge_flops_fraction": edge_flops / full_flops if full_flops else None,
             "bytes_sent": self.bytes_per_sample(released),
-            "edge_latency_ms": _median_ms(lambda: self.release(x)) / n,
-            "cloud_latency_ms": _median_ms(lambda: self.infer(released)) / n,
+            **latency(timed_runs(lambda: self.release(x)), n, "edge"),
+            **latency(timed_runs(lambda: self.infer(released)), n, "cloud"),
             "rounds": self.rounds,
         }
 
@@ -174,10 +179,32 @@ def instances_of(obj: Any, kind: type) -> list:
     return found
 
 
-def _median_ms(fn: Callable[[], Any], repeats: int = 3) -> float:
+LATENCY_REPEATS, LATENCY_WARMUP, LATENCY_BUDGET_S = 11, 2, 2.0
+
+
+def timed_runs(fn: Callable[[], Any], repeats: int = LATENCY_REPEATS, warmup: int = LATENCY_WARMUP,
+               budget_s: float = LATENCY_BUDGET_S, clock: Callable[[], float] = time.perf_counter) -> list[float]:
+    """Wall times (ms) of ``repeats`` calls of ``fn`` after ``warmup`` untimed ones (caches, lazy
+    initialisation, allocator); when the warm-up shows that the runs would take more than
+    ``budget_s`` seconds, fewer are timed (never fewer than 3). ``clock``: seconds (tests pass a fake)."""
+    start = clock()
+    for _ in range(warmup):
+        fn()
+    per_run = (clock() - start) / warmup if warmup else 0.0
+    if per_run > 0:
+        repeats = max(3, min(repeats, int(budget_s / per_run)))
     times = []
     for _ in range(repeats):
-        start = time.perf_counter()
+        start = clock()
         fn()
-        times.append((time.perf_counter() - start) * 1000.0)
-    return sorted(times)[len(times) // 2]
+        times.append((clock() - start) * 1000.0)
+    return times
+
+
+def latency(times_ms: list[float], n: int, prefix: str) -> dict[str, float]:
+    """``{prefix}_latency_ms``: the median of ``times_ms`` (timings of a batch of ``n``) per sample;
+    ``{prefix}_latency_q1_ms`` / ``_q3_ms``: its lower and upper quartiles per sample, the spread a
+    difference between two latencies must clear to be one (``audit.decision.latencies_differ``). Names end in
+    ``_ms`` so that report identity (``audit.merge``) leaves them out."""
+    q1, median, q3 = statistics.quantiles(times_ms, n=4, method="inclusive") if len(times_ms) > 1 else times_ms * 3
+    return {f"{prefix}_latency_ms": median / n, f"{prefix}_latency_q1_ms": q1 / n, f"{prefix}_latency_q3_ms": q3 / n}

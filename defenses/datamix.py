@@ -36,7 +36,7 @@ from audit.core.models import SplitModel, flops_per_sample
 from audit.core.training import EpochLog, make_trainer, tensor_loader
 from defenses import register_defense
 from defenses._finetune import train_inputs
-from defenses.base import Defense, FitContext, _median_ms
+from defenses.base import Defense, FitContext, latency, timed_runs
 
 
 # ----------------------------------------------------------------------------- functional core
@@ -200,15 +200,15 @@ class DataMix(Defense):
             mixed, m, _ = self._mixed(x, None)
             out = self.infer(mixed)
         with torch.no_grad():
-            edge_ms = _median_ms(lambda: self._mixed(x, None)) + _median_ms(lambda: demix(out, m))
-            cloud_ms = _median_ms(lambda: self.infer(mixed))
+            edge = latency(timed_runs(lambda: (self._mixed(x, None), demix(out, m))), n, "edge")
+            cloud = latency(timed_runs(lambda: self.infer(mixed)), n, "cloud")
         return {
             "edge_flops": edge_flops,
             "edge_flops_fraction": edge_flops / full_flops if full_flops else None,
             "bytes_sent": self.bytes_per_sample(mixed),
             "bytes_received": int(out[0].numel() * out.element_size()),
-            "edge_latency_ms": edge_ms / n,
-            "cloud_latency_ms": cloud_ms / n,
+            **edge,
+            **cloud,
             "rounds": self.rounds,
         }
 

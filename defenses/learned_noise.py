@@ -28,7 +28,7 @@ from audit.core.training import EpochLog, make_trainer, tensor_loader
 from defenses import register_defense
 from defenses._finetune import train_inputs
 from defenses.base import Defense, FitContext
-from defenses.noise import finetune_on_noise, unit_noise
+from defenses.noise import ConvergenceParams, finetune_on_noise, unit_noise
 
 
 class ScaledNoise(nn.Module):
@@ -81,14 +81,15 @@ class NoiseLearner(L.LightningModule):
 class LearnedNoise(Defense):
     """Per-element noise scales learned to keep the task while maximising noise (Shredder-style); cloud fine-tuned."""
 
-    class Params(Defense.Params):
+    class Params(Defense.Params, ConvergenceParams):
         weight: float = Field(0.1, ge=0, description="weight of the noise magnitude mean(log sigma/s) against the task loss")
         init_scale: float = Field(0.5, gt=0, description="initial noise std relative to the feature std s")
         max_scale: float = Field(100.0, gt=0, description="cap on every element's noise std relative to s")
         distribution: Literal["gaussian", "laplace"] = "laplace"
         epochs: int = Field(3, ge=0, description="epochs of noise-scale training (cloud frozen)")
         lr: float = Field(0.05, gt=0, description="Adam step size on the log-scales")
-        finetune_epochs: int = Field(1, ge=0, description="epochs of cloud fine-tuning on the noisy release afterwards")
+        finetune_epochs: int = Field(30, ge=0, description="most epochs of cloud fine-tuning on the noisy release "
+                                                           "afterwards (early stopping ends it sooner)")
         finetune_lr: float = Field(5e-4, gt=0)
         batch_size: int = Field(128, ge=1)
 
@@ -118,10 +119,11 @@ class LearnedNoise(Defense):
                 param.requires_grad_(True)
         self.noise.cpu().eval().requires_grad_(False)
         if p.finetune_epochs > 0:
-            noisy_cloud = nn.Sequential(pre, self.noise, cloud)  # only the cloud has trainable weights
-            finetune_on_noise(noisy_cloud, inputs, ctx.train.y, ctx.num_classes, 0.0, p.distribution,
-                              settings=ctx.settings, epochs=p.finetune_epochs, batch_size=p.batch_size,
-                              lr=p.finetune_lr, seed=ctx.seed, label=ctx.label("learned_noise cloud fine-tuning"))
+            # only the cloud has trainable weights
+            _, self.cloud_training = finetune_on_noise(
+                cloud, inputs, ctx.train.y, ctx.num_classes, self.noise, pre=pre, settings=ctx.settings,
+                max_epochs=p.finetune_epochs, batch_size=p.batch_size, lr=p.finetune_lr, seed=ctx.seed,
+                patience=p.patience, val_fraction=p.val_fraction, label=ctx.label("learned_noise cloud fine-tuning"))
         pre.cpu()
         self.edge.eval()
         self.cloud = cloud.cpu().eval()

@@ -29,7 +29,7 @@ from audit.core.training import predict
 from defenses import register_defense
 from defenses._finetune import finetune_split
 from defenses.base import Defense, FitContext
-from defenses.noise import AddNoise, PCAProjection, PCAReconstruct, finetune_on_noise
+from defenses.noise import AddNoise, ConvergenceParams, PCAProjection, PCAReconstruct, finetune_on_noise
 
 
 def contrastive_loss(z: torch.Tensor, y: torch.Tensor, margin: float) -> torch.Tensor:
@@ -53,7 +53,7 @@ def contrastive_loss(z: torch.Tensor, y: torch.Tensor, margin: float) -> torch.T
 class Siamese(Defense):
     """Edge fine-tuned with a contrastive loss (similar iff same primary label) plus the task loss; optional PCA + noise."""
 
-    class Params(Defense.Params):
+    class Params(Defense.Params, ConvergenceParams):
         margin: float = Field(1.0, gt=0, le=2, description="contrastive margin on distances of L2-normalised features (0..2)")
         # weight 10 / 5 epochs: measured on UTKFace at fc1 (race 0.395 -> 0.339, gender +1.7 points);
         # weight 1 / 3 epochs left race unchanged or higher (benchmarks/RESULTS.md)
@@ -63,7 +63,8 @@ class Siamese(Defense):
         batch_size: int = Field(64, ge=2, description="pairs are all pairs within a batch")
         pca_components: int | None = Field(None, ge=1, description="reduce the fine-tuned feature by PCA (Osia's embedding)")
         noise_scale: float = Field(0.0, ge=0, description="Gaussian noise std after PCA, relative to the release's std")
-        finetune_epochs: int = Field(2, ge=0, description="cloud fine-tuning on the PCA/noisy release (if any)")
+        finetune_epochs: int = Field(30, ge=0, description="most epochs of cloud fine-tuning on the PCA/noisy release "
+                                                           "(if any; early stopping ends it sooner)")
         trainable_stages: int | None = Field(None, ge=1, description="fine-tune only the edge's last stages (None: all)")
 
     def fit(self, ctx: FitContext) -> None:
@@ -87,10 +88,10 @@ class Siamese(Defense):
             released = self.pca(released)
             cloud = nn.Sequential(PCAReconstruct(self.pca), cloud)
         sigma = p.noise_scale * float(released.std())
-        self.cloud = finetune_on_noise(
-            cloud, released, ctx.train.y, ctx.num_classes, sigma, "gaussian", settings=ctx.settings,
-            epochs=p.finetune_epochs, batch_size=128, lr=p.lr, seed=ctx.seed,
-            label=ctx.label("siamese cloud fine-tuning on noise"),
+        self.cloud, self.cloud_training = finetune_on_noise(
+            cloud, released, ctx.train.y, ctx.num_classes, AddNoise(sigma, "gaussian"), settings=ctx.settings,
+            max_epochs=p.finetune_epochs, batch_size=128, lr=p.lr, seed=ctx.seed,
+            patience=p.patience, val_fraction=p.val_fraction, label=ctx.label("siamese cloud fine-tuning on noise"),
         )
         self.noise = AddNoise(sigma, "gaussian", torch.Generator().manual_seed(ctx.seed), always=True)
 

@@ -212,3 +212,42 @@ def test_default_budget_on_5d_gaussian(method):
         assert abs(r.nats - truth) < (0.6 if method == "ksg" else 0.4), r
         if r.kind == "lower":
             assert r.ci95[0] <= truth, r
+
+
+def test_a_neural_estimator_without_a_finite_validation_check_says_it_did_not_train():
+    from attacks.mi.core import ESTIMATORS
+
+    est = ESTIMATORS.create("classifier", steps=50, val_every=25, hidden=8)
+    z, s = torch.randn(200, 3), torch.randint(0, 2, (200,))
+    est.fit(z, s, num_classes=2, seed=0)
+    assert est._details()["trained"] is True
+    est.fit_info = {**est.fit_info, "best_val_nll": None}
+    assert est._details()["trained"] is False
+    est.fit_info = {**est.fit_info, "best_val_nll": float("nan")}
+    assert est._details()["trained"] is False
+
+
+@pytest.mark.parametrize("dim", [1, 10])
+def test_ksg_permutation_nulls_recompute_the_observed_statistic_exactly(dim):
+    """Issue 22: the permutation null must re-estimate the way the observed value was estimated. The fast
+    nulls (neighbour lists for labels, dense distance matrices for continuous s) applied to the unshuffled
+    s give the observed statistic to the bit (before: float32 brute force vs a float64 null, 1.5e-4 nats)."""
+    from attacks.mi.core import ESTIMATORS, Reducer, Scaler
+    from attacks.mi.knn import INF, NULL_LIST, _jitter, ksg_terms_dense, mixed_terms_listed, nearest_lists
+
+    g = torch.Generator().manual_seed(dim)
+    z, labels = torch.randn(300, dim, generator=g), torch.randint(0, 2, (300,), generator=g)
+    cont = torch.randn(300, 1, generator=g)
+    est = ESTIMATORS.create("ksg")
+
+    def jittered():
+        gen = torch.Generator().manual_seed(0)
+        return _jitter(Reducer(z, True, None, 0)(z), est.params.jitter, gen), gen
+
+    x, _ = jittered()
+    dist, idx = nearest_lists(x, NULL_LIST)
+    assert float(mixed_terms_listed(x, labels, est.params.k, dist, idx).mean()) == est.statistic(z, labels, seed=0)
+    x, gen = jittered()
+    sj = _jitter(Scaler(cont, True)(cont), est.params.jitter, gen).double()
+    dense = ksg_terms_dense(torch.cdist(x.double(), x.double(), p=INF), torch.cdist(sj, sj, p=INF), est.params.k)
+    assert float(dense.mean()) == est.statistic(z, cont, seed=0)

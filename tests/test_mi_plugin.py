@@ -88,3 +88,28 @@ def test_unknown_target_is_refused(planted):
     data, net = planted
     with pytest.raises(ValueError, match="unknown targets"):
         run_attack("mi", attack_context(data, net, "fc1"), targets=["race"], methods=["ksg"])
+
+
+def test_a_planted_mi_leaks_under_holm_over_many_cells_and_every_estimator_says_it_trained(planted, absent):
+    """Issues 16/22: the mi plugin's permutation p (floor 1/101) is usable under Holm. The planted
+    attribute beside 400 null comparisons (Holm's first level 0.05/402 < 1/101) still reads ``leaks``;
+    the absent one does not."""
+    from audit.verdicts import verdicts
+
+    def records(scores, cut):
+        return [{"dataset": "synthetic", "model": "small_cnn", "cut_point": cut, "defense": "none", "defense_params": {},
+                 "attack": "mi", "target": s.target, "metric": s.metric, "value": s.value, "ci95": list(s.ci95),
+                 "chance": s.chance, "advantage": s.advantage, "seed": 0, "n_eval": s.n_eval, "status": "ok",
+                 "extra": s.extra, "cell_id": cut} for s in scores]
+
+    nulls = [{"dataset": "synthetic", "model": "small_cnn", "cut_point": f"c{i}", "defense": "none", "defense_params": {},
+              "attack": "attribute", "target": "secret", "metric": "balanced_accuracy", "value": 0.5, "ci95": [0.47, 0.53],
+              "chance": 0.5, "advantage": 0.0, "seed": 0, "n_eval": 500, "status": "ok", "extra": {}, "cell_id": f"c{i}"}
+             for i in range(400)]
+    leak = run_attack("mi", attack_context(*planted, "conv1"))
+    quiet = run_attack("mi", attack_context(*absent, "conv1"))
+    assert all(s.extra["trained"] is True for s in leak + quiet)
+    found = {v["cut_point"]: v for v in verdicts(records(leak, "planted") + records(quiet, "absent") + nulls)}
+    assert found["planted"]["verdict"] == "leaks" and found["planted"]["comparisons"] == 402, found["planted"]
+    assert found["planted"]["p_source"] == "permutation floor, refined"
+    assert found["absent"]["verdict"] == "no_evidence", found["absent"]

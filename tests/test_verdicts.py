@@ -111,14 +111,42 @@ def test_mi_lower_bounds_below_zero_show_zero_and_point_estimates_do_not_decide(
     assert c.p > 0.9  # tested on the raw value
 
 
-def test_permutation_p_value_is_used_and_its_floor_limits_power():
-    mi = rec(0.2, half=0.01, chance=0.0, attack="mi", metric="mi_classifier",
-             extra={"unit": "nats", "kind": "lower", "p_value_permutation": 1 / 101, "null_values": {"n_perm": 100}})
-    others = [rec(0.5, half=0.03, cut=f"c{i}") for i in range(9)]
-    found = verdicts([mi, *others])
-    v = one(found, cut_point="conv1")
-    # 10 comparisons: Holm's first level 0.005 < 1/101, so the MI bound cannot decide a leak
-    assert v["verdict"] == "no_evidence" and v["min_detectable_advantage"] is None and v["p_value"] == pytest.approx(1 / 101)
+def mi_rec(value, half, p, null, cut="conv1", **extra):
+    return rec(value, half=half, chance=0.0, cut=cut, attack="mi", metric="mi_ksg",
+               extra={"unit": "nats", "kind": "lower", "p_value_permutation": p, "trained": True,
+                      "null_values": {"n_perm": 100, **null}, **extra})
+
+
+def test_a_planted_mi_leaks_under_holm_with_many_cells_though_its_permutation_p_is_at_its_floor():
+    """300 comparisons: Holm's first level is 0.05/300 = 0.00017, below 1/101. The value beats every
+    shuffle, so the floor is refined by the CI and the null's normal tail (both ~1e-15 here)."""
+    mi = mi_rec(0.2, 0.03, 1 / 101, {"mean": 0.0, "std": 0.01})
+    others = [rec(0.5, half=0.03, cut=f"c{i}") for i in range(299)]
+    v = one(verdicts([mi, *others]), cut_point="conv1")
+    assert v["verdict"] == "leaks" and v["comparisons"] == 300 and v["p_source"] == "permutation floor, refined"
+    assert v["p_value"] < 1e-10 and v["min_detectable_advantage"] is not None
+    # cross-fitted: the floor is 2/101 and the summed null is not trusted, the CI alone refines it
+    crossfit = mi_rec(0.2, 0.03, 2 / 101, {"mean": 0.0, "std": 1e-6}, folds=5)
+    (cv,) = [x for x in comparisons([crossfit, *others]) if x.record is crossfit]
+    assert cv.p_source == "permutation floor, refined" and cv.p == pytest.approx(1 - NormalDist().cdf(0.2 / (0.03 / 1.96)))
+
+
+def test_a_permutation_p_above_its_floor_is_used_as_it_is_and_a_weak_value_is_not_refined_to_a_leak():
+    mid = mi_rec(0.05, 0.03, 5 / 101, {"mean": 0.0, "std": 0.02})
+    (c,) = comparisons([mid])
+    assert c.p == pytest.approx(5 / 101) and c.p_source == "permutation"
+    # at its floor, but the null's tail (z = 1.5) and the CI (z = 1.18) are both above it: the exact p stands
+    weak = mi_rec(0.03, 0.05, 1 / 101, {"mean": 0.0, "std": 0.02})
+    (w,) = comparisons([weak])
+    tail, ci = 1 - NormalDist().cdf(1.5), 1 - NormalDist().cdf(0.03 / (0.05 / 1.96))
+    assert min(tail, ci) > 1 / 101 and w.p == pytest.approx(1 / 101)
+    others = [rec(0.5, half=0.03, cut=f"c{i}") for i in range(99)]
+    assert one(verdicts([weak, *others]), cut_point="conv1")["verdict"] == "no_evidence"
+
+
+def test_an_mi_estimator_that_says_it_did_not_train_is_inconclusive():
+    (v,) = verdicts([mi_rec(0.3, 0.05, 1 / 101, {"mean": 0.0, "std": 0.01}, trained=False)])
+    assert v["verdict"] == "inconclusive" and "did not train" in v["reason"]
 
 
 def test_holm_adjusts_like_the_textbook_and_controls_fwer_on_null_p_values():

@@ -43,7 +43,8 @@ class MIResult:
     ``attacks.mi.intervals``). ``p_value``: permutation p-value of "I(Z; S) > 0"
     against the estimator's own null (s shuffled among the evaluation samples), None
     when no permutations ran. ``details``: method-specific facts (training epochs,
-    reduced dimension, the null's summary, ...)."""
+    reduced dimension, the null's summary, ...); every estimator says ``trained``: whether its fit gave a
+    usable estimator (a critic with a finite validation check; always True for the k-NN estimator)."""
 
     nats: float
     ci95: tuple[float, float]
@@ -324,7 +325,7 @@ def crossfit(z: torch.Tensor, s: torch.Tensor, method: str, params: dict[str, An
             nulls.append(est.null_values(z[ev], s[ev], n_perm, seed=seed + k))
     sizes = [r.n for r in results]
     value, ci, facts = crossfit_interval([r.nats for r in results], [r.ci95 for r in results], sizes)
-    details = {**results[0].details, **facts}
+    details = {**results[0].details, **facts, "trained": all(r.details.get("trained", False) for r in results)}
     p_value = None
     if n_perm:
         # Each fold's p-value is exact (its estimator never saw the fold), but the folds' statistics are

@@ -205,8 +205,13 @@ class _NeuralEstimator(Estimator):
         return self.reducer(z), self.scaler(s)
 
     def _details(self) -> dict[str, Any]:
+        """Fit facts; ``trained``: the training reached a finite validation check (its best is kept), so
+        the estimate comes from a fitted critic, not from its initialisation."""
         p = self.params
-        return {**self.fit_info, "dim": self.reducer.dim, "hidden": p.hidden, "layers": p.layers, "lr": p.lr}
+        best = [v for k, v in self.fit_info.items() if k.startswith("best_")]
+        trained = bool(best) and all(v is not None and math.isfinite(v) for v in best)
+        return {**self.fit_info, "trained": trained, "dim": self.reducer.dim, "hidden": p.hidden, "layers": p.layers,
+                "lr": p.lr}
 
 
 # ---------------------------------------------------------------- critic bounds

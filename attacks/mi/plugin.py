@@ -14,7 +14,11 @@ shuffled among the test samples (no refitting; exact, since the test samples did
 not train it). ``extra["p_value_permutation"]`` = (1 + #{null >= value}) / (1 + n_perm),
 ``extra["null_values"]`` = the null's n_perm, mean, std, q95 and max in nats.
 Values and CIs are mapped into [0, inf) (MI is non-negative); ``extra["raw"]`` keeps
-the raw ones where that changed them.
+the raw ones where that changed them. ``extra["trained"]``: whether the estimator trained (a
+critic with a finite validation check; True for ``ksg``); False makes the record's verdict
+``inconclusive`` (``audit.verdicts.invalid_reason``). The smallest p-value is 1/(1 + n_perm);
+under Holm over m comparisons a leak needs p <= alpha/m, so when the observed value beats every
+shuffle the verdict refines p with the null's normal tail and the CI (``audit.verdicts``).
 """
 from __future__ import annotations
 
@@ -114,6 +118,7 @@ class MIAttack(Attack):
             details = dict(r.details)
             null = details.pop("null", None)
             extra = {"unit": "nats", "kind": r.kind, "feature_dim": int(z.shape[1]), "pool": self.params.pool,
-                     "p_value_permutation": r.p_value, "null_values": null, **details}
+                     "p_value_permutation": r.p_value, "null_values": null, **details,
+                     "trained": bool(details.get("trained", False))}  # not said: not trained (inconclusive)
             scores.append(Score(target, f"mi_{method}", r.nats, r.ci95, 0.0, r.n, extra=extra))
         return scores

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import copy
 import logging
+import math
 import time
 import warnings
 from typing import Any, Literal
@@ -15,6 +16,7 @@ from typing import Any, Literal
 import lightning as L
 import torch
 import torch.nn.functional as F
+from lightning.pytorch.callbacks import EarlyStopping
 from pydantic import BaseModel, ConfigDict
 from torch import nn
 from torch.utils.data import DataLoader, TensorDataset
@@ -135,6 +137,7 @@ class ClassifierModule(L.LightningModule):
     def validation_step(self, batch, batch_idx):
         x, y = batch
         logits = self.net(x)
+        self.log("val_loss", F.cross_entropy(logits, y), on_epoch=True, batch_size=x.shape[0])  # unweighted mean
         self.val_acc.update(logits, y)
         self.val_bacc.update(logits, y)
         self.log("val_acc", self.val_acc, on_epoch=True)
@@ -146,14 +149,22 @@ class ClassifierModule(L.LightningModule):
 
 class KeepBest(L.Callback):
     """Keep the weights of the epoch with the best monitored validation metric; restore them at the end.
-    ``best_epoch``: that epoch (0-based); ``epochs_run``: how many epochs were validated."""
+    With ``initial`` (the metric of the weights before training) those weights are a candidate too, so
+    training that never improves on them leaves them as they were. ``best_epoch``: 0-based, -1 for the
+    initial weights, None before any check; ``epochs_run``: how many epochs were validated."""
 
-    def __init__(self, monitor: str, mode: str = "max"):
+    def __init__(self, monitor: str, mode: str = "max", initial: float | None = None):
         self.monitor, self.sign = monitor, (1.0 if mode == "max" else -1.0)
+        self.initial = initial
         self.best: float | None = None
-        self.state: dict[str, torch.Tensor] | None = None
         self.best_epoch: int | None = None
+        self.state: dict[str, torch.Tensor] | None = None
         self.epochs_run = 0
+
+    def on_fit_start(self, trainer, pl_module):
+        if self.initial is not None and math.isfinite(self.initial):
+            self.best, self.best_epoch = self.sign * self.initial, -1
+            self.state = copy.deepcopy(pl_module.state_dict())
 
     def on_validation_epoch_end(self, trainer, pl_module):
         value = trainer.callback_metrics.get(self.monitor)
@@ -238,3 +249,49 @@ def fit_classifier(
         report.update(best_epoch=keep.best_epoch, epochs_run=keep.epochs_run)
     net.cpu()
     return net
+
+
+def fit_to_convergence(
+    net: nn.Module,
+    x: torch.Tensor,
+    y: torch.Tensor,
+    num_classes: int,
+    val: tuple[torch.Tensor, torch.Tensor],
+    *,
+    settings: TrainerSettings,
+    max_epochs: int,
+    patience: int = 3,
+    min_delta: float = 1e-3,
+    batch_size: int = 128,
+    lr: float = 1e-3,
+    seed: int = 0,
+    log_epochs: str | None = None,
+) -> tuple[nn.Module, dict[str, Any]]:
+    """Train ``net`` (in place) on (x, y) until the validation cross-entropy (nats, unweighted mean over
+    ``val`` = (x_val, y_val)) has not improved by ``min_delta`` for ``patience`` epochs, at most
+    ``max_epochs``; the weights of the lowest validation loss are kept, the untrained ones included
+    (training never leaves ``net`` worse on ``val`` than it started). Returns (net on the CPU, facts):
+    ``epochs_run``, ``max_epochs``, ``stopped_early``, ``best_epoch`` (1-based; 0: the initial weights
+    were best), ``val_loss_initial``, ``val_loss`` and ``val_accuracy`` of the kept weights, ``n_val``."""
+    L.seed_everything(seed, verbose=False)
+    module = ClassifierModule(net, num_classes, lr=lr)
+    val_loader = tensor_loader(*val, batch_size=512, shuffle=False)
+    before = make_trainer(settings, 1).validate(module, val_loader, verbose=False)[0]
+    initial = float(before["val_loss"])
+    keep = KeepBest("val_loss", "min", initial=initial)
+    stop = EarlyStopping("val_loss", min_delta=min_delta, patience=patience, mode="min", check_finite=True)
+    callbacks: list[L.Callback] = [keep, stop]
+    if log_epochs:
+        callbacks.append(EpochLog(log_epochs, ("train_loss", "val_loss")))
+    trainer = make_trainer(settings, max_epochs, callbacks)
+    net.train()
+    trainer.fit(module, tensor_loader(x, y, batch_size=batch_size, shuffle=True, seed=seed), val_loader)
+    after = make_trainer(settings, 1).validate(module, val_loader, verbose=False)[0]
+    net.cpu().eval()
+    facts = {
+        "epochs_run": int(trainer.current_epoch), "max_epochs": int(max_epochs),
+        "stopped_early": bool(stop.stopped_epoch > 0), "best_epoch": None if keep.best_epoch is None else keep.best_epoch + 1,
+        "val_loss_initial": initial, "val_loss": float(after["val_loss"]), "val_accuracy": float(after["val_acc"]),
+        "val_accuracy_initial": float(before["val_acc"]), "n_val": int(val[0].shape[0]),
+    }
+    return net, facts

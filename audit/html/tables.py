@@ -127,6 +127,9 @@ def verdict(record: Record) -> str:
     return "leak" if beyond else "chance"
 
 
+CLOUD_FAILED = "⚠ below the majority-class rate: the cloud failed to train"
+
+
 def summary(task: Task, labels: dict, leaking: set[int] | None = None) -> dict[str, Any]:
     """Worst leakage per defense: one row per defense, one column per (target, metric), each
     cell the worst record over cut points, attacks and seeds. ``leaking``: ids of the records that
@@ -154,6 +157,8 @@ def summary(task: Task, labels: dict, leaking: set[int] | None = None) -> dict[s
                 "verdict": _colour(w, leaking),
             })
         acc = "n/a" if not accs else (f"{accs[0]:.3f}" if len(accs) == 1 else f"{accs[0]:.3f}–{accs[-1]:.3f}")
+        if any((r.get("utility") or {}).get("cloud_failed_to_train") for r in recs):
+            acc += f" {CLOUD_FAILED}"
         rows.append({"defense": labels[dkey], "accuracy": acc, "cells": cells})
     return {"columns": [{"target": t, "metric": m} for t, m in columns], "rows": rows}
 
@@ -202,6 +207,7 @@ def decision_table(rows: list, decision=None) -> dict[str, Any]:
             "bytes": human_count(r.bytes_sent, "B"),
             "accuracy": "n/a" if r.primary_accuracy is None else f"{r.primary_accuracy:.3f}",
             "change": r.change_text(),
+            "cloud_failed": r.cloud_failure_text(),
             "cells": [_family_cell(r.families.get(f)) for f in families],
             "verdict": r.verdict, "verdict_text": VERDICT_TEXT[r.verdict],
             "failures": [f.split(" (")[0] for f in r.failures(decision)] if decision is not None else [],
@@ -220,8 +226,12 @@ def human_count(value: float | None, unit: str) -> str:
 
 
 def cost_rows(task: Task, labels: dict) -> list[dict[str, Any]]:
-    """One row per (cut point, defense, seed): utility and the defense's cost per sample."""
+    """One row per (cut point, defense, seed): utility and the defense's cost per sample; a latency
+    within the spread of the undefended (``none``) one at the same cut and seed reads "≈ none"."""
+    from audit.decision import latency_text
+
     rows = []
+    undefended = [k for k in task.defenses if k[0] == "none"][:1]
     for cut in task.cut_points:
         for dkey in task.defenses:
             for seed in task.seeds:
@@ -229,15 +239,18 @@ def cost_rows(task: Task, labels: dict) -> list[dict[str, Any]]:
                 if not recs:
                     continue
                 cost, utility = recs[0].get("cost") or {}, recs[0].get("utility") or {}
+                ref = [r for k in undefended for r in task.select(cut_point=cut, defense=k, seed=seed)][:1]
+                reference = (ref[0].get("cost") or {}) if ref else None
                 frac = cost.get("edge_flops_fraction")
                 rows.append({
                     "cut": cut, "defense": labels[dkey], "seed": seed,
-                    "accuracy": fmt_ci(utility.get("primary_accuracy"), utility.get("primary_accuracy_ci95")),
+                    "accuracy": fmt_ci(utility.get("primary_accuracy"), utility.get("primary_accuracy_ci95"))
+                    + (f" {CLOUD_FAILED}" if utility.get("cloud_failed_to_train") else ""),
                     "edge_flops": human_count(cost.get("edge_flops"), "FLOP"),
                     "fraction": "n/a" if frac is None else f"{100 * frac:.1f}%",
                     "bytes": human_count(cost.get("bytes_sent"), "B"),
-                    "edge_ms": fmt(cost.get("edge_latency_ms")),
-                    "cloud_ms": fmt(cost.get("cloud_latency_ms")),
+                    "edge_ms": latency_text(cost, "edge", reference),
+                    "cloud_ms": latency_text(cost, "cloud", reference),
                     "rounds": cost.get("rounds", "n/a"),
                     "n_eval": utility.get("n_eval"),
                 })

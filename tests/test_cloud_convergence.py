@@ -1,0 +1,111 @@
+"""Utility through a defense (issue 16 item 5): the cloud is fine-tuned to convergence on a validation
+split, and an accuracy below the majority-class rate is flagged as a cloud that failed to train.
+
+The task: a tiny tabular one with an imbalanced primary label (about 80% negatives), an MLP cut after
+its first layer. Under noise 100x the undefended cloud's logits are noise: the old fine-tuning
+(2 epochs, lr 5e-4, no shrinkage) left it below the majority-class rate (UCI Adult's case)."""
+from __future__ import annotations
+
+import copy
+import json
+
+import pytest
+import torch
+from torch import nn
+
+from audit.core.data import Part
+from audit.core.training import TrainerSettings, fit_classifier, fit_to_convergence, predict
+from audit.decision import decision_rows
+from audit.html.tables import CLOUD_FAILED, decision_table
+from audit.pipeline import fit_defense, majority_rate, measure_utility, utility_flags
+from defenses import SplitPoint
+from defenses.noise import AddNoise, finetune_on_noise
+
+SETTINGS = TrainerSettings(accelerator="cpu")
+
+
+@pytest.fixture(scope="module")
+def task():
+    g = torch.Generator().manual_seed(0)
+
+    def make(n):
+        x = torch.randn(n, 6, generator=g)
+        return x, ((x[:, 0] + 0.5 * torch.randn(n, generator=g)) > 0.85).long()
+
+    (xtr, ytr), (xte, yte) = make(1200), make(600)
+    edge, cloud = nn.Sequential(nn.Linear(6, 16), nn.ReLU()), nn.Sequential(nn.Linear(16, 16), nn.ReLU(), nn.Linear(16, 2))
+    net = nn.Sequential(edge, cloud)
+    fit_classifier(net, xtr, ytr, 2, settings=SETTINGS, epochs=15, lr=1e-2, seed=0)
+    net.eval()
+    parts = {"train": Part(xtr, ytr, {}), "test": Part(xte, yte, {})}
+    split = SplitPoint("fc", net, edge, cloud, compute_features=lambda p: predict(edge, parts[p].x))
+    accuracy = float((predict(net, xte).argmax(1) == yte).float().mean())
+    return split, parts, accuracy
+
+
+def test_majority_rate_and_the_flag():
+    assert majority_rate(torch.tensor([0, 0, 0, 1])) == 0.75
+    assert utility_flags(0.70, 0.75)["cloud_failed_to_train"] is True
+    assert "0.700 < majority-class rate 0.750" in utility_flags(0.70, 0.75)["cloud_failure"]
+    assert utility_flags(0.75, 0.75) == {"majority_accuracy": 0.75, "cloud_failed_to_train": False, "cloud_failure": None}
+    at_majority = float(torch.tensor([1.0] * 51 + [0.0] * 49).mean())  # 0.50999999 in float32, as measure_utility's
+    assert not utility_flags(at_majority, 0.51)["cloud_failed_to_train"]
+
+
+def test_the_old_fine_tuning_falls_below_the_majority_rate_and_is_flagged(task):
+    split, parts, _ = task
+    train, test = parts["train"], parts["test"]
+    z = split.features("train")
+    sigma = 100 * float(z.std())
+    cloud = finetune_on_noise(  # the old recipe: 2 epochs, lr 5e-4, the task model's cloud as it is
+        copy.deepcopy(split.cloud), z, train.y, 2, AddNoise(sigma, "gaussian"), settings=SETTINGS, max_epochs=2,
+        patience=100, batch_size=128, lr=5e-4, seed=3)[0]
+    noise = AddNoise(sigma, "gaussian", torch.Generator().manual_seed(1), always=True)
+    accuracy = float((predict(cloud, noise(split.features("test"))).argmax(1) == test.y).float().mean())
+    majority = majority_rate(test.y)
+    assert majority == pytest.approx(0.798, abs=0.01)
+    assert accuracy < majority - 0.1  # measured 0.585
+    assert utility_flags(accuracy, majority)["cloud_failed_to_train"]
+
+
+@pytest.mark.parametrize("scale", [10.0, 100.0])
+def test_the_noise_defense_reaches_the_majority_rate(task, scale):
+    split, parts, accuracy = task
+    defense = fit_defense("noise", {"scale": scale, "finetune_epochs": 6}, split, parts["train"], 2, SETTINGS, seed=3)
+    u = measure_utility(defense, split, parts["test"], accuracy, seed=0)
+    assert u["primary_accuracy"] >= u["majority_accuracy"] and not u["cloud_failed_to_train"]
+    assert u["cloud_validated"] and u["cloud_n_val"] == 120 and u["cloud_max_epochs"] == 6
+    assert u["cloud_val_loss"] <= u["cloud_val_loss_initial"]  # the kept weights are never worse on validation
+
+
+def test_fit_to_convergence_stops_early_and_keeps_the_best_weights():
+    g = torch.Generator().manual_seed(1)
+    x, xv = torch.randn(200, 3, generator=g), torch.randn(100, 3, generator=g)
+    y, yv = (x[:, 0] > 0).long(), torch.randint(0, 2, (100,), generator=g)  # validation labels are noise
+    net, facts = fit_to_convergence(nn.Linear(3, 2), x, y, 2, (xv, yv), settings=SETTINGS, max_epochs=40,
+                                    patience=2, lr=0.05, seed=0)
+    assert facts["stopped_early"] and facts["epochs_run"] < 40
+    best = facts["best_epoch"]
+    assert best is not None and best <= facts["epochs_run"] - 2
+    with torch.no_grad():
+        ce = float(nn.functional.cross_entropy(net(xv), yv))
+    assert ce == pytest.approx(facts["val_loss"], abs=1e-5) and ce <= facts["val_loss_initial"] + 1e-6
+
+
+def test_the_decision_table_shows_the_flag():
+    def rec(failed, acc):
+        return {"dataset": "adult", "model": "mlp", "cut_point": "fc1", "defense": "noise",
+                "defense_params": {"scale": 100.0 if failed else 10.0},
+                "utility": {"primary_accuracy": acc, "task_accuracy": 0.85, "majority_accuracy": 0.764,
+                            "cloud_failed_to_train": failed}, "cost": {"edge_flops_fraction": 0.5, "bytes_sent": 64},
+                "attack": "attribute", "target": "sex", "metric": "balanced_accuracy", "value": 0.5,
+                "ci95": [0.47, 0.53], "chance": 0.5, "advantage": 0.0, "seed": 0, "n_eval": 500, "status": "ok",
+                "extra": {}, "cell_id": json.dumps([failed])}
+    rows = decision_rows({"config": {}, "results": [rec(True, 0.515), rec(False, 0.80)]})
+    flagged = [r for r in rows if r.cloud_failed]
+    assert len(flagged) == 1 and flagged[0].primary_accuracy == 0.515
+    table = decision_table(rows)
+    texts = {r["accuracy"]: r["cloud_failed"] for r in table["rows"]}
+    assert texts["0.515"] == "cloud failed to train (accuracy < majority-class rate 0.764)" and texts["0.800"] == ""
+    assert CLOUD_FAILED.startswith("⚠")
+
