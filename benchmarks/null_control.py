@@ -66,7 +66,7 @@ def uncorrected_alarm(records: list[dict]) -> bool:
     return any(verdict(r) == "leak" for r in records if r.get("status") == "ok")
 
 
-def analyse(report: dict, alpha: float, data: str) -> list[dict]:
+def analyse(report: dict, alpha: float, data: str, budget: str, n_boot: int) -> list[dict]:
     from audit.verdicts import VerdictSettings, comparisons, verdicts
 
     settings = VerdictSettings(alpha=alpha)
@@ -77,7 +77,8 @@ def analyse(report: dict, alpha: float, data: str) -> list[dict]:
         tests = comparisons(records, settings)
         kinds = {k: sum(v["verdict"] == k for v in found) for k in ("leaks", "no_evidence", "inconclusive")}
         rows.append({
-            "data": data, "seed": seed, "alpha": alpha, "n_eval": sorted({r.get("n_eval") for r in records if r.get("n_eval")}),
+            "data": data, "budget": budget, "n_boot": n_boot, "seed": seed, "alpha": alpha,
+            "n_eval": sorted({r.get("n_eval") for r in records if r.get("n_eval")}),
             "verdicts": kinds, "comparisons": len(tests), "alarm": kinds["leaks"] > 0,
             "min_p_holm": min((t.p_holm for t in tests), default=None),
             "uncorrected_alarm": uncorrected_alarm(records),
@@ -93,19 +94,23 @@ DATA = {"fresh": "a fresh draw per audit (generator_seed = 1000 + seed)",
 def table(path: Path) -> str:
     """One markdown row per data mode in ``path``."""
     rows = [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
-    lines = ["| data | audits (seeds) | comparisons per audit | alpha | audits with a `leaks` verdict "
-             "| fraction [95% Wilson CI] | uncorrected: audits where any CI clears chance "
-             "| verdicts: leaks / no_evidence / inconclusive |", "|---|---|---|---|---|---|---|---|"]
-    for mode in DATA:
-        mine = [r for r in rows if r.get("data", "fixed") == mode]
-        if not mine:
-            continue
+    lines = ["| data | budget, test samples, resamples | audits (seeds) | comparisons per audit | alpha "
+             "| audits with a `leaks` verdict | fraction [95% Wilson CI] "
+             "| uncorrected: audits where any CI clears chance | verdicts: leaks / no_evidence / inconclusive |",
+             "|---|---|---|---|---|---|---|---|---|"]
+    groups: dict[tuple, list[dict]] = {}
+    for r in rows:  # rows written before budgets were recorded ran the small budget with 100 resamples
+        key = (r.get("data", "fixed"), r.get("budget", "small"), tuple(r["n_eval"]), r.get("n_boot", 100))
+        groups.setdefault(key, []).append(r)
+    order = sorted(groups.items(), key=lambda kv: (list(DATA).index(kv[0][0]), kv[0][1:]))
+    for (mode, budget, n_eval, n_boot), mine in order:
         n, k, u = len(mine), sum(r["alarm"] for r in mine), sum(r["uncorrected_alarm"] for r in mine)
         (lo, hi), (ulo, uhi) = wilson(k, n), wilson(u, n)
         per = sorted({r["comparisons"] for r in mine})
         kinds = {key: sum(r["verdicts"][key] for r in mine) for key in ("leaks", "no_evidence", "inconclusive")}
-        lines.append(f"| {DATA[mode]} | {n} | {per[0]}-{per[-1]} | {mine[0]['alpha']} | {k} | {k / n:.3f} "
-                     f"[{lo:.3f}, {hi:.3f}] | {u}: {u / n:.3f} [{ulo:.3f}, {uhi:.3f}] "
+        tests = "/".join(str(t) for t in n_eval)
+        lines.append(f"| {DATA[mode]} | {budget}, {tests}, {n_boot} | {n} | {per[0]}-{per[-1]} | {mine[0]['alpha']} | {k} "
+                     f"| {k / n:.3f} [{lo:.3f}, {hi:.3f}] | {u}: {u / n:.3f} [{ulo:.3f}, {uhi:.3f}] "
                      f"| {kinds['leaks']} / {kinds['no_evidence']} / {kinds['inconclusive']} |")
     return "\n".join(lines)
 
@@ -140,15 +145,18 @@ def main() -> None:
         return Audit(config).run(out, callbacks=[], executor=make_executor("local", args.workers))
 
     if args.data == "fixed":  # one audit over every seed: the seeds share the data draw
-        rows = analyse(run(null_config(seeds, args.n, args.n_boot, args.budget), Path(args.out)), args.alpha, "fixed")
+        report = run(null_config(seeds, args.n, args.n_boot, args.budget), Path(args.out))
+        rows = analyse(report, args.alpha, "fixed", args.budget, args.n_boot)
     else:  # one audit per seed, each on its own draw of the data
         for seed in seeds:
             config = null_config([seed], args.n, args.n_boot, args.budget, generator_seed=1000 + seed)
-            rows += analyse(run(config, Path(args.out) / f"seed{seed}"), args.alpha, "fresh")
+            rows += analyse(run(config, Path(args.out) / f"seed{seed}"), args.alpha, "fresh", args.budget, args.n_boot)
+            print(f"seed {seed}: {rows[-1]['verdicts']}, smallest Holm p {rows[-1]['min_p_holm']}", flush=True)
     kept = []
     if args.results.is_file():
         kept = [line for line in args.results.read_text(encoding="utf-8").splitlines()
-                if line.strip() and json.loads(line).get("data", "fixed") != args.data]
+                if line.strip() and (json.loads(line).get("data", "fixed"), json.loads(line).get("budget", "small"))
+                != (args.data, args.budget)]
     args.results.write_text("\n".join(kept + [json.dumps(row) for row in rows]) + "\n", encoding="utf-8")
     print(table(args.results))
 

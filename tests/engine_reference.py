@@ -1,9 +1,11 @@
 """Reference records of the engine: what a refactoring of the engine must reproduce exactly.
 
 ``python -m tests.engine_reference tiny|default OUT.json`` runs an audit in this process (cells with
-one torch thread) and writes, per record, the cell id and its figures. The files in ``tests/data/``
-were written by the engine before issue 20's restructuring (commit 6dc7cd6) and are compared by
-``tests/test_engine_reference.py``. A change that is *meant* to change figures (a stronger attack, a
+one torch thread) and writes, per record, the cell id and its figures. The files in ``tests/data/`` are
+compared by ``tests/test_engine_reference.py``. The engine before issue 20's restructuring (6dc7cd6) and
+the restructured one wrote identical files; they were regenerated once since, when the stronger attack
+heads and the cloud's fine-tuning to convergence were merged (new default parameters, so new cell ids
+and stage seeds; the attribute figures rose). A change that is *meant* to change figures (a stronger attack, a
 new default parameter) regenerates them with this command, and its commit says so and why.
 """
 from __future__ import annotations

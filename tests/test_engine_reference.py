@@ -1,5 +1,5 @@
-"""The engine reproduces the records of the engine before issue 20's restructuring (commit 6dc7cd6): same
-cells (ids), same figures. The reference files and how to regenerate them: tests/engine_reference.py."""
+"""The engine reproduces its stored reference records: same cells (ids), same figures.
+The reference files and how to regenerate them: tests/engine_reference.py."""
 import json
 import math
 

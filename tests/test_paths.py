@@ -65,7 +65,7 @@ def test_audit_of_a_dump_with_path_like_cut_points_touches_nothing_outside_out(t
                              meta={"primary": "label", "private": ["secret"]})
     config = build_config({
         "name": "hostile", "seeds": [0], "n_boot": 50, "dataset": {"name": "features", "path": str(dump)},
-        "cut_points": cuts, "defenses": ["none"], "attacks": {"attribute_linear": {"cs": 2}},
+        "cut_points": cuts, "defenses": ["none"], "attacks": {"attribute_linear": {"cs": 4}},
         "memory": {"keep_features": keep_features},
     })
     out = tmp_path / "run" / "out"
@@ -84,7 +84,7 @@ def test_a_tampered_kept_feature_file_is_not_used(tmp_path, caplog):
     from tests.conftest import TINY
 
     config = build_config({**TINY, "cut_points": ["conv1"], "defenses": ["none"],
-                           "attacks": {"attribute_linear": {"cs": 2}}, "memory": {"keep_features": True}})
+                           "attacks": {"attribute_linear": {"cs": 4}}, "memory": {"keep_features": True}})
     out = tmp_path / "out"
     first = Audit(config).run(out, callbacks=[])
     (test_file,) = (out / "features").rglob("test.npy")
