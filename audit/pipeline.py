@@ -61,21 +61,21 @@ def _create(registry: Registry, name: str, params: dict[str, Any] | PluginParams
 
 def release_all(
     defense: Defense, x: torch.Tensor, features: torch.Tensor | Rows, batch_size: int = RELEASE_BATCH,
-    scratch_dir: Path | None = None, max_ram_mb: float = math.inf, label: str | None = None,
+    scratch_dir: Path | None = None, max_ram_mb: float = math.inf, title: str | None = None,
 ) -> torch.Tensor:
     """``defense.release`` over a whole split, in batches; with ``scratch_dir`` a result larger
     than ``max_ram_mb`` is memory-mapped from a scratch file there instead of held in RAM.
-    With ``label`` a slow release (e.g. encryption) logs its progress."""
+    With ``title`` a slow release (e.g. encryption) logs its progress."""
     return map_batches(lambda a, b: defense.release(x[a:b], features[a:b]), x.shape[0], scratch_dir,
-                       max_ram_mb, batch_size, label)
+                       max_ram_mb, batch_size, title)
 
 
 def predict_all(defense: Defense, x: torch.Tensor, features: torch.Tensor, batch_size: int = 512,
-                label: str | None = None) -> torch.Tensor:
+                title: str | None = None) -> torch.Tensor:
     """``defense.predict`` (primary logits through the defended pipeline) over a whole split, in batches;
-    with ``label`` a slow one (e.g. encrypted inference) logs its progress."""
+    with ``title`` a slow one (e.g. encrypted inference) logs its progress."""
     return map_batches(lambda a, b: defense.predict(x[a:b], features[a:b]), x.shape[0], None, math.inf,
-                       batch_size, label)
+                       batch_size, title)
 
 
 def all_finite(z: torch.Tensor, batch: int = 4096) -> bool:
@@ -95,20 +95,20 @@ def fit_defense(name: str, params: dict[str, Any] | PluginParams, split: SplitPo
 
 def release_views(
     defense: Defense, split: SplitPoint, data: AuditData, attacker_parts: tuple[str, ...] = ("aux",), *,
-    scratch_dir: Path | None = None, max_ram_mb: float = math.inf, label: str = "",
+    scratch_dir: Path | None = None, max_ram_mb: float = math.inf, title: str = "",
 ) -> tuple[AttackView, AttackView]:
     """(aux, test) as the attacker has them: what ``defense`` releases for the splits the attacks train
     on (``attacker_parts``, rows in that order) and for the test split, with inputs and labels.
     Raises ValueError when a release holds NaN / inf."""
     aux, test = data.part(*attacker_parts), data.part("test")
-    where = f"{label}: " if label else ""
+    where = f"{title}: " if title else ""
     z_aux = release_all(defense, aux.x, Rows(*(split.features(p) for p in attacker_parts)), scratch_dir=scratch_dir,
-                        max_ram_mb=max_ram_mb, label=f"{where}release of the {'+'.join(attacker_parts)} split")
+                        max_ram_mb=max_ram_mb, title=f"{where}release of the {'+'.join(attacker_parts)} split")
     z_test = release_all(defense, test.x, split.features("test"), scratch_dir=scratch_dir, max_ram_mb=max_ram_mb,
-                         label=f"{where}release of the test split")
+                         title=f"{where}release of the test split")
     for name, z in (("aux", z_aux), ("test", z_test)):
         if z.is_floating_point() and not all_finite(z):
-            raise ValueError(f"defense {label or type(defense).__name__} released NaN/inf features for the "
+            raise ValueError(f"defense {title or type(defense).__name__} released NaN/inf features for the "
                              f"{name} split at {split.cut_point}")
     return AttackView(z_aux, aux.x, aux.y, aux.private), AttackView(z_test, test.x, test.y, test.private)
 
@@ -129,13 +129,13 @@ def utility_flags(primary_accuracy: float, majority_accuracy: float) -> dict[str
 
 
 def measure_utility(defense: Defense, split: SplitPoint, test: Part, task_accuracy: float, seed: int,
-                    label: str = "") -> dict[str, Any]:
+                    title: str = "") -> dict[str, Any]:
     """Primary accuracy through the defended pipeline on the test split, with its 95% CI (bootstrap,
     ``seed``), next to the undefended task model's (``task_accuracy``), the majority-class rate of the
     test split and whether the defended accuracy lies below it (:func:`utility_flags`), and the facts
     of the defense's cloud fine-tuning (``defense.cloud_training``) as ``cloud_<fact>``."""
-    where = f"{label}: " if label else ""
-    logits = predict_all(defense, test.x, split.features("test"), label=f"{where}prediction on the test split")
+    where = f"{title}: " if title else ""
+    logits = predict_all(defense, test.x, split.features("test"), title=f"{where}prediction on the test split")
     correct = (logits.argmax(1) == test.y).float()
     accuracy = float(correct.mean())
     training = {f"cloud_{k}": v for k, v in (getattr(defense, "cloud_training", None) or {}).items()}

@@ -193,13 +193,13 @@ class AuditRun:
             with timed(group_timings, "release_seconds"):
                 aux, test = pipeline.release_views(
                     defense, split, data, attacker_splits(self.config.tasks[cells[0].task]),
-                    scratch_dir=scratch, max_ram_mb=max_ram, label=where)
+                    scratch_dir=scratch, max_ram_mb=max_ram, title=where)
             with timed(group_timings, "utility_cost_seconds"):
                 if state.model is None:  # no cloud to measure utility with, no edge to time
                     utility, cost = model_free_measures(defense, test.z)
                 else:
                     utility = pipeline.measure_utility(defense, split, data.part("test"),
-                                                       state.summary["primary_accuracy"], seed, label=where)
+                                                       state.summary["primary_accuracy"], seed, title=where)
                     cost = defense.cost(test.x[:32], state.full_flops)
         except Exception as err:  # noqa: BLE001 - a failing defense fails its cells, the rest go on
             error = f"defense {spec.title()} failed: {type(err).__name__}: {err}"

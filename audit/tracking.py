@@ -60,14 +60,14 @@ def run_name(config: "AuditConfig") -> str:
     return name if len(name) <= 128 else name[:125] + "..."
 
 
-def cell_row(records: list[dict[str, Any]], index: int, seconds: float | None, label: str) -> dict[str, Any]:
+def cell_row(records: list[dict[str, Any]], index: int, seconds: float | None, defense_label: str) -> dict[str, Any]:
     """The history row of one cell: ``cell/*`` identity, ``<target>/<metric>`` (+ ``_ci95_low``,
     ``_ci95_high``, ``_advantage``) per record, ``utility/*`` and ``cost/*``."""
     first = records[0]
     row: dict[str, Any] = {
         "cell/index": index, "cell/id": first["cell_id"], "cell/dataset": first["dataset"],
         "cell/model": first["model"], "cell/seed": first["seed"], "cell/cut_point": first["cut_point"],
-        "cell/defense": label, "cell/attack": first["attack"], "cell/status": first["status"],
+        "cell/defense": defense_label, "cell/attack": first["attack"], "cell/status": first["status"],
         "cell/failed": int(any(r["status"] != "ok" for r in records)),
     }
     if seconds is not None:

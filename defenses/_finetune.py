@@ -59,19 +59,19 @@ def split_trainable(edge: nn.Module, trainable_stages: int | None) -> tuple[nn.M
 def finetune_split(
     edge: nn.Module, cloud: nn.Module, x: torch.Tensor, y: torch.Tensor, penalty: Penalty, *,
     weight: float, settings: TrainerSettings, epochs: int, batch_size: int, lr: float, seed: int,
-    trainable_stages: int | None = None, label: str = "defense fine-tuning",
+    trainable_stages: int | None = None, title: str = "defense fine-tuning",
 ) -> tuple[nn.Module, nn.Module]:
     """Fine-tune ``edge`` and ``cloud`` in place (pass copies); returns them in eval mode on the CPU.
     Every module stays in eval mode: weights are fine-tuned, batch-norm statistics and dropout are not
     (the task model's statistics are kept). With ``trainable_stages`` the edge's front stays frozen.
-    Every epoch logs a line (``label``, mean task loss and penalty, time left)."""
+    Every epoch logs a line (``title``, mean task loss and penalty, time left)."""
     edge.eval()
     if epochs > 0:
         L.seed_everything(seed, verbose=False)
         front, back = split_trainable(edge, trainable_stages)
         h = x if front is None else predict(front.requires_grad_(False), x)
         module = PenalisedSplit(back, cloud, penalty, weight, lr)
-        trainer = make_trainer(settings, epochs, [EpochLog(label, ("task_loss", "penalty"))])
+        trainer = make_trainer(settings, epochs, [EpochLog(title, ("task_loss", "penalty"))])
         trainer.fit(module, tensor_loader(x, h, y, batch_size=batch_size, shuffle=True, seed=seed))
     return edge.cpu().eval(), cloud.cpu().eval()
 

@@ -59,7 +59,7 @@ class FitContext:
     seed: int
     audit_seed: int | None = None
 
-    def label(self, what: str) -> str:
+    def title(self, what: str) -> str:
         """``what`` at this cut point and seed, for progress lines: 'siamese fine-tuning at pool3 (seed 0)'
         with the audit's seed, else 'siamese fine-tuning at pool3 (fit seed 459726022)'."""
         seed = f"seed {self.audit_seed}" if self.audit_seed is not None else f"fit seed {self.seed}"

@@ -151,7 +151,7 @@ class DataMix(Defense):
             inputs, pre = train_inputs(ctx.split, ctx.train.x)
             module = MixingAwareCloud(self.cloud, p.k, p.max_condition, p.lr, p.linear_weight, ctx.seed, pre)
             trainer = make_trainer(ctx.settings, p.epochs,
-                                   [EpochLog(ctx.label("datamix mixing-aware cloud training"), ("demixed_ce", "linearity"))])
+                                   [EpochLog(ctx.title("datamix mixing-aware cloud training"), ("demixed_ce", "linearity"))])
             trainer.fit(
                 module, tensor_loader(inputs, ctx.train.y, batch_size=batch, shuffle=True, seed=ctx.seed))
             pre.cpu()

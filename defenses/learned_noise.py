@@ -112,7 +112,7 @@ class LearnedNoise(Defense):
             L.seed_everything(ctx.seed, verbose=False)
             learner = NoiseLearner(self.noise, cloud, p.weight, self.reference, p.lr, pre)
             trainer = make_trainer(ctx.settings, p.epochs,
-                                   [EpochLog(ctx.label("learned_noise scale training"), ("task_loss", "log_noise_scale"))])
+                                   [EpochLog(ctx.title("learned_noise scale training"), ("task_loss", "log_noise_scale"))])
             trainer.fit(
                 learner, tensor_loader(inputs, ctx.train.y, batch_size=p.batch_size, shuffle=True, seed=ctx.seed))
             for param in cloud.parameters():
@@ -123,7 +123,7 @@ class LearnedNoise(Defense):
             _, self.cloud_training = finetune_on_noise(
                 cloud, inputs, ctx.train.y, ctx.num_classes, self.noise, pre=pre, settings=ctx.settings,
                 max_epochs=p.finetune_epochs, batch_size=p.batch_size, lr=p.finetune_lr, seed=ctx.seed,
-                patience=p.patience, val_fraction=p.val_fraction, label=ctx.label("learned_noise cloud fine-tuning"))
+                patience=p.patience, val_fraction=p.val_fraction, title=ctx.title("learned_noise cloud fine-tuning"))
         pre.cpu()
         self.edge.eval()
         self.cloud = cloud.cpu().eval()

@@ -96,7 +96,7 @@ def finetune_on_noise(
     cloud: nn.Module, inputs: torch.Tensor, y: torch.Tensor, num_classes: int, noise: nn.Module,
     *, settings: TrainerSettings, max_epochs: int, batch_size: int, lr: float, seed: int,
     patience: int = 3, val_fraction: float = 0.1, pre: nn.Module | None = None,
-    label: str = "cloud fine-tuning on noise",
+    title: str = "cloud fine-tuning on noise",
 ) -> tuple[nn.Module, dict[str, Any]]:
     """Fine-tune ``cloud`` (in place) to convergence on ``noise(pre(inputs))``, fresh noise every step.
 
@@ -106,7 +106,7 @@ def finetune_on_noise(
     out with one fixed noise draw; training stops when its cross-entropy has not improved for
     ``patience`` epochs, at most ``max_epochs``, and keeps the weights of the lowest validation loss
     (the untrained ones included), see :func:`audit.core.training.fit_to_convergence`. Every epoch
-    logs a line (``label``, losses, time left). Returns (cloud in eval mode, facts of the training:
+    logs a line (``title``, losses, time left). Returns (cloud in eval mode, facts of the training:
     epochs run, best epoch, validation loss and accuracy; ``validated`` False when the split is too
     small to hold out two samples, then all ``max_epochs`` run with no selection)."""
     if max_epochs == 0:
@@ -117,7 +117,7 @@ def finetune_on_noise(
     net = nn.Sequential(TrainOnly(nn.Sequential(pre, noise)), cloud)
     if n_val < 2 or n - n_val < 2:
         fit_classifier(net, inputs, y, num_classes, settings=settings, epochs=max_epochs,
-                       batch_size=batch_size, lr=lr, seed=seed, log_epochs=label)
+                       batch_size=batch_size, lr=lr, seed=seed, log_epochs=title)
         return cloud.eval(), {"validated": False, "epochs_run": max_epochs, "max_epochs": max_epochs}
     perm = torch.randperm(n, generator=torch.Generator().manual_seed(seed + 1))
     val_idx, train_idx = perm[:n_val].sort().values, perm[n_val:].sort().values
@@ -129,7 +129,7 @@ def finetune_on_noise(
         noise.train(was)
     _, facts = fit_to_convergence(
         net, inputs[train_idx], y[train_idx], num_classes, (x_val, y[val_idx]), settings=settings,
-        max_epochs=max_epochs, patience=patience, batch_size=batch_size, lr=lr, seed=seed, log_epochs=label)
+        max_epochs=max_epochs, patience=patience, batch_size=batch_size, lr=lr, seed=seed, log_epochs=title)
     return cloud.eval(), {"validated": True, **facts}
 
 
@@ -164,7 +164,7 @@ class Noise(Defense):
             self.cloud, train_features, ctx.train.y, ctx.num_classes, AddNoise(self.sigma, p.distribution),
             settings=ctx.settings, max_epochs=p.finetune_epochs if self.sigma > 0 else 0,
             batch_size=p.batch_size, lr=p.lr, seed=ctx.seed, patience=p.patience, val_fraction=p.val_fraction,
-            label=ctx.label("noise cloud fine-tuning"),
+            title=ctx.title("noise cloud fine-tuning"),
         )
         self.noise = AddNoise(self.sigma, p.distribution, torch.Generator().manual_seed(ctx.seed), always=True)
 
@@ -264,7 +264,7 @@ class PCANoise(Noise):
         _, self.cloud_training = finetune_on_noise(
             self.cloud, coefficients, ctx.train.y, ctx.num_classes, AddNoise(self.sigma, p.distribution),
             settings=ctx.settings, max_epochs=p.finetune_epochs, batch_size=p.batch_size, lr=p.lr, seed=ctx.seed,
-            patience=p.patience, val_fraction=p.val_fraction, label=ctx.label("pca_noise cloud fine-tuning"),
+            patience=p.patience, val_fraction=p.val_fraction, title=ctx.title("pca_noise cloud fine-tuning"),
         )
         self.noise = AddNoise(self.sigma, p.distribution, torch.Generator().manual_seed(ctx.seed), always=True)
 

@@ -63,7 +63,7 @@ class NoPeek(Defense):
             edge, cloud, ctx.train.x, ctx.train.y, lambda x, z, y: distance_correlation(x, z),
             weight=p.weight, settings=ctx.settings, epochs=p.epochs, batch_size=p.batch_size, lr=p.lr, seed=ctx.seed,
             trainable_stages=p.trainable_stages,
-            label=ctx.label("nopeek fine-tuning"),
+            title=ctx.title("nopeek fine-tuning"),
         )
 
     @torch.no_grad()

@@ -75,7 +75,7 @@ class Siamese(Defense):
         self.edge, cloud = finetune_split(
             edge, cloud, ctx.train.x, ctx.train.y, penalty, weight=p.weight, settings=ctx.settings,
             epochs=p.epochs, batch_size=p.batch_size, lr=p.lr, seed=ctx.seed, trainable_stages=p.trainable_stages,
-            label=ctx.label("siamese fine-tuning"),
+            title=ctx.title("siamese fine-tuning"),
         )
         self.pca: PCAProjection | None = None
         self.noise = AddNoise(0.0, "gaussian")
@@ -91,7 +91,7 @@ class Siamese(Defense):
         self.cloud, self.cloud_training = finetune_on_noise(
             cloud, released, ctx.train.y, ctx.num_classes, AddNoise(sigma, "gaussian"), settings=ctx.settings,
             max_epochs=p.finetune_epochs, batch_size=128, lr=p.lr, seed=ctx.seed,
-            patience=p.patience, val_fraction=p.val_fraction, label=ctx.label("siamese cloud fine-tuning on noise"),
+            patience=p.patience, val_fraction=p.val_fraction, title=ctx.title("siamese cloud fine-tuning on noise"),
         )
         self.noise = AddNoise(sigma, "gaussian", torch.Generator().manual_seed(ctx.seed), always=True)
 

@@ -41,12 +41,15 @@ def reference_rows(report: dict[str, Any]) -> list[dict[str, Any]]:
 
 
 def run_reference(which: str, out_dir: Path) -> list[dict[str, Any]]:
-    """Run the ``tiny`` or the embedded ``default`` audit into ``out_dir``; its reference rows."""
+    """Run the ``tiny`` or the embedded ``default`` audit into ``out_dir`` with a fresh task-model cache
+    beside it (a model cached by another test of the same task, trained with another thread count,
+    differs in the last bits); its reference rows."""
     from audit import Audit, build_config, load_config
     from audit.executors import SequentialExecutor
 
     config = build_config(TINY_ENGINE) if which == "tiny" else load_config()
-    report = Audit(config).run(out_dir, callbacks=[], executor=SequentialExecutor(threads=1))
+    audit = Audit(config, cache_dir=out_dir.parent / f"{out_dir.name}-cache")
+    report = audit.run(out_dir, callbacks=[], executor=SequentialExecutor(threads=1))
     return reference_rows(report)
 
 

@@ -79,7 +79,7 @@ def test_defense_fine_tuning_logs_every_epoch_with_its_losses(caplog):
     weights, stats = edge[0].weight.clone(), edge[1].running_mean.clone()
     with caplog.at_level(logging.INFO, logger="splitaudit"):
         finetune_split(edge, cloud, x, y, lambda x, z, y: (z**2).mean(), weight=0.5, settings=TrainerSettings(),
-                       epochs=2, batch_size=16, lr=1e-3, seed=0, label="test fine-tuning at fc1")
+                       epochs=2, batch_size=16, lr=1e-3, seed=0, title="test fine-tuning at fc1")
     lines = [r.getMessage() for r in caplog.records if r.getMessage().startswith("test fine-tuning at fc1")]
     assert [line.split(": epoch ")[1].split(",")[0] for line in lines] == ["1/2", "2/2"], lines
     # the epoch's mean losses, read back from the message
@@ -145,8 +145,8 @@ def test_slow_release_and_prediction_loops_log_their_progress(monkeypatch, caplo
     monkeypatch.setattr(SlowLoop, "after", 0.0)
     x = torch.arange(10.0).reshape(10, 1)
     with caplog.at_level(logging.INFO, logger="splitaudit"):
-        out = map_batches(lambda a, b: 2 * x[a:b], 10, None, float("inf"), batch_size=4, label="he at pool3: test")
-        mapped = map_batches(lambda a, b: 2 * x[a:b], 10, tmp_path, 0.0, batch_size=4, label="mapped")
+        out = map_batches(lambda a, b: 2 * x[a:b], 10, None, float("inf"), batch_size=4, title="he at pool3: test")
+        mapped = map_batches(lambda a, b: 2 * x[a:b], 10, tmp_path, 0.0, batch_size=4, title="mapped")
         map_batches(lambda a, b: x[a:b], 10, None, float("inf"), batch_size=4)
     assert torch.equal(out, 2 * x) and torch.equal(mapped, 2 * x)
     lines = [r.getMessage() for r in caplog.records]

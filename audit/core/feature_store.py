@@ -67,18 +67,18 @@ class Rows:
 class SlowLoop:
     """Progress of a loop over ``n`` samples: once it has run ``after`` seconds, every finished batch
     logs 'LABEL: k/n samples (elapsed, ~left)'. Quick loops stay silent; an encrypted or very large
-    split says where it is. No label: silent."""
+    split says where it is. No title: silent."""
 
     after = 30.0  # seconds of silence before the first line
 
-    def __init__(self, label: str | None, n: int):
-        self.label, self.n = label, n
+    def __init__(self, title: str | None, n: int):
+        self.title, self.n = title, n
         self.start = time.perf_counter()
 
     def done(self, k: int) -> None:
         elapsed = time.perf_counter() - self.start
-        if self.label is not None and elapsed >= self.after and k > 0:
-            log.info("%s: %d/%d samples (%.0fs, ~%.0fs left)", self.label, k, self.n, elapsed,
+        if self.title is not None and elapsed >= self.after and k > 0:
+            log.info("%s: %d/%d samples (%.0fs, ~%.0fs left)", self.title, k, self.n, elapsed,
                      elapsed / k * (self.n - k))
 
 _NUMPY_DTYPES = {
@@ -139,16 +139,16 @@ def write_batches(
 
 def map_batches(
     fn: Callable[[int, int], torch.Tensor], n: int, scratch_dir: Path | None, max_ram_mb: float,
-    batch_size: int = 512, label: str | None = None,
+    batch_size: int = 512, title: str | None = None,
 ) -> torch.Tensor:
     """``torch.cat([fn(a, b) for each batch])`` without holding the result in RAM when it is large.
 
     The first batch fixes dtype and shape. When the whole result is larger than
     ``max_ram_mb`` and ``scratch_dir`` is given, it is written into an unlinked
     scratch file under ``scratch_dir`` and returned memory-mapped; otherwise in RAM.
-    With ``label``, a slow loop logs its progress (:class:`SlowLoop`).
+    With ``title``, a slow loop logs its progress (:class:`SlowLoop`).
     """
-    progress = SlowLoop(label, n)
+    progress = SlowLoop(title, n)
 
     def batch(start: int, stop: int) -> torch.Tensor:
         out = fn(start, stop).detach().cpu()

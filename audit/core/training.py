@@ -185,8 +185,8 @@ class EpochLog(L.Callback):
     """One INFO line per finished training epoch (long trainings are not silent when bars are off):
     the logged ``metrics`` found in ``trainer.callback_metrics``, time taken and time left."""
 
-    def __init__(self, label: str, metrics: tuple[str, ...] = ("train_loss",)):
-        self.label, self.metrics = label, metrics
+    def __init__(self, title: str, metrics: tuple[str, ...] = ("train_loss",)):
+        self.title, self.metrics = title, metrics
         self.start = 0.0
 
     def on_train_start(self, trainer, pl_module):
@@ -198,7 +198,7 @@ class EpochLog(L.Callback):
         left = elapsed / done * (total - done)
         values = {m: trainer.callback_metrics[m] for m in self.metrics if m in trainer.callback_metrics}
         text = "".join(f", {m} {float(v):.3f}" for m, v in values.items())
-        log.info("%s: epoch %d/%d%s (%.0fs, ~%.0fs left)", self.label, done, total, text, elapsed, left)
+        log.info("%s: epoch %d/%d%s (%.0fs, ~%.0fs left)", self.title, done, total, text, elapsed, left)
 
 
 def fit_classifier(
@@ -225,7 +225,7 @@ def fit_classifier(
     With ``val`` the weights of the epoch with the best validation balanced
     accuracy are kept (early model selection on held-out data, never on test).
     With ``balanced`` the loss is weighted by inverse class frequency.
-    With ``log_epochs`` (a label) every finished epoch logs a line with the time left.
+    With ``log_epochs`` (a title) every finished epoch logs a line with the time left.
     With ``val`` and ``patience`` training stops after ``patience`` epochs without a better validation
     balanced accuracy; ``report`` (a dict) then receives ``best_epoch`` (0-based) and ``epochs_run``.
     """
