@@ -28,10 +28,9 @@ import time
 from pathlib import Path
 from typing import Any, Callable
 
+from audit import Audit
 from audit.config import AuditConfig, PluginSpec, build_config, load_config
 from audit.progress import Progress
-from audit.runner import AuditRun
-from audit.tasks import TaskState, task_key
 from defenses import DEFENSES
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -76,25 +75,13 @@ def cell_config(config: AuditConfig, spec: PluginSpec, cut: str) -> AuditConfig:
     return build_config(raw, f"<{spec.title()} at {cut}>")
 
 
-class SharedTaskRun(AuditRun):
-    """An audit run that loads the task (data, model, test accuracy) once per process."""
-
-    states: dict[str, TaskState] = {}
-
-    def prepare_task(self, t: int, seed: int) -> TaskState:
-        key = task_key(self.config.tasks[t], seed)
-        if key not in self.states:
-            self.states[key] = super().prepare_task(t, seed)
-        return self.states[key]
-
-
 def run_all(config: AuditConfig, specs: list[PluginSpec], cuts: list[str], out: Path) -> None:
     for cut in cuts:
         for spec in specs:
             folder = out / slug(spec.title()) / cut
             start = time.perf_counter()
             log.info("== %s at %s -> %s", spec.title(), cut, folder)
-            SharedTaskRun(cell_config(config, spec, cut), folder, [Progress(bar=False)]).run()
+            Audit(cell_config(config, spec, cut)).run(folder, callbacks=[Progress(bar=False)])  # task model: from the cache
             log.info("== %s at %s: %.0f s", spec.title(), cut, time.perf_counter() - start)
 
 
