@@ -39,7 +39,8 @@ The statistics, per decision record (a *comparison*):
 
 Per (cell group, family): *the strongest member decides*. ``leaks`` when any member leaks (the
 one with the largest a / min_advantage decides); otherwise ``no_evidence`` from the strongest
-valid member, with its power; ``inconclusive`` when no member is valid: a degenerate attack
+valid member that states a power (a zero-width interval states none; then the strongest), with it;
+``inconclusive`` when no member is valid: a degenerate attack
 (one predicted class, a reconstruction that is the same image for every input, an estimator
 that did not train), fewer than ``min_n_eval`` samples, or no finite CI. Invalid members are
 listed in ``excluded`` and never decide.
@@ -183,9 +184,12 @@ class Comparison:
         """(z_{1-alpha/m} + z_power) * se, with se at least :func:`reference_se` (a nearly constant
         predictor's narrow CI says nothing about what a working attack would have detected). A permutation
         p-value at its floor 1/(1 + n_perm) is refined by the CI (see :func:`one_sided_test`), so a coarse
-        permutation test does not cap the power."""
+        permutation test does not cap the power. None when that se is 0: an interval of zero width (e.g. an MI
+        lower bound whose calibration zeroed its critic, [0, 0] nats) states no power."""
         level = settings.alpha / self.m
         se = max(self.se, reference_se(self.record))
+        if not se > 0:
+            return None
         return (NormalDist().inv_cdf(1 - level) + NormalDist().inv_cdf(settings.power)) * se
 
 
@@ -310,7 +314,10 @@ def _entry(key: tuple, members: list[Record], tested: list[Comparison], settings
                 "min_advantage": None, "p_value": None, "p_source": None, "p_holm": None, "comparisons": None, "n_eval": None,
                 "reason": "; ".join(excluded) or "no decision record", "excluded": excluded}
     leaking = [c for c in tested if c.leaks(settings.alpha)]
-    best = max(leaking or tested, key=lambda c: (c.strength, -c.p_holm))
+    if leaking:
+        best = max(leaking, key=lambda c: (c.strength, -c.p_holm))
+    else:  # the strongest member that states a power (a zero-width interval states none), else the strongest
+        best = max(tested, key=lambda c: (c.min_detectable(settings) is not None, c.strength, -c.p_holm))
     r = best.record
     entry.update({
         "verdict": "leaks" if leaking else "no_evidence", "deciding_attack": r["attack"], "target": r["target"],

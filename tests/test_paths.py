@@ -59,7 +59,7 @@ def test_audit_of_a_dump_with_path_like_cut_points_touches_nothing_outside_out(t
     secret = torch.from_numpy(rng.integers(0, 2, 200))
     label = torch.from_numpy(rng.integers(0, 2, 200))
     feats = torch.from_numpy(rng.normal(size=(200, 4)).astype("float32"))
-    feats[:, 0] += 3 * secret  # planted: the attack must still find it through an escaped name
+    feats[:, 0] += 5 * secret  # planted (Bayes balanced accuracy 0.994): found through an escaped name
     cuts = [str(victim), "../../" + victim.name, "features//" + str(victim)]
     dump = save_feature_dump(tmp_path / "dump.npz", {c: feats for c in cuts}, {"label": label, "secret": secret},
                              meta={"primary": "label", "private": ["secret"]})

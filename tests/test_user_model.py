@@ -138,12 +138,12 @@ def test_user_module_through_api_and_entry_points_gives_the_same_records(user_pa
         assert {k: a[k] for k in FIXED} == {k: y[k] for k in FIXED} and a["status"] == "ok"
         assert a["cost"]["edge_flops"] == y["cost"]["edge_flops"] and a["cost"]["bytes_sent"] == y["cost"]["bytes_sent"]
         assert a["utility"]["task_accuracy"] == y["utility"]["task_accuracy"]
-        if a["defense"] == "none":  # nothing random between the model and the figure: identical
-            assert a["value"] == y["value"] and a["utility"] == y["utility"]
-        else:  # the noise draws are seeded from the task's spec (python object vs entry point): two
-            # independent estimates of one figure, so their 95% CIs must overlap (a point inside the
-            # other's CI is too strict: it failed at 0.593 vs [.., 0.590])
-            assert a["ci95"][0] <= y["ci95"][1] and y["ci95"][0] <= a["ci95"][1], (a["ci95"], y["ci95"])
+        if a["defense"] == "none":  # the same released features: the same utility
+            assert a["utility"] == y["utility"]
+        # the attack's seeds (the linear probe's validation split; the noise draws) follow the task's spec
+        # (python object vs entry point): two independent estimates of one figure, whose 95% CIs must
+        # overlap (a point inside the other's CI is too strict: it failed at 0.593 vs [.., 0.590])
+        assert a["ci95"][0] <= y["ci95"][1] and y["ci95"][0] <= a["ci95"][1], (a["metric"], a["ci95"], y["ci95"])
     planted = [r for r in api["results"] if r["defense"] == "none" and r["metric"] == "balanced_accuracy"]
     assert min(r["ci95"][0] for r in planted) > 0.6  # the user's secret is found at both cuts
 

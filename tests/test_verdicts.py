@@ -111,6 +111,25 @@ def test_mi_lower_bounds_below_zero_show_zero_and_point_estimates_do_not_decide(
     assert c.p > 0.9  # tested on the raw value
 
 
+def test_a_zero_width_mi_interval_states_no_power():
+    """The planted task's fc1 under noise 100x (2026-12-03): the MI lower bound at [0, 0] nats (its critic
+    scaled to 0) decided `no_evidence` and stated "detectable >= 0.000 nats". A zero-width interval says
+    nothing about what a leak of some size would have shown: no power figure (n/a)."""
+    zero = rec(0.0, half=0.0, chance=0.0, attack="mi", metric="mi_classifier",
+               extra={"unit": "nats", "kind": "lower", "trained": True})
+    (alone,) = verdicts([zero])
+    assert alone["verdict"] == "no_evidence" and alone["ci95"] == [0.0, 0.0] and alone["min_detectable_advantage"] is None
+    from audit.html.tables import _family_cell
+
+    assert "detectable ≥ n/a" in _family_cell(alone)["detail"]
+    # beside a member with a spread (balanced accuracy just under chance, strength -0.2 < the MI's 0), that
+    # member states the power: an attribute advantage of ~0.09 would have been detected
+    below = rec(0.49, half=0.04)
+    v = one(verdicts([zero, below]), family="attribute")
+    assert v["verdict"] == "no_evidence" and v["metric"] == "balanced_accuracy"
+    assert 0.05 < v["min_detectable_advantage"] < 0.12
+
+
 def mi_rec(value, half, p, null, cut="conv1", **extra):
     return rec(value, half=half, chance=0.0, cut=cut, attack="mi", metric="mi_ksg",
                extra={"unit": "nats", "kind": "lower", "p_value_permutation": p, "trained": True,
