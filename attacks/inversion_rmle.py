@@ -33,6 +33,11 @@ from attacks.base import Attack, AttackContext, Score
 from attacks.inversion import data_range_of, eval_subset, grid_extra, reconstruction_scores
 
 
+def relative_residual(mapped: torch.Tensor, z: torch.Tensor) -> torch.Tensor:
+    """Per sample (N,): ||mapped - z||^2 / ||z||^2, how far an inverted input's feature lies from the target."""
+    return (mapped - z).pow(2).flatten(1).sum(1) / z.pow(2).flatten(1).sum(1).clamp_min(1e-12)
+
+
 def total_variation(x: torch.Tensor) -> torch.Tensor:
     """Anisotropic TV per sample (N,) of images (N, C, H, W): mean |vertical| + mean |horizontal| differences;
     zeros for non-image inputs."""
@@ -68,7 +73,7 @@ def rmle_invert(
             with torch.no_grad():
                 x.clamp_(low, high)
         with torch.no_grad():
-            residual = (edge(x) - z).pow(2).flatten(1).sum(1) / z.pow(2).flatten(1).sum(1).clamp_min(1e-12)
+            residual = relative_residual(edge(x), z)
     finally:
         edge.train(was_training)
     return x.detach(), residual

@@ -43,7 +43,7 @@ from attacks import register_attack
 from attacks._channel import require_white_box_edge
 from attacks.base import Attack, AttackContext, Score
 from attacks.inversion import data_range_of, eval_subset, grid_extra, reconstruction_scores
-from attacks.inversion_rmle import total_variation
+from attacks.inversion_rmle import relative_residual, total_variation
 
 THREAT_MODEL: dict[str, Any] = {
     "edge_architecture": True, "edge_weights": False, "aux_data": False, "channel_queries": False,
@@ -124,7 +124,7 @@ def unsplit_invert(
                 w.grad = g
             model_opt.step()
     with torch.no_grad():
-        residual = (surrogate(x) - z).pow(2).flatten(1).sum(1) / z.pow(2).flatten(1).sum(1).clamp_min(1e-12)
+        residual = relative_residual(surrogate(x), z)
     return x.detach(), residual
 
 

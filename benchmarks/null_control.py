@@ -91,16 +91,25 @@ DATA = {"fresh": "a fresh draw per audit (generator_seed = 1000 + seed)",
         "fixed": "one draw for every audit (generator_seed 0, as audit/default.yaml)"}
 
 
+def read_rows(path: Path) -> list[dict]:
+    return [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
+
+
+def run_kind(row: dict) -> tuple[str, str]:
+    """(data mode, budget) of a result row; rows written before these were recorded: fixed data, small budget."""
+    return row.get("data", "fixed"), row.get("budget", "small")
+
+
 def table(path: Path) -> str:
     """One markdown row per data mode in ``path``."""
-    rows = [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
+    rows = read_rows(path)
     lines = ["| data | budget, test samples, resamples | audits (seeds) | comparisons per audit | alpha "
              "| audits with a `leaks` verdict | fraction [95% Wilson CI] "
              "| uncorrected: audits where any CI clears chance | verdicts: leaks / no_evidence / inconclusive |",
              "|---|---|---|---|---|---|---|---|---|"]
     groups: dict[tuple, list[dict]] = {}
-    for r in rows:  # rows written before budgets were recorded ran the small budget with 100 resamples
-        key = (r.get("data", "fixed"), r.get("budget", "small"), tuple(r["n_eval"]), r.get("n_boot", 100))
+    for r in rows:  # rows written before resamples were recorded ran 100
+        key = (*run_kind(r), tuple(r["n_eval"]), r.get("n_boot", 100))
         groups.setdefault(key, []).append(r)
     order = sorted(groups.items(), key=lambda kv: (list(DATA).index(kv[0][0]), kv[0][1:]))
     for (mode, budget, n_eval, n_boot), mine in order:
@@ -152,12 +161,8 @@ def main() -> None:
             config = null_config([seed], args.n, args.n_boot, args.budget, generator_seed=1000 + seed)
             rows += analyse(run(config, Path(args.out) / f"seed{seed}"), args.alpha, "fresh", args.budget, args.n_boot)
             print(f"seed {seed}: {rows[-1]['verdicts']}, smallest Holm p {rows[-1]['min_p_holm']}", flush=True)
-    kept = []
-    if args.results.is_file():
-        kept = [line for line in args.results.read_text(encoding="utf-8").splitlines()
-                if line.strip() and (json.loads(line).get("data", "fixed"), json.loads(line).get("budget", "small"))
-                != (args.data, args.budget)]
-    args.results.write_text("\n".join(kept + [json.dumps(row) for row in rows]) + "\n", encoding="utf-8")
+    kept = [r for r in read_rows(args.results) if run_kind(r) != (args.data, args.budget)] if args.results.is_file() else []
+    args.results.write_text("\n".join(json.dumps(row) for row in kept + rows) + "\n", encoding="utf-8")
     print(table(args.results))
 
 

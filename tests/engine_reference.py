@@ -17,7 +17,8 @@ from typing import Any
 
 DATA = Path(__file__).resolve().parent / "data"
 
-# seconds on two cores: one planted task, two cut points, two defenses, one attack of every family
+# seconds on two cores: one planted task, two cut points, two defenses, one attack of every family. The task
+# is conftest.TINY's, written out rather than imported: the reference must not move when a fixture changes.
 TINY_ENGINE = {
     "name": "engine-reference",
     "seeds": [0],
