@@ -39,10 +39,9 @@ The statistics, per decision record (a *comparison*):
 
 Per (cell group, family): *the strongest member decides*. ``leaks`` when any member leaks (the
 one with the largest a / min_advantage decides); otherwise ``no_evidence`` from the strongest
-valid member that states a power (a zero-width interval states none; then the strongest), with it;
-``inconclusive`` when no member is valid: a degenerate attack
+valid member, with its power; ``inconclusive`` when no member is valid: a degenerate attack
 (one predicted class, a reconstruction that is the same image for every input, an estimator
-that did not train), fewer than ``min_n_eval`` samples, or no finite CI. Invalid members are
+that did not train, a zero-width CI at chance), fewer than ``min_n_eval`` samples, or no finite CI. Invalid members are
 listed in ``excluded`` and never decide.
 """
 from __future__ import annotations
@@ -152,6 +151,8 @@ def invalid_reason(record: Record, settings: VerdictSettings) -> str | None:
         return "no finite value with a 95% CI"
     if record.get("chance") is None:
         return "no chance level to measure an advantage from"
+    if ci[0] == ci[1] and (record.get("advantage") or 0.0) <= 0 and reference_se(record) == 0:
+        return "a zero-width 95% CI at chance (e.g. an MI critic scaled to 0): it states no power"
     return None
 
 
@@ -314,10 +315,7 @@ def _entry(key: tuple, members: list[Record], tested: list[Comparison], settings
                 "min_advantage": None, "p_value": None, "p_source": None, "p_holm": None, "comparisons": None, "n_eval": None,
                 "reason": "; ".join(excluded) or "no decision record", "excluded": excluded}
     leaking = [c for c in tested if c.leaks(settings.alpha)]
-    if leaking:
-        best = max(leaking, key=lambda c: (c.strength, -c.p_holm))
-    else:  # the strongest member that states a power (a zero-width interval states none), else the strongest
-        best = max(tested, key=lambda c: (c.min_detectable(settings) is not None, c.strength, -c.p_holm))
+    best = max(leaking or tested, key=lambda c: (c.strength, -c.p_holm))
     r = best.record
     entry.update({
         "verdict": "leaks" if leaking else "no_evidence", "deciding_attack": r["attack"], "target": r["target"],

@@ -111,23 +111,26 @@ def test_mi_lower_bounds_below_zero_show_zero_and_point_estimates_do_not_decide(
     assert c.p > 0.9  # tested on the raw value
 
 
-def test_a_zero_width_mi_interval_states_no_power():
+def test_a_zero_width_mi_interval_at_chance_is_degenerate():
     """The planted task's fc1 under noise 100x (2026-12-03): the MI lower bound at [0, 0] nats (its critic
-    scaled to 0) decided `no_evidence` and stated "detectable >= 0.000 nats". A zero-width interval says
-    nothing about what a leak of some size would have shown: no power figure (n/a)."""
+    scaled to 0) decided `no_evidence` and stated "detectable >= 0.000 nats". A zero-width interval at chance
+    says nothing about what a leak of some size would have shown: it is excluded like a constant predictor."""
     zero = rec(0.0, half=0.0, chance=0.0, attack="mi", metric="mi_classifier",
                extra={"unit": "nats", "kind": "lower", "trained": True})
     (alone,) = verdicts([zero])
-    assert alone["verdict"] == "no_evidence" and alone["ci95"] == [0.0, 0.0] and alone["min_detectable_advantage"] is None
-    from audit.html.tables import _family_cell
-
-    assert "detectable ≥ n/a" in _family_cell(alone)["detail"]
-    # beside a member with a spread (balanced accuracy just under chance, strength -0.2 < the MI's 0), that
-    # member states the power: an attribute advantage of ~0.09 would have been detected
+    assert alone["verdict"] == "inconclusive" and "zero-width" in alone["reason"]
+    assert alone["min_detectable_advantage"] is None
+    # beside a member with a spread (balanced accuracy just under chance), that member decides and states
+    # the power: an attribute advantage of ~0.09 would have been detected
     below = rec(0.49, half=0.04)
     v = one(verdicts([zero, below]), family="attribute")
     assert v["verdict"] == "no_evidence" and v["metric"] == "balanced_accuracy"
-    assert 0.05 < v["min_detectable_advantage"] < 0.12
+    assert 0.05 < v["min_detectable_advantage"] < 0.12 and "zero-width" in v["excluded"][0]
+    # a perfect attack has a zero-width CI too, far from chance: it leaks
+    perfect = rec(0.0, half=0.0, chance=0.5, attack="reidentify", target="identity", metric="normalized_rank")
+    perfect["advantage"] = 0.5
+    (p,) = verdicts([perfect])
+    assert p["verdict"] == "leaks"
 
 
 def mi_rec(value, half, p, null, cut="conv1", **extra):

@@ -186,7 +186,7 @@ def _family_cell(v: dict[str, Any] | None) -> dict[str, Any] | None:
     detail = f"{v['deciding_attack']} · {v['target']} · {v['metric']}"
     if v["verdict"] == "no_evidence":
         mda = v.get("min_detectable_advantage")
-        detail += " · detectable ≥ " + ("n/a (a zero-width interval states no power)" if mda is None else f"{mda:.3g}{unit}")
+        detail += " · detectable ≥ " + ("n/a (no spread in the CI)" if mda is None else f"{mda:.3g}{unit}")
     return {"verdict": v["verdict"], "text": VERDICT_TEXT[v["verdict"]], "figure": figure, "detail": detail}
 
 
