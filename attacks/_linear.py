@@ -14,9 +14,10 @@ Logistic regression (:func:`fit_logistic`): softmax over K classes, class-balanc
 ``C n``; the bias is not penalised), full batch, float64, truncated Newton (conjugate gradients on
 exact Hessian-vector products; sklearn's ``newton-cg`` idea). Strengths ``C`` on sklearn's
 default grid ``logspace(-4, 4, cs)`` are fitted from the strongest to the weakest, each warm-started
-from the previous one, on the training part of a seeded split; the C with the best validation
-balanced accuracy (ties, common on a small validation split: the lower class-balanced validation
-cross-entropy to 1e-6 nats, then the stronger regularisation) is refitted on all rows, warm-started.
+from the previous one, on the training part of each seeded split (k folds below ``cv_below`` rows, else
+one validation split); the C with the best mean validation balanced accuracy (ties, common on small
+validation splits: the lower class-balanced validation cross-entropy to 1e-6 nats, then the stronger
+regularisation) is refitted on all rows, warm-started from the folds' mean solution.
 """
 from __future__ import annotations
 
@@ -204,32 +205,43 @@ def _fit(a: torch.Tensor, y: torch.Tensor, k: int, c: float, start: torch.Tensor
     return _newton(a, y, raw / raw.sum(), 1.0 / (c * float(raw.sum())), start, max_iter)
 
 
-def fit_logistic(x: torch.Tensor, y: torch.Tensor, k: int, *, cs: int = 8, val_fraction: float = 0.2,
-                 max_iter: int = 100, seed: int = 0) -> tuple[LogisticModel, dict]:
+def fit_logistic(x: torch.Tensor, y: torch.Tensor, k: int, *, cs: int = 8, val_fraction: float = 0.2, folds: int = 5,
+                 cv_below: int = 5000, max_iter: int = 100, seed: int = 0) -> tuple[LogisticModel, dict]:
     """Class-balanced L2 multinomial logistic regression of labels y (N,) in [0, k) on x (N, d); returns
-    (model refitted on all rows at the chosen C, {"c": C, "val_balanced_accuracy": {C: score},
-    "val_cross_entropy": {C: nats}})."""
+    (model refitted on all rows at the chosen C, {"c": C, "folds": F, "val_balanced_accuracy": {C: score},
+    "val_cross_entropy": {C: nats}}), the validation figures averaged over the F folds.
+
+    The strength is chosen by ``folds``-fold cross-validation when N < ``cv_below`` (small validation splits
+    are noisy: on 300 adult-like rows one 60-row split chose C = 1e-4 and read 0.666 test balanced
+    accuracy where 0.76 was there), else on one seeded validation split of ``val_fraction``."""
     a = torch.cat([x.double(), x.new_ones(x.shape[0], 1, dtype=torch.float64)], dim=1)
     y = y.long()
     n = a.shape[0]
     perm = torch.randperm(n, generator=torch.Generator().manual_seed(seed))
-    n_val = max(1, int(n * val_fraction))
-    val, train = perm[:n_val], perm[n_val:]
+    if n < cv_below and folds > 1 and n >= 2 * folds:
+        bounds = [i * n // folds for i in range(folds + 1)]
+        splits = [(perm[lo:hi], torch.cat([perm[:lo], perm[hi:]])) for lo, hi in zip(bounds, bounds[1:])]
+    else:
+        n_val = max(1, int(n * val_fraction))
+        splits = [(perm[:n_val], perm[n_val:])]
     grid = [float(c) for c in torch.logspace(-4, 4, cs, dtype=torch.float64)] if cs > 1 else [1.0]
-    theta = torch.zeros(a.shape[1], k, dtype=torch.float64)
-    scores: dict[float, float] = {}
-    losses: dict[float, float] = {}
-    path: dict[float, torch.Tensor] = {}
-    val_weight = class_weights(y[val], k).double()
+    scores = dict.fromkeys(grid, 0.0)
+    losses = dict.fromkeys(grid, 0.0)
+    starts = dict.fromkeys(grid, 0.0)
     with one_thread():
-        for c in grid:  # strongest regularisation first; each fit starts from the previous solution
-            theta = path[c] = _fit(a[train], y[train], k, c, theta, max_iter)
-            pred = (a[val] @ theta).argmax(1)
-            scores[c] = float(multiclass_accuracy(pred, y[val], num_classes=k, average="macro"))  # as reported
-            losses[c] = float(F.cross_entropy(a[val] @ theta, y[val], weight=val_weight))
-        best = max(grid, key=lambda c: (scores[c], -round(losses[c], 6), -c))  # losses within 1e-6 nats tie
-        theta = _fit(a, y, k, best, path[best], max_iter)
-    info = {"c": best, "val_balanced_accuracy": {f"{c:.3g}": round(s, 4) for c, s in scores.items()},
+        for val, train in splits:
+            theta = torch.zeros(a.shape[1], k, dtype=torch.float64)
+            val_weight = class_weights(y[val], k).double()
+            for c in grid:  # strongest regularisation first; each fit starts from the previous solution
+                theta = _fit(a[train], y[train], k, c, theta, max_iter)
+                starts[c] = starts[c] + theta / len(splits)
+                pred = (a[val] @ theta).argmax(1)
+                # the balanced accuracy the attack reports
+                scores[c] += float(multiclass_accuracy(pred, y[val], num_classes=k, average="macro")) / len(splits)
+                losses[c] += float(F.cross_entropy(a[val] @ theta, y[val], weight=val_weight)) / len(splits)
+        best = max(grid, key=lambda c: (round(scores[c], 9), -round(losses[c], 6), -c))  # losses within 1e-6 nats tie
+        theta = _fit(a, y, k, best, starts[best], max_iter)
+    info = {"c": best, "folds": len(splits), "val_balanced_accuracy": {f"{c:.3g}": round(s, 4) for c, s in scores.items()},
             "val_cross_entropy": {f"{c:.3g}": round(v, 4) for c, v in losses.items()}}
     return LogisticModel(theta[:-1], theta[-1], best), info
 

@@ -17,8 +17,9 @@ class-balanced loss; the epoch is chosen on a held-out part of that split):
 
 ``attribute_linear``: the classic linear probe, class-balanced multinomial logistic
 regression (torch, full-batch truncated Newton; :func:`attacks._linear.fit_logistic`) on the
-standardised, PCA-reduced flattened feature; the L2 strength is chosen on one
-validation split of the aux data along a warm-started path, then refitted on all of it.
+standardised, PCA-reduced flattened feature; the L2 strength is chosen along a warm-started path by
+5-fold cross-validation on aux splits under 5,000 rows (one validation split above), then refitted
+on all of the aux data.
 
 Features are standardised with statistics of the attacker's own data.
 """
@@ -260,14 +261,19 @@ class LinearProbeAttack(_AttributeBase):
         targets: list[str] | None = Field(None, description="private attributes to attack (default: all)")
         pca_components: int = Field(256, ge=1, description="PCA dimension when the feature is larger")
         cs: int = Field(8, ge=1, description="L2 strengths tried (log grid C = 1e-4..1e4), chosen on a validation split")
-        val_fraction: float = Field(0.2, gt=0, lt=0.5, description="part of the aux split for choosing the strength")
-        max_iter: int = Field(500, ge=10, description="L-BFGS iterations per strength")
+        folds: int = Field(5, ge=1, description="cross-validation folds for choosing the strength (aux < cv_below rows)")
+        cv_below: int = Field(5000, ge=0, description="aux splits with fewer rows are cross-validated; larger ones use "
+                                                      "one validation split of val_fraction")
+        val_fraction: float = Field(0.2, gt=0, lt=0.5, description="part of the aux split for choosing the strength "
+                                                                   "(aux >= cv_below rows)")
+        max_iter: int = Field(500, ge=10, description="Newton iterations per strength")
 
     def fit_target(self, z: torch.Tensor, s: torch.Tensor, k: int, ctx: AttackContext) -> Predictor:
         p = self.params
         standardize = Standardize(z, spatial=False, pca_components=p.pca_components)
         x = standardize(z)
-        model, self.selection = fit_logistic(x, s, k, cs=p.cs, val_fraction=p.val_fraction, max_iter=p.max_iter,
+        model, self.selection = fit_logistic(x, s, k, cs=p.cs, val_fraction=p.val_fraction, folds=p.folds,
+                                             cv_below=p.cv_below, max_iter=p.max_iter,
                                              seed=ctx.seed)
         self.dim = int(x.shape[1])
         return lambda zt: model.probs(standardize(zt))
