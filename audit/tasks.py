@@ -57,10 +57,12 @@ def training_record(path: Path) -> dict[str, Any]:
 
 
 def task_key(task: TaskConfig, seed: int) -> str:
-    """Identity of a trained task model: dataset (and its plugin's ``data_version``), model, training,
-    splits and seed."""
+    """Identity of a trained task model: dataset (a data file by its contents, and the plugin's
+    ``data_version``), model, training, splits and seed."""
     what = task.model_dump(mode="json", exclude={"label", "cut_points", "attacks", "attacker_data"})
-    data_version = DATASETS.get(task.dataset.name).data_version
+    dataset = DATASETS.get(task.dataset.name)
+    what["dataset"] = dataset.key_params(what["dataset"])
+    data_version = dataset.data_version
     return stable_hash(CACHE_VERSION, what, seed, *([data_version] if data_version else []))
 
 

@@ -162,3 +162,26 @@ def test_the_csv_data_version_is_part_of_the_task_key(monkeypatch):
     monkeypatch.setattr(DATASETS.get("csv"), "data_version", DATASETS.get("csv").data_version + 1)
     assert task_key(config.tasks[0], 0) != csv_key
     assert task_key(synthetic.tasks[0], 0) == synthetic_key  # data_version 0: keys as before
+
+
+def test_the_task_key_holds_the_csvs_contents_not_its_path(tmp_path):
+    """An edited file at the same path must not get the model (and cells) cached for its old contents; a
+    moved copy keeps its key, hence its seeds and figures."""
+    from audit.config import build_config
+    from audit.tasks import task_key
+
+    def key(path):
+        config = build_config({"dataset": {"name": "csv", "path": str(path), "label": "y", "private": ["s"]},
+                               "model": {"name": "mlp"}, "cut_points": ["fc1"], "defenses": ["none"],
+                               "attacks": ["attribute"]})
+        return task_key(config.tasks[0], 0)
+
+    first, moved = tmp_path / "a.csv", tmp_path / "elsewhere" / "b.csv"
+    first.write_text(SMALL)
+    moved.parent.mkdir()
+    moved.write_text(SMALL)
+    original = key(first)
+    assert key(moved) == original
+    first.write_text(SMALL.replace("1,a,train,<=50K,10", "1,a,train,<=50K,2"))  # one private label edited
+    assert key(first) != original
+    assert key(tmp_path / "missing.csv") != original  # unreadable: keyed by its path; loading says why

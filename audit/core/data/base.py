@@ -1,6 +1,7 @@
 """What every dataset yields: inputs, a primary label, private labels, and seeded splits."""
 from __future__ import annotations
 
+import hashlib
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, ClassVar
@@ -146,6 +147,27 @@ def audit_data(name: str, loaded: LoadedData, fractions: dict[str, float], seed:
     return AuditData(name, loaded.fitted(splits["train"]), splits, info)
 
 
+_DIGESTS: dict[tuple[str, int, int], str] = {}
+
+
+def file_digest(path: Path) -> str | None:
+    """The SHA-256 (hex) of a file's bytes, or None when it cannot be read; remembered per
+    (resolved path, size, modification time), so a file is read once per change."""
+    try:
+        path = path.expanduser().resolve()
+        stat = path.stat()
+        key = (str(path), stat.st_size, stat.st_mtime_ns)
+        if key not in _DIGESTS:
+            h = hashlib.sha256()
+            with open(path, "rb") as fh:
+                for block in iter(lambda: fh.read(1 << 20), b""):
+                    h.update(block)
+            _DIGESTS[key] = h.hexdigest()
+        return _DIGESTS[key]
+    except OSError:
+        return None
+
+
 class Dataset:
     """Base class of dataset plugins: ``load(context)`` returns a :class:`LoadedData`."""
 
@@ -153,6 +175,20 @@ class Dataset:
     # bumped when the rows a dataset yields change for the same parameters (e.g. a new encoding), so that
     # task models cached and cells committed before are not reused: part of the task key when not 0
     data_version: ClassVar[int] = 0
+    # parameters naming a file whose contents (not its name) identify the data in the task key
+    key_files: ClassVar[tuple[str, ...]] = ()
+
+    @classmethod
+    def key_params(cls, params: dict[str, Any]) -> dict[str, Any]:
+        """The parameters (JSON) as they enter the task key: a ``key_files`` file by the SHA-256 of its
+        bytes, so an edited file never gets a model or cells cached for its old contents, and a moved or
+        renamed copy keeps its key and seeds (an unreadable file keeps its path: loading it will say why)."""
+        out = dict(params)
+        for name in cls.key_files:
+            digest = file_digest(Path(out[name])) if out.get(name) else None
+            if digest is not None:
+                out[name] = {"sha256": digest}
+        return out
 
     class Params(PluginParams):
         pass

@@ -25,6 +25,7 @@ class CSVTable(Dataset):
     """A CSV file: label column (primary), private columns, categorical and numeric feature columns."""
 
     data_version = 1  # issue 21: categorical columns encoded, numeric ones standardised on the train split
+    key_files = ("path",)
 
     class Params(TableParams):
         path: Path = Field(description="the CSV file (UTF-8, a header row)")

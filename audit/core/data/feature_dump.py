@@ -298,6 +298,7 @@ class Features(Dataset):
     """Saved split features (.npz / .pt): per-cut-point arrays plus private labels; audited without a model."""
 
     provides_features: ClassVar[bool] = True
+    key_files = ("path",)
 
     class Params(PluginParams):
         path: Path = Field(description="the dump (.npz read without pickle, .pt read with weights_only)")
