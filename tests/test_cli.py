@@ -67,3 +67,22 @@ def test_list_imports_no_plugin_module_on_a_warm_cache(tmp_path):
     assert cold.returncode == warm.returncode == 0, cold.stderr + warm.stderr
     assert warm.stdout == cold.stdout and "  small_cnn " in warm.stdout
     assert cold.stderr.strip() == "TORCH" and warm.stderr.strip() == "NO-TORCH"
+
+
+def test_workers_auto_means_one_worker_per_usable_core(tmp_path, tiny_config, monkeypatch, capsys):
+    import pytest
+
+    import audit.executors.base
+
+    monkeypatch.setattr(audit.executors.base, "default_workers", lambda: 2)  # as on a 2-core machine
+    tiny_config["defenses"] = ["none"]
+    path = tmp_path / "tiny.yaml"
+    path.write_text(yaml.safe_dump(tiny_config))
+    out = tmp_path / "out"
+    assert main(["run", str(path), "--out", str(out), "--workers", "auto", "-q"]) == 0
+    report = json.loads((out / "report.json").read_text())
+    executor = report["environment"]["executor"]
+    assert (executor["name"], executor["workers"]) == ("local", 2)
+    with pytest.raises(SystemExit) as stop:
+        main(["run", str(path), "--workers", "two"])
+    assert stop.value.code == 2 and "expected a number or 'auto', got 'two'" in capsys.readouterr().err

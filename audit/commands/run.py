@@ -33,8 +33,9 @@ def add_execution_arguments(p: argparse.ArgumentParser) -> None:
     g = p.add_argument_group("execution")
     g.add_argument("--executor", choices=["local", "ray"], default="local",
                    help="local: this machine (default); ray: Ray tasks on a cluster (see --address)")
-    g.add_argument("--workers", type=int, default=1,
-                   help="local worker processes (default 1: cells run in this process)")
+    g.add_argument("--workers", type=workers_arg, default=1,
+                   help="local worker processes (default 1: cells run in this process; auto: one per usable "
+                   "CPU core, each with one torch thread)")
     g.add_argument("--address", help="Ray cluster address (default: $RAY_ADDRESS, a running local cluster, "
                    "or a new local instance)")
     g.add_argument("--cpus-per-task", type=float, default=1, help="CPUs per Ray task (default %(default)s)")
@@ -47,6 +48,18 @@ def add_execution_arguments(p: argparse.ArgumentParser) -> None:
                         help="require --out to hold this audit and continue it")
     resume.add_argument("--no-resume", dest="resume", action="store_false",
                         help="require a new or empty --out (never continue earlier results)")
+
+
+def workers_arg(text: str) -> int:
+    """``--workers``: a positive count, or ``auto`` (the usable CPU cores)."""
+    from audit.executors.base import default_workers
+
+    if text == "auto":
+        return default_workers()
+    try:
+        return int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number or 'auto', got {text!r}") from None
 
 
 def executor_from_args(args: argparse.Namespace):
