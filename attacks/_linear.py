@@ -125,8 +125,9 @@ class LogisticModel:
         return x.double() @ self.weight + self.bias
 
     def probs(self, x: torch.Tensor) -> torch.Tensor:
-        """(N, K) class probabilities, float32."""
-        return self.logits(x).softmax(dim=1).float()
+        """(N, K) class probabilities, float64: in float32 confident ones round to exactly 1, and AUROC's
+        order among them (ties) would hang on the features' last bits."""
+        return self.logits(x).softmax(dim=1)
 
 
 def _objective(a: torch.Tensor, onehot: torch.Tensor, w: torch.Tensor, penalty: float, theta: torch.Tensor):

@@ -42,7 +42,7 @@ def test_logistic_regression_solves_sklearns_balanced_l2_objective():
         centred = model.bias - model.bias.mean()  # softmax biases are defined up to a common shift
         assert torch.allclose(centred, torch.as_tensor(ref.intercept_ - ref.intercept_.mean()), atol=1e-5)
         probs = model.probs(x)
-        assert torch.allclose(probs, torch.as_tensor(ref.predict_proba(x.double().numpy()), dtype=torch.float32),
+        assert torch.allclose(probs, torch.as_tensor(ref.predict_proba(x.double().numpy()), dtype=torch.float64),
                               atol=1e-4)
 
 
@@ -126,4 +126,4 @@ def test_a_class_missing_from_aux_gets_no_probability_mass_it_did_not_earn(k):
     x, y = gaussian_classes(200, k=min(k, 4))
     model, _ = fit_logistic(x, y, k, cs=2)
     probs = model.probs(x)
-    assert probs.shape == (200, k) and torch.allclose(probs.sum(1), torch.ones(200), atol=1e-5)
+    assert probs.shape == (200, k) and torch.allclose(probs.sum(1), torch.ones(200, dtype=probs.dtype), atol=1e-5)
