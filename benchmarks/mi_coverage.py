@@ -46,9 +46,9 @@ SEP, K = 1.5, 4
 TASKS = ["indep-label", "indep-cont", "gauss", "mixture"]
 
 
-def cases(seeds, tasks=tuple(TASKS)):
+def cases(seeds, tasks=tuple(TASKS), dims=None):
     for case in _all_cases(seeds):
-        if case["task"] in tasks:
+        if case["task"] in tasks and (dims is None or case["dim"] in dims):
             yield case
 
 
@@ -90,7 +90,7 @@ def key(rec):
 def run(args) -> None:
     done = mi_cli.start(args, key)
     methods = {m.name: m for m in list_methods()}
-    for case in cases(args.seeds, args.tasks):
+    for case in cases(args.seeds, args.tasks, args.dims):
         z, s = data(case)
         for name in args.methods:
             m = methods[name]
@@ -168,6 +168,7 @@ def arguments(p) -> None:
     p.add_argument("--folds", type=int, default=1)
     p.add_argument("--tasks", nargs="+", default=TASKS, choices=TASKS)
     p.add_argument("--n-perm", type=int, default=100)
+    p.add_argument("--dims", nargs="+", type=int, default=None, help="only the cases of these feature dimensions")
 
 
 def main(argv=None) -> int:

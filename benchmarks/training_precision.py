@@ -1,0 +1,99 @@
+"""Training-step time of the UTKFace task model on this CPU: float32 vs bfloat16 autocast, contiguous vs
+channels_last memory (issue 17, item 4: keep what is faster at equal accuracy, per CPU capability).
+
+    python benchmarks/training_precision.py --rounds 3 --steps 6 --out benchmarks/training_precision.jsonl
+
+The model is configs/utkface.yaml's (small_cnn, widths 64-128-128, fc 512, 64x64 RGB, 2 classes), one
+Adam step on a batch of 128 random images per timed step. The four modes are interleaved in every round
+(so a load change on a shared machine hits all of them) and each round's median step is kept; the line
+written per mode holds every round's median, the CPU's model name and whether it has bfloat16 hardware
+(avx512_bf16 / amx_bf16 in /proc/cpuinfo). Accuracy is not measured: a mode that is not faster is not
+kept whatever its accuracy.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import platform
+import statistics
+import time
+from contextlib import nullcontext
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+
+from audit.core.models import MODELS
+
+MODES = {  # name: (channels_last, bf16 autocast)
+    "float32": (False, False),
+    "bf16_autocast": (False, True),
+    "channels_last": (True, False),
+    "channels_last_bf16": (True, True),
+}
+
+
+def cpu_info() -> dict:
+    flags, name = set(), platform.processor()
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("flags") and not flags:
+                flags = set(line.split(":", 1)[1].split())
+            if line.startswith("model name"):
+                name = line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return {"cpu": name, "bf16_hardware": sorted(flags & {"avx512_bf16", "amx_bf16", "amx_tile"}),
+            "threads": torch.get_num_threads()}
+
+
+def step_seconds(channels_last: bool, bf16: bool, steps: int, batch: int, seed: int) -> float:
+    """Median seconds of ``steps`` training steps (after two warm-up steps) in one mode."""
+    torch.manual_seed(seed)
+    net = MODELS.create("small_cnn", widths=[64, 128, 128], fc=[512]).build((3, 64, 64), 2)
+    x, y = torch.rand(batch, 3, 64, 64), torch.randint(0, 2, (batch,))
+    if channels_last:
+        net, x = net.to(memory_format=torch.channels_last), x.contiguous(memory_format=torch.channels_last)
+    opt = torch.optim.Adam(net.parameters(), lr=1e-3)
+    times = []
+    for i in range(steps + 2):
+        start = time.perf_counter()
+        with torch.autocast("cpu", dtype=torch.bfloat16) if bf16 else nullcontext():
+            loss = F.cross_entropy(net(x), y)
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+        if i >= 2:
+            times.append(time.perf_counter() - start)
+    return statistics.median(times)
+
+
+def main(argv=None) -> int:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--rounds", type=int, default=3)
+    p.add_argument("--steps", type=int, default=6)
+    p.add_argument("--batch", type=int, default=128)
+    p.add_argument("--modes", nargs="+", default=list(MODES), choices=list(MODES),
+                   help="modes to time (bfloat16 without hardware support is slow: time it with few steps)")
+    p.add_argument("--out", type=Path, default=Path(__file__).with_name("training_precision.jsonl"))
+    args = p.parse_args(argv)
+    info = cpu_info()
+    medians: dict[str, list[float]] = {m: [] for m in args.modes}
+    for r in range(args.rounds):
+        for mode in args.modes:
+            cl, bf16 = MODES[mode]
+            medians[mode].append(step_seconds(cl, bf16, args.steps, args.batch, seed=r))
+            print(f"round {r} {mode}: {medians[mode][-1]:.3f} s/step", flush=True)
+    base = statistics.median(medians["float32"]) if "float32" in medians else None
+    with open(args.out, "a") as fh:
+        for mode, values in medians.items():
+            row = {"mode": mode, "step_seconds": [round(v, 4) for v in values], "batch": args.batch,
+                   "steps": args.steps, "vs_float32": round(statistics.median(values) / base, 3) if base else None,
+                   **info}
+            fh.write(json.dumps(row) + "\n")
+            print(json.dumps(row))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
