@@ -220,8 +220,8 @@ def fit_logistic(x: torch.Tensor, y: torch.Tensor, k: int, *, cs: int = 8, val_f
     n = a.shape[0]
     perm = torch.randperm(n, generator=torch.Generator().manual_seed(seed))
     if n < cv_below and folds > 1 and n >= 2 * folds:
-        bounds = [i * n // folds for i in range(folds + 1)]
-        splits = [(perm[lo:hi], torch.cat([perm[:lo], perm[hi:]])) for lo, hi in zip(bounds, bounds[1:])]
+        parts = torch.tensor_split(perm, folds)  # as the MI estimators' cross-fitting (attacks.mi.core.crossfit)
+        splits = [(part, torch.cat([p for j, p in enumerate(parts) if j != i])) for i, part in enumerate(parts)]
     else:
         n_val = max(1, int(n * val_fraction))
         splits = [(perm[:n_val], perm[n_val:])]

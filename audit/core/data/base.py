@@ -1,7 +1,6 @@
 """What every dataset yields: inputs, a primary label, private labels, and seeded splits."""
 from __future__ import annotations
 
-import hashlib
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, ClassVar
@@ -9,6 +8,7 @@ from typing import Any, ClassVar
 import torch
 
 from audit.core.errors import AuditInputError
+from audit.core.feature_store import file_digest
 from audit.core.registry import PluginParams
 
 SPLIT_NAMES = ("train", "aux", "test")
@@ -150,19 +150,15 @@ def audit_data(name: str, loaded: LoadedData, fractions: dict[str, float], seed:
 _DIGESTS: dict[tuple[str, int, int], str] = {}
 
 
-def file_digest(path: Path) -> str | None:
-    """The SHA-256 (hex) of a file's bytes, or None when it cannot be read; remembered per
-    (resolved path, size, modification time), so a file is read once per change."""
+def cached_file_digest(path: Path) -> str | None:
+    """:func:`audit.core.feature_store.file_digest` of a file, or None when it cannot be read; remembered
+    per (resolved path, size, modification time), so a file is read once per change."""
     try:
         path = path.expanduser().resolve()
         stat = path.stat()
         key = (str(path), stat.st_size, stat.st_mtime_ns)
         if key not in _DIGESTS:
-            h = hashlib.sha256()
-            with open(path, "rb") as fh:
-                for block in iter(lambda: fh.read(1 << 20), b""):
-                    h.update(block)
-            _DIGESTS[key] = h.hexdigest()
+            _DIGESTS[key] = file_digest(path)
         return _DIGESTS[key]
     except OSError:
         return None
@@ -185,7 +181,7 @@ class Dataset:
         renamed copy keeps its key and seeds (an unreadable file keeps its path: loading it will say why)."""
         out = dict(params)
         for name in cls.key_files:
-            digest = file_digest(Path(out[name])) if out.get(name) else None
+            digest = cached_file_digest(Path(out[name])) if out.get(name) else None
             if digest is not None:
                 out[name] = {"sha256": digest}
         return out
