@@ -29,6 +29,8 @@ import torch
 import torch.nn.functional as F
 from torchmetrics.functional.classification import multiclass_accuracy
 
+from audit.core.chunked import column_stats
+from audit.core.feature_store import streamed
 from audit.core.training import class_weights
 
 PCA_SEED = 0  # the random start of the subspace iteration: fixed, so every attack gets the same basis
@@ -49,20 +51,9 @@ class PCABasis:
 
 def _standardized_chunks(flat: torch.Tensor, mean: torch.Tensor, std: torch.Tensor, chunk: int):
     for i in range(0, flat.shape[0], chunk):
-        yield i, (flat[i : i + chunk].float() - mean).div_(std)
-
-
-def column_stats(flat: torch.Tensor, chunk: int = CHUNK) -> tuple[torch.Tensor, torch.Tensor]:
-    """Per-column mean and sample std (clamped at 1e-6) of flat (N, D), in float64 row chunks."""
-    total = torch.zeros(flat.shape[1], dtype=torch.float64)
-    for i in range(0, flat.shape[0], chunk):
-        total += flat[i : i + chunk].double().sum(0)
-    mean = total / flat.shape[0]
-    sq = torch.zeros_like(total)
-    for i in range(0, flat.shape[0], chunk):
-        sq += (flat[i : i + chunk].double() - mean).pow_(2).sum(0)
-    std = (sq / max(flat.shape[0] - 1, 1)).sqrt()
-    return mean.float(), std.float().clamp_min(1e-6)
+        block = flat[i : i + chunk]
+        streamed(block)
+        yield i, (block.float() - mean).div_(std)
 
 
 def standardized_svd(flat: torch.Tensor, mean: torch.Tensor, std: torch.Tensor, q: int, *, niter: int = 3,

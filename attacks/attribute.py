@@ -37,6 +37,8 @@ from attacks._channel import release_batched
 from attacks._linear import fit_logistic, pca_basis
 from attacks.base import Attack, AttackContext, Score
 from attacks.metrics import classification_scores
+from audit.core.chunked import channel_stats, column_stats
+from audit.core.feature_store import streamed
 from audit.core.training import fit_classifier, predict
 
 Predictor = Callable[[torch.Tensor], torch.Tensor]  # released features (N, ...) -> class probabilities (N, K)
@@ -85,28 +87,33 @@ class Standardize(nn.Module):
 
     chunk = 256
 
-    def __init__(self, z: torch.Tensor, spatial: bool, pca_components: int | None = None):
+    def __init__(self, z: torch.Tensor, spatial: bool, pca_components: int | None = None,
+                 rows: torch.Tensor | None = None):
+        """Statistics of ``z[rows]`` (all rows when None), read in chunks (no copy of the selection)."""
         super().__init__()
         self.spatial = spatial
-        flat = z if spatial else z.flatten(1)
         self.register_buffer("projection", None)
-        if pca_components is not None and not spatial and flat.shape[1] > pca_components:
+        if pca_components is not None and not spatial and z[0].numel() > pca_components:
+            if rows is not None:
+                z = z[rows]  # the PCA is cached per feature tensor; attacks that use it pass all rows
             basis = pca_basis(z, pca_components)  # chunked, and shared with other attacks on the same z
             self.register_buffer("mean", basis.mean)
             self.register_buffer("std", basis.std)
             self.projection = basis.projection
             return
-        dims = (0, 2, 3) if spatial else (0,)
-        self.register_buffer("mean", flat.mean(dim=dims, keepdim=True)[0])
-        self.register_buffer("std", flat.std(dim=dims, keepdim=True)[0].clamp_min(1e-6))
+        mean, std = channel_stats(z, rows) if spatial else column_stats(z.flatten(1), rows)
+        self.register_buffer("mean", mean[0] if spatial else mean)
+        self.register_buffer("std", std[0] if spatial else std)
 
     def forward(self, z: torch.Tensor) -> torch.Tensor:
         if self.spatial:
             return (z - self.mean) / self.std
-        flat = z.flatten(1)
-        parts = [(flat[i : i + self.chunk] - self.mean).div_(self.std) for i in range(0, flat.shape[0], self.chunk)]
-        if self.projection is not None:
-            parts = [part @ self.projection for part in parts]
+        flat, parts = z.flatten(1), []
+        for i in range(0, flat.shape[0], self.chunk):
+            block = flat[i : i + self.chunk]
+            streamed(block)
+            part = (block - self.mean).div_(self.std)
+            parts.append(part if self.projection is None else part @ self.projection)
         return torch.cat(parts)
 
 
@@ -198,14 +205,15 @@ class AttributeAttack(_AttributeBase):
         perm = torch.randperm(z.shape[0], generator=torch.Generator().manual_seed(ctx.seed))
         n_val = max(1, int(z.shape[0] * p.val_fraction))
         val, train = perm[:n_val], perm[n_val:]
+        z_val = z[val]
         best: tuple[float, str, int, nn.Module, dict] | None = None
         self.val_bacc: dict[str, float] = {}
         for name in self.head_names(z):
             for width in self.width_choices():
                 report: dict = {}
-                net = self.train_head(name, width, z, s, k, train, ctx, val=val, report=report)
+                net = self.train_head(name, width, z, s, k, train, ctx, val=(z_val, s[val]), report=report)
                 # the balanced accuracy the attack reports (and KeepBest monitored during training)
-                score = float(multiclass_accuracy(predict(net, z[val]), s[val], num_classes=k, average="macro"))
+                score = float(multiclass_accuracy(predict(net, z_val), s[val], num_classes=k, average="macro"))
                 self.val_bacc[f"{name}{width}"] = round(score, 4)
                 if best is None or score > best[0]:
                     best = (score, name, width, net, report)
@@ -216,16 +224,17 @@ class AttributeAttack(_AttributeBase):
         return lambda zt: predict(net, zt).softmax(dim=1)
 
     def train_head(self, name: str, width: int, z: torch.Tensor, s: torch.Tensor, k: int, rows: torch.Tensor,
-                   ctx: AttackContext, *, val: torch.Tensor | None = None, report: dict | None = None,
-                   epochs: int | None = None) -> nn.Module:
+                   ctx: AttackContext, *, val: tuple[torch.Tensor, torch.Tensor] | None = None,
+                   report: dict | None = None, epochs: int | None = None) -> nn.Module:
         """Standardisation + ``name`` head of ``width``, trained on aux rows ``rows`` (and their mirrored views)
-        with a class-balanced loss; with ``val`` (aux rows) the best epoch is kept and training stops early."""
+        with a class-balanced loss; with ``val`` (features, labels held out of ``rows``) the best epoch is kept
+        and training stops early. The rows are gathered batch by batch (no copy of the aux features)."""
         p = self.params
-        z_train, s_train = z[rows], s[rows]
+        z_train, s_train, train_rows = z, s, rows
         if self.mirrored is not None:  # the mirrored views of the training rows only: validation stays unseen
-            z_train, s_train = torch.cat([z_train, self.mirrored[rows]]), torch.cat([s_train, s_train])
-        self.train_samples = int(z_train.shape[0])
-        standardize = Standardize(z_train, spatial=name != "mlp")
+            z_train, s_train, train_rows = torch.cat([z[rows], self.mirrored[rows]]), torch.cat([s[rows], s[rows]]), None
+        self.train_samples = int(rows.numel() * (2 if self.mirrored is not None else 1))
+        standardize = Standardize(z_train, spatial=name != "mlp", rows=train_rows)
         shape = standardize(z[:1]).shape[1:]
         builders = {"cnn": lambda: cnn_head(tuple(shape), k, width), "plain": lambda: plain_head(tuple(shape), k, width),
                     "mlp": lambda: mlp_head(shape.numel(), k, width)}
@@ -234,7 +243,7 @@ class AttributeAttack(_AttributeBase):
         fit_classifier(
             net, z_train, s_train, k, settings=ctx.settings, epochs=epochs or p.epochs, batch_size=p.batch_size,
             lr=p.lr, weight_decay=p.weight_decay, seed=ctx.seed, balanced=True,
-            val=(z[val], s[val]) if val is not None else None, patience=p.patience, report=report,
+            val=val, patience=p.patience, report=report, rows=train_rows,
         )
         return net
 

@@ -217,13 +217,13 @@ class DecoderModule(L.LightningModule):
         return self.net(z)
 
     def training_step(self, batch, batch_idx):
-        z, x = batch
+        z, x = (t.float() for t in batch)
         loss = F.mse_loss(self.net(z), x)
         self.log("train_mse", loss)
         return loss
 
     def validation_step(self, batch, batch_idx):
-        z, x = batch
+        z, x = (t.float() for t in batch)
         self.log("val_mse", F.mse_loss(self.net(z), x), on_epoch=True)
 
     def configure_optimizers(self):
@@ -244,8 +244,7 @@ def fit_decoder(
     perm = torch.randperm(z.shape[0], generator=torch.Generator().manual_seed(seed))
     n_val = max(1, int(z.shape[0] * val_fraction))
     val, train = perm[:n_val], perm[n_val:]
-    z_train, x_train = z[train].float(), x[train].float()
-    standardize = Standardize(z_train, spatial=spatial)
+    standardize = Standardize(z, spatial=spatial, rows=train)  # chunked: no copy of the aux features
     feature_shape = tuple(standardize(z[:1].float()).shape[1:])
     input_shape = tuple(x.shape[1:])
     if spatial:
@@ -261,8 +260,8 @@ def fit_decoder(
     trainer = make_trainer(settings, epochs, callbacks)
     trainer.fit(
         module,
-        tensor_loader(z_train, x_train, batch_size=batch_size, shuffle=True, seed=seed),
-        tensor_loader(z[val].float(), x[val].float(), batch_size=256, shuffle=False),
+        tensor_loader(z, x, batch_size=batch_size, shuffle=True, seed=seed, rows=train),
+        tensor_loader(z, x, batch_size=256, shuffle=False, rows=val),
     )
     if report is not None:
         report.update(best_epoch=keep.best_epoch, epochs_run=keep.epochs_run)
@@ -304,7 +303,7 @@ class DecoderInversion(Attack):
     def score(self, ctx: AttackContext) -> list[Score]:
         idx = eval_subset(len(ctx.test), self.params.n_eval, ctx.seed)
         x = ctx.test.x[idx].float()
-        x_rec = predict(self.decoder, ctx.test.z[idx].float())
+        x_rec = predict(self.decoder, ctx.test.z, rows=idx)
         extra = {"method": "decoder", "decoder": self.kind, "epochs": self.params.epochs, **self.report}
         if self.params.grid:
             extra |= grid_extra(ctx, x, x_rec, self.range, "inversion_decoder.png")

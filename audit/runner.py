@@ -31,7 +31,7 @@ from audit import pipeline
 from audit.config import AuditConfig
 from audit.core.data.feature_dump import model_free_measures, model_free_split
 from audit.core.errors import interruptible
-from audit.core.feature_store import FeatureStore
+from audit.core.feature_store import FeatureStore, release_pages
 from audit.core.profile import report_timings, timed
 from audit.core.records import AuditRecord
 from audit.core.store import ResultStore
@@ -207,6 +207,7 @@ class AuditRun:
             for cell in cells:
                 emit(cell, [self.failed_record(cell, error, state.seed_key)], 0.0)
             return
+        release_pages()  # what the defense's fit and the release read of mapped features: out of the RSS
         inputs = pipeline.AttackInputs(
             aux, test, {name: data.num_classes(name) for name in [data.primary, *data.private]}, data.primary, split,
             self.config.trainer, self.config.n_boot, scratch, max_ram)
@@ -223,6 +224,7 @@ class AuditRun:
                 log.debug("%s", traceback.format_exc())
                 records = [self.failed_record(cell, f"attack {cell.attack} failed: {type(err).__name__}: {err}",
                                         state.seed_key)]
+            release_pages()
             emit(cell, records, time.perf_counter() - start)
 
     def _base_record(self, cell: Cell, seed_key: str | None = None) -> dict[str, Any]:

@@ -28,6 +28,7 @@ import torch
 from pydantic import Field
 from torch import nn
 
+from audit.core.chunked import column_mean, element_stats
 from audit.core.registry import PluginParams
 from audit.core.training import TrainerSettings, fit_classifier, fit_to_convergence
 from defenses import register_defense
@@ -125,11 +126,12 @@ def finetune_on_noise(
         torch.manual_seed(seed + 2)  # the validation split's one noise draw
         was = noise.training
         noise.train()
-        x_val = noise(pre(inputs[val_idx]))
+        x_val = torch.cat([noise(pre(inputs[val_idx[i : i + batch_size]])) for i in range(0, n_val, batch_size)])
         noise.train(was)
+    # the training rows are gathered batch by batch: the (memory-mapped) inputs are never copied whole
     _, facts = fit_to_convergence(
-        net, inputs[train_idx], y[train_idx], num_classes, (x_val, y[val_idx]), settings=settings,
-        max_epochs=max_epochs, patience=patience, batch_size=batch_size, lr=lr, seed=seed, log_epochs=title)
+        net, inputs, y, num_classes, (x_val, y[val_idx]), settings=settings, max_epochs=max_epochs,
+        patience=patience, batch_size=batch_size, lr=lr, seed=seed, log_epochs=title, rows=train_idx)
     return cloud.eval(), {"validated": True, **facts}
 
 
@@ -157,8 +159,9 @@ class Noise(Defense):
         p = self.params
         self.edge = ctx.split.edge.eval()
         train_features = ctx.split.features("train")
-        self.sigma = p.scale * float(train_features.std())
-        shrink = Shrink(train_features.mean(0), float(train_features.var()), self.sigma)
+        _, var = element_stats(train_features)  # chunked: no copy of the (memory-mapped) features
+        self.sigma = p.scale * math.sqrt(var)
+        shrink = Shrink(column_mean(train_features).float(), var, self.sigma)
         self.cloud = nn.Sequential(shrink, copy.deepcopy(ctx.split.cloud))
         _, self.cloud_training = finetune_on_noise(
             self.cloud, train_features, ctx.train.y, ctx.num_classes, AddNoise(self.sigma, p.distribution),

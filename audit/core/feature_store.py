@@ -19,12 +19,15 @@ disappears with the last tensor that uses it.
 """
 from __future__ import annotations
 
+import ctypes
 import hashlib
 import logging
+import mmap
 import os
 import shutil
 import tempfile
 import time
+import weakref
 from pathlib import Path
 from typing import Callable
 
@@ -101,7 +104,7 @@ def open_array(path: Path, max_ram_mb: float) -> torch.Tensor:
     path = Path(path)
     if path.stat().st_size <= max_ram_mb * MB:
         return torch.from_numpy(np.load(path, allow_pickle=False))
-    return torch.from_numpy(np.load(path, mmap_mode="c", allow_pickle=False))
+    return tracked(np.load(path, mmap_mode="c", allow_pickle=False))
 
 
 def is_mapped(t: torch.Tensor) -> bool:
@@ -114,6 +117,78 @@ def is_mapped(t: torch.Tensor) -> bool:
             if lo <= address < hi:
                 return len(fields) == 6 and fields[5].startswith("/")
     return False
+
+
+MADV_DONTNEED = 4  # <sys/mman.h>, Linux
+_MAPPINGS: dict[int, int] = {}  # start -> end address of this process's live feature-file mappings
+
+
+def tracked(array: np.ndarray) -> torch.Tensor:
+    """``torch.from_numpy(array)``; a memory-mapped ``array`` is registered for :func:`release_pages`
+    until it is unmapped."""
+    mm = getattr(array, "_mmap", None)
+    if isinstance(array, np.memmap) and mm is not None:
+        lo = array.ctypes.data - array.offset % mmap.ALLOCATIONGRANULARITY
+        _MAPPINGS[lo] = lo + len(mm)
+        weakref.finalize(array, _MAPPINGS.pop, lo, None)
+    return torch.from_numpy(array)
+
+
+def _anonymous_kb(starts: set[int]) -> dict[int, int]:
+    """The ``Anonymous`` kB (pages copied on write) of this process's mappings starting at ``starts``."""
+    out, current = {}, None
+    with open("/proc/self/smaps") as fh:
+        for line in fh:
+            if line[0] in "0123456789abcdef" and "-" in line.split(" ", 1)[0]:  # a mapping's first line
+                start = int(line.split("-", 1)[0], 16)
+                current = start if start in starts else None
+            elif current is not None and line.startswith("Anonymous:"):
+                out[current] = int(line.split()[1])
+    return out
+
+
+def release_pages(*tensors: torch.Tensor | None) -> int:
+    """Unmap this process's resident pages of the feature files behind ``tensors`` (all tracked
+    feature mappings when none is given); returns the bytes advised. Linux; elsewhere a no-op.
+
+    A memory-mapped split read whole (an epoch, a PCA pass) stays resident in the process and counts
+    in its RSS until unmapped, although the kernel could drop it at any time. The loops that stream
+    a large split call this after each batch, the runner between stages, so the RSS holds what one
+    batch needs. The pages stay in the page cache: the next read is a minor fault, not a disk read.
+    A mapping with pages copied on write (a plugin wrote into its features) is left alone, as
+    ``MADV_DONTNEED`` would discard those writes."""
+    if not _MAPPINGS:
+        return 0
+    if tensors:
+        pointers = [t.untyped_storage().data_ptr() for t in tensors if t is not None]
+        ranges = [(lo, hi) for lo, hi in list(_MAPPINGS.items()) if any(lo <= p < hi for p in pointers)]
+    else:
+        ranges = list(_MAPPINGS.items())
+    try:
+        madvise = ctypes.CDLL(None, use_errno=True).madvise
+    except (OSError, AttributeError):
+        return 0
+    advised, anonymous = 0, _anonymous_kb({lo for lo, _ in ranges})
+    for lo, hi in ranges:
+        if anonymous.get(lo) == 0 and madvise(ctypes.c_void_p(lo), ctypes.c_size_t(hi - lo), MADV_DONTNEED) == 0:
+            advised += hi - lo
+    return advised
+
+
+RELEASE_EVERY = 256 * MB  # bytes streamed between two calls of release_pages by the streaming loops
+_streamed = [0]
+
+
+def streamed(*batches: torch.Tensor) -> None:
+    """Count the bytes of ``batches`` a streaming loop has just read (or written); after every
+    ``RELEASE_EVERY`` bytes the tracked feature mappings are released (:func:`release_pages`),
+    so a loop over a mapped split holds about that much of it in RSS, not the whole split."""
+    if not _MAPPINGS:
+        return
+    _streamed[0] += sum(b.element_size() * b.numel() for b in batches)
+    if _streamed[0] >= RELEASE_EVERY:
+        _streamed[0] = 0
+        release_pages()
 
 
 def write_batches(
@@ -167,13 +242,16 @@ def map_batches(
     try:
         out = np.lib.format.open_memmap(tmp, mode="w+", dtype=numpy_dtype(first.dtype), shape=(n, *first.shape[1:]))
         reserve_file_space(tmp)  # a full disk: OSError (ENOSPC) here, not SIGBUS at a mapped write
+        result = tracked(out)
         out[: first.shape[0]] = first.numpy()
         for start in range(batch_size, n, batch_size):
             stop = min(n, start + batch_size)
-            out[start:stop] = batch(start, stop).numpy()
+            rows = batch(start, stop)
+            out[start:stop] = rows.numpy()
+            streamed(rows, rows)  # the rows written, and about as many of mapped features read
     finally:
         Path(tmp).unlink(missing_ok=True)  # the mapping stays valid; the space is freed with the tensor
-    return torch.from_numpy(out)
+    return result
 
 
 def file_digest(path: Path, chunk: int = 8 * MB) -> str:

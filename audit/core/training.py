@@ -19,8 +19,10 @@ import torch.nn.functional as F
 from lightning.pytorch.callbacks import EarlyStopping
 from pydantic import BaseModel, ConfigDict
 from torch import nn
-from torch.utils.data import DataLoader, TensorDataset
+from torch.utils.data import DataLoader, Subset, TensorDataset, default_collate
 from torchmetrics.classification import MulticlassAccuracy
+
+from audit.core.feature_store import streamed
 
 log = logging.getLogger("splitaudit")
 
@@ -78,18 +80,40 @@ def inference_device(settings: TrainerSettings) -> torch.device:
     return torch.device("cpu")
 
 
-def tensor_loader(*tensors: torch.Tensor, batch_size: int, shuffle: bool, seed: int = 0) -> DataLoader:
+def tensor_loader(*tensors: torch.Tensor, batch_size: int, shuffle: bool, seed: int = 0,
+                  rows: torch.Tensor | None = None) -> DataLoader:
+    """Batches of the rows of ``tensors`` (all of them, or only ``rows``, an index tensor). The rows are
+    gathered batch by batch, so selecting them copies nothing: a memory-mapped split stays on disk."""
+    data = TensorDataset(*tensors)
+    if rows is not None:
+        data = Subset(data, rows.tolist())
     gen = torch.Generator().manual_seed(seed)
-    return DataLoader(TensorDataset(*tensors), batch_size=batch_size, shuffle=shuffle, generator=gen)
+    return DataLoader(data, batch_size=batch_size, shuffle=shuffle, generator=gen, collate_fn=collate_streamed)
+
+
+def collate_streamed(samples: list) -> Any:
+    """``default_collate``, counting the batch as streamed (memory-mapped features leave the RSS as read)."""
+    batch = default_collate(samples)
+    streamed(*(t for t in batch if isinstance(t, torch.Tensor)))
+    return batch
 
 
 @torch.no_grad()
-def predict(module: nn.Module, x: torch.Tensor, batch_size: int = 256, device: torch.device | None = None) -> torch.Tensor:
-    """``module(x)`` in eval mode, batched; the result is on the CPU."""
+def predict(module: nn.Module, x: torch.Tensor, batch_size: int = 256, device: torch.device | None = None,
+            rows: torch.Tensor | None = None) -> torch.Tensor:
+    """``module(x)`` (``module(x[rows])`` with an index tensor ``rows``) in eval mode, in batches
+    gathered one at a time; the result is on the CPU."""
     device = device or torch.device("cpu")
     was_training = module.training
     module.eval().to(device)
-    out = [module(x[i : i + batch_size].to(device)).cpu() for i in range(0, x.shape[0], batch_size)]
+    n = x.shape[0] if rows is None else rows.numel()
+
+    def batch(i: int) -> torch.Tensor:
+        out = x[i : i + batch_size] if rows is None else x[rows[i : i + batch_size]]
+        streamed(out)
+        return out
+
+    out = [module(batch(i).to(device)).cpu() for i in range(0, n, batch_size)]
     module.train(was_training)
     if device.type != "cpu":
         module.cpu()
@@ -219,8 +243,10 @@ def fit_classifier(
     log_epochs: str | None = None,
     patience: int | None = None,
     report: dict | None = None,
+    rows: torch.Tensor | None = None,
 ) -> nn.Module:
-    """Train ``net`` (in place) to predict ``y`` from ``x`` with Lightning.
+    """Train ``net`` (in place) to predict ``y`` from ``x`` with Lightning (only the rows ``rows`` of
+    (x, y) when given: an index tensor, gathered batch by batch, no copy of x).
 
     With ``val`` the weights of the epoch with the best validation balanced
     accuracy are kept (early model selection on held-out data, never on test).
@@ -233,7 +259,7 @@ def fit_classifier(
     net.train()
     module = ClassifierModule(
         net, num_classes, lr=lr, weight_decay=weight_decay,
-        weights=class_weights(y, num_classes) if balanced else None, hflip=hflip,
+        weights=class_weights(y if rows is None else y[rows], num_classes) if balanced else None, hflip=hflip,
     )
     keep = KeepBest("val_bacc")
     callbacks: list[L.Callback] = [keep] if val is not None else []
@@ -242,7 +268,7 @@ def fit_classifier(
     if log_epochs:
         callbacks.append(EpochLog(log_epochs))
     trainer = make_trainer(settings, epochs, callbacks)
-    train_loader = tensor_loader(x, y, batch_size=batch_size, shuffle=True, seed=seed)
+    train_loader = tensor_loader(x, y, batch_size=batch_size, shuffle=True, seed=seed, rows=rows)
     val_loader = tensor_loader(*val, batch_size=512, shuffle=False) if val is not None else None
     trainer.fit(module, train_loader, val_loader)
     if report is not None and val is not None:
@@ -266,8 +292,10 @@ def fit_to_convergence(
     lr: float = 1e-3,
     seed: int = 0,
     log_epochs: str | None = None,
+    rows: torch.Tensor | None = None,
 ) -> tuple[nn.Module, dict[str, Any]]:
-    """Train ``net`` (in place) on (x, y) until the validation cross-entropy (nats, unweighted mean over
+    """Train ``net`` (in place) on (x, y) (only the rows ``rows`` when given, as in :func:`fit_classifier`)
+    until the validation cross-entropy (nats, unweighted mean over
     ``val`` = (x_val, y_val)) has not improved by ``min_delta`` for ``patience`` epochs, at most
     ``max_epochs``; the weights of the lowest validation loss are kept, the untrained ones included
     (training never leaves ``net`` worse on ``val`` than it started). Returns (net on the CPU, facts):
@@ -285,7 +313,7 @@ def fit_to_convergence(
         callbacks.append(EpochLog(log_epochs, ("train_loss", "val_loss")))
     trainer = make_trainer(settings, max_epochs, callbacks)
     net.train()
-    trainer.fit(module, tensor_loader(x, y, batch_size=batch_size, shuffle=True, seed=seed), val_loader)
+    trainer.fit(module, tensor_loader(x, y, batch_size=batch_size, shuffle=True, seed=seed, rows=rows), val_loader)
     after = make_trainer(settings, 1).validate(module, val_loader, verbose=False)[0]
     net.cpu().eval()
     facts = {

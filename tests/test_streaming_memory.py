@@ -1,0 +1,75 @@
+"""Streaming over memory-mapped features: chunked statistics equal the whole-array ones, a loop over a
+mapped split keeps only about ``RELEASE_EVERY`` bytes of it resident, and a plugin's in-place write
+into its (copy-on-write) features is never discarded."""
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from audit.core import feature_store
+from audit.core.chunked import channel_stats, column_stats, element_stats
+from audit.core.feature_store import open_array, release_pages
+from audit.core.training import predict, tensor_loader
+
+
+def resident_bytes(t: torch.Tensor) -> int:
+    """Rss of the mapping holding ``t`` (from /proc/self/smaps)."""
+    ptr = t.untyped_storage().data_ptr()
+    inside = False
+    with open("/proc/self/smaps") as fh:
+        for line in fh:
+            head = line.split(" ", 1)[0]
+            if "-" in head and ":" not in head:
+                lo, hi = (int(v, 16) for v in head.split("-"))
+                inside = lo <= ptr < hi
+            elif inside and line.startswith("Rss:"):
+                return int(line.split()[1]) * 1024
+    raise AssertionError("tensor is not in a mapping")
+
+
+@pytest.fixture
+def mapped(tmp_path):
+    z = np.random.default_rng(0).standard_normal((2048, 4, 32, 32), dtype=np.float32)  # 32 MB, 16 KB per row
+    np.save(tmp_path / "z.npy", z)
+    return torch.from_numpy(z), open_array(tmp_path / "z.npy", max_ram_mb=0)
+
+
+def test_chunked_statistics_equal_the_whole_array_ones(mapped):
+    z, _ = mapped
+    rows = torch.randperm(2048, generator=torch.Generator().manual_seed(1))[:100]
+    flat = z.flatten(1)
+    mean, std = column_stats(flat, rows, chunk=7)
+    torch.testing.assert_close(mean, flat[rows].mean(0), atol=1e-6, rtol=1e-5)
+    torch.testing.assert_close(std, flat[rows].std(0), atol=1e-6, rtol=1e-5)
+    mean, std = channel_stats(z, rows, chunk=7)
+    torch.testing.assert_close(mean, z[rows].mean((0, 2, 3), keepdim=True), atol=1e-6, rtol=1e-5)
+    torch.testing.assert_close(std, z[rows].std((0, 2, 3), keepdim=True), atol=1e-6, rtol=1e-5)
+    m, v = element_stats(z, chunk=7)
+    assert m == pytest.approx(float(z.double().mean()), abs=1e-9)
+    assert v == pytest.approx(float(z.double().var()), rel=1e-9)
+
+
+@pytest.mark.skipif(not feature_store.Path("/proc/self/smaps").exists(), reason="needs Linux /proc/self/smaps")
+def test_a_loop_over_a_mapped_split_keeps_little_of_it_resident(mapped, monkeypatch):
+    z, m = mapped
+    release_pages(m)
+    monkeypatch.setattr(feature_store, "RELEASE_EVERY", 1 << 20)  # 64 rows of 16 KB
+    bound = 8 << 20  # of 32 MB read: RELEASE_EVERY, a batch, and the 2 MB pages of file huge pages
+    pool = torch.nn.AdaptiveAvgPool2d(1)  # a computed output, not a view of the mapped rows
+    torch.testing.assert_close(predict(pool, m, batch_size=8), pool(z))
+    assert resident_bytes(m) <= bound
+    for (batch,) in tensor_loader(m, batch_size=64, shuffle=True):
+        assert batch.shape == (64, 4, 32, 32)
+    assert resident_bytes(m) <= bound
+    monkeypatch.setattr(feature_store, "RELEASE_EVERY", 1 << 40)  # never released: the whole split stays
+    predict(pool, m, batch_size=8)
+    assert resident_bytes(m) >= 32 << 20
+
+
+def test_an_in_place_write_into_mapped_features_survives_a_release(mapped):
+    z, m = mapped
+    m[3, 1, 2, 2] = 1234.5  # copy on write: the file is untouched
+    release_pages()
+    assert float(m[3, 1, 2, 2]) == 1234.5
+    assert float(m[4, 0, 0, 0]) == float(z[4, 0, 0, 0])
