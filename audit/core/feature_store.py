@@ -204,11 +204,13 @@ def write_batches(
             if out is None:
                 out = np.lib.format.open_memmap(tmp, mode="w+", dtype=numpy_dtype(batch.dtype), shape=(n, *batch.shape[1:]))
                 reserve_file_space(tmp)  # a full disk: OSError (ENOSPC) here, not SIGBUS at a mapped write
+                mapped = tracked(out)  # the written rows leave the RSS as the loop goes (written back from the cache)
             out[start:stop] = batch.numpy()
+            streamed(batch)
         if out is None:
             raise ValueError("no rows to write")
         out.flush()
-        del out
+        del out, mapped
     return path
 
 
