@@ -27,7 +27,7 @@ import torch
 
 from attacks import ATTACKS, AttackContext, AttackView, ReleaseChannel, Score
 from audit.core.data import AuditData, Part
-from audit.core.feature_store import Rows, map_batches
+from audit.core.feature_store import Rows, map_batches, streamed
 from audit.core.profile import timed
 from audit.core.registry import PluginParams, Registry
 from audit.core.stats import mean_ci
@@ -66,21 +66,28 @@ def release_all(
     """``defense.release`` over a whole split, in batches; with ``scratch_dir`` a result larger
     than ``max_ram_mb`` is memory-mapped from a scratch file there instead of held in RAM.
     With ``title`` a slow release (e.g. encryption) logs its progress."""
-    return map_batches(lambda a, b: defense.release(x[a:b], features[a:b]), x.shape[0], scratch_dir,
+    return map_batches(lambda a, b: defense.release(x[a:b], streamed_rows(features, a, b)), x.shape[0], scratch_dir,
                        max_ram_mb, batch_size, title)
+
+
+def streamed_rows(features: torch.Tensor | Rows, start: int, stop: int) -> torch.Tensor:
+    """``features[start:stop]``, counted as streamed (mapped features leave the RSS as they are read)."""
+    rows = features[start:stop]
+    streamed(rows)
+    return rows
 
 
 def predict_all(defense: Defense, x: torch.Tensor, features: torch.Tensor, batch_size: int = 512,
                 title: str | None = None) -> torch.Tensor:
     """``defense.predict`` (primary logits through the defended pipeline) over a whole split, in batches;
     with ``title`` a slow one (e.g. encrypted inference) logs its progress."""
-    return map_batches(lambda a, b: defense.predict(x[a:b], features[a:b]), x.shape[0], None, math.inf,
-                       batch_size, title)
+    return map_batches(lambda a, b: defense.predict(x[a:b], streamed_rows(features, a, b)), x.shape[0], None,
+                       math.inf, batch_size, title)
 
 
-def all_finite(z: torch.Tensor, batch: int = 4096) -> bool:
+def all_finite(z: torch.Tensor, batch: int = 256) -> bool:
     """``torch.isfinite(z).all()`` in row batches (no full-size temporary for large, mapped arrays)."""
-    return all(bool(torch.isfinite(z[i : i + batch]).all()) for i in range(0, z.shape[0], batch))
+    return all(bool(torch.isfinite(streamed_rows(z, i, i + batch)).all()) for i in range(0, z.shape[0], batch))
 
 
 def fit_defense(name: str, params: dict[str, Any] | PluginParams, split: SplitPoint, train: Part,

@@ -250,7 +250,7 @@ def map_batches(
             stop = min(n, start + batch_size)
             rows = batch(start, stop)
             out[start:stop] = rows.numpy()
-            streamed(rows, rows)  # the rows written, and about as many of mapped features read
+            streamed(rows)  # the rows written leave the RSS as the loop goes
     finally:
         Path(tmp).unlink(missing_ok=True)  # the mapping stays valid; the space is freed with the tensor
     return result
