@@ -3,7 +3,8 @@
 A run that fails here leaves ``--out`` as it was (no ``audit.json``), so the corrected rerun
 into the same folder is a new audit, not "another audit". Checked: the output folder (not a
 dangling link, not a file, writable, not on a read-only filesystem), and every task: its
-dataset loads (root, files, labels), the model builds, and each cut point exists in it.
+dataset loads (root, files, labels), the model builds, and each cut point exists in it; the
+trainer settings (accelerator, devices, precision) can run on this machine.
 (Plugin parameters are checked when the config is loaded, :mod:`audit.config`.)
 """
 from __future__ import annotations
@@ -67,7 +68,23 @@ def check_tasks(config: Any, objects: dict[int, dict[str, Any]], cache_dir: Path
         del loaded, model
 
 
+def check_trainer(settings: Any) -> None:
+    """Build a Lightning trainer from the config's ``trainer`` settings: an accelerator this machine lacks
+    (``gpu`` with no CUDA) or a misspelt one raises :class:`AuditInputError` now, not after the data
+    and the first training; the audit never falls back to the CPU on its own."""
+    from audit.core.training import make_trainer
+
+    try:
+        make_trainer(settings, 1)
+    except Exception as err:  # noqa: BLE001 - Lightning raises ValueError or MisconfigurationException
+        raise AuditInputError(
+            f"trainer: accelerator {settings.accelerator!r}, devices {settings.devices!r}, strategy {settings.strategy!r}, "
+            f"precision {settings.precision!r} cannot run on this machine: {err} (use trainer.accelerator: cpu or auto, "
+            "or --set trainer.accelerator=cpu)") from None
+
+
 def check_run(run: Any) -> None:
     """Everything :class:`audit.runner.AuditRun` checks before it creates its results store."""
     check_out_dir(run.out_dir)
+    check_trainer(run.config.trainer)
     check_tasks(run.config, run.objects, run.cache_dir)
