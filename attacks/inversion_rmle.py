@@ -31,6 +31,7 @@ from attacks import register_attack
 from attacks._channel import require_white_box_edge
 from attacks.base import Attack, AttackContext, Score
 from attacks.inversion import data_range_of, eval_subset, grid_extra, reconstruction_scores
+from audit.core.chunked import mean_square
 
 
 def relative_residual(mapped: torch.Tensor, z: torch.Tensor) -> torch.Tensor:
@@ -97,7 +98,7 @@ class RMLEInversion(Attack):
         self.range = data_range_of(ctx.aux.x, self.params.data_range)
         self.mean_image = ctx.aux.x.float().mean(dim=0)
         self.edge = require_white_box_edge(ctx, "inversion_rmle")
-        self.feature_scale = float(ctx.aux.z.float().pow(2).mean().clamp_min(1e-12))
+        self.feature_scale = max(mean_square(ctx.aux.z), 1e-12)  # chunked: no copy of the aux split
 
     def score(self, ctx: AttackContext) -> list[Score]:
         p = self.params

@@ -32,6 +32,7 @@ from attacks import register_attack
 from attacks._channel import release_batched
 from attacks.base import Attack, AttackContext, Score
 from attacks.inversion import eval_subset
+from audit.core.chunked import column_stats
 from audit.core.stats import mean_ci
 
 
@@ -71,20 +72,24 @@ def wilson_ci(p_hat: float, n: int, z: float = 1.959964) -> tuple[float, float]:
 class StandardSpace:
     """Flattened release -> per-element standardised (aux statistics), optionally PCA-projected (float32)."""
 
+    chunk = 256  # rows standardised at a time
+
     def __init__(self, z_aux: torch.Tensor, pca_components: int | None):
-        flat = z_aux.flatten(1).float()
-        self.mean = flat.mean(0)
-        std = flat.std(0)
+        flat = z_aux.flatten(1)
+        self.mean, std = column_stats(flat)  # float64 row chunks: no copy of a (memory-mapped) aux split
         self.std = std.clamp_min(max(float(std.median()) * 1e-3, 1e-12))
         self.projection = None
         if pca_components is not None and flat.shape[1] > pca_components:
             q = min(pca_components, flat.shape[0] - 1)
-            _, _, v = torch.pca_lowrank((flat - self.mean) / self.std, q=q, center=True, niter=4)
+            _, _, v = torch.pca_lowrank((flat.float() - self.mean) / self.std, q=q, center=True, niter=4)
             self.projection = v[:, :q]
 
     def __call__(self, z: torch.Tensor) -> torch.Tensor:
-        out = (z.flatten(1).float() - self.mean) / self.std
-        return out @ self.projection if self.projection is not None else out
+        flat, parts = z.flatten(1), []
+        for i in range(0, flat.shape[0], self.chunk):
+            part = (flat[i : i + self.chunk].float() - self.mean).div_(self.std)
+            parts.append(part @ self.projection if self.projection is not None else part)
+        return torch.cat(parts)
 
 
 @register_attack("reidentify")
@@ -111,8 +116,8 @@ class Reidentify(Attack):
                 break  # a deterministic channel: more queries change nothing
             total += again
             used += 1
-        candidates = self.space(total / used)
-        del total
+        candidates = self.space(total.div_(used))
+        del total, again
         observed = self.space(ctx.test.z[idx].float())
         norm_rank, top1 = link_ranks(observed, candidates)
         n = len(idx)

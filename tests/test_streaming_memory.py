@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from audit.core import feature_store
-from audit.core.chunked import channel_stats, column_stats, element_stats
+from audit.core.chunked import channel_stats, column_stats, element_stats, mean_square
 from audit.core.feature_store import open_array, release_pages
 from audit.core.training import predict, tensor_loader
 
@@ -48,6 +48,7 @@ def test_chunked_statistics_equal_the_whole_array_ones(mapped):
     m, v = element_stats(z, chunk=7)
     assert m == pytest.approx(float(z.double().mean()), abs=1e-9)
     assert v == pytest.approx(float(z.double().var()), rel=1e-9)
+    assert mean_square(z, chunk=7) == pytest.approx(float(z.double().pow(2).mean()), rel=1e-9)
 
 
 @pytest.mark.skipif(not feature_store.Path("/proc/self/smaps").exists(), reason="needs Linux /proc/self/smaps")

@@ -69,3 +69,8 @@ def element_stats(z: torch.Tensor, chunk: int = CHUNK) -> tuple[float, float]:
     sq = sum(float((block - mean).pow_(2).sum()) for block in row_chunks(z, None, chunk))
     return mean, sq / max(m - 1, 1)
 
+
+
+def mean_square(z: torch.Tensor, chunk: int = CHUNK) -> float:
+    """``z.pow(2).mean()`` over every element of ``z`` (N, ...), in float64 row chunks."""
+    return sum(float(block.pow(2).sum()) for block in row_chunks(z, None, chunk)) / max(z.numel(), 1)
