@@ -109,10 +109,13 @@ def release_views(
     Raises ValueError when a release holds NaN / inf."""
     aux, test = data.part(*attacker_parts), data.part("test")
     where = f"{title}: " if title else ""
-    z_aux = release_all(defense, aux.x, Rows(*(split.features(p) for p in attacker_parts)), scratch_dir=scratch_dir,
-                        max_ram_mb=max_ram_mb, title=f"{where}release of the {'+'.join(attacker_parts)} split")
-    z_test = release_all(defense, test.x, split.features("test"), scratch_dir=scratch_dir, max_ram_mb=max_ram_mb,
-                         title=f"{where}release of the test split")
+    if defense.releases_features and len(attacker_parts) == 1:  # the raw features: no copy of them
+        z_aux, z_test = split.features(attacker_parts[0]), split.features("test")
+    else:
+        z_aux = release_all(defense, aux.x, Rows(*(split.features(p) for p in attacker_parts)), scratch_dir=scratch_dir,
+                            max_ram_mb=max_ram_mb, title=f"{where}release of the {'+'.join(attacker_parts)} split")
+        z_test = release_all(defense, test.x, split.features("test"), scratch_dir=scratch_dir, max_ram_mb=max_ram_mb,
+                             title=f"{where}release of the test split")
     for name, z in (("aux", z_aux), ("test", z_test)):
         if z.is_floating_point() and not all_finite(z):
             raise ValueError(f"defense {title or type(defense).__name__} released NaN/inf features for the "

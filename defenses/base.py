@@ -71,6 +71,9 @@ class Defense:
 
     name: ClassVar[str]
     rounds: int = 1  # device <-> cloud round trips per inference
+    # True when release(x, features) is ``features`` itself: the attack views are then the split's
+    # feature tensors, not copies of them
+    releases_features: ClassVar[bool] = False
 
     class Params(PluginParams):
         pass

@@ -6,3 +6,5 @@ from defenses.base import Defense
 @register_defense("none")
 class NoDefense(Defense):
     """No defense: the cloud sees the raw split feature."""
+
+    releases_features = True
