@@ -37,7 +37,7 @@ from attacks._channel import release_batched
 from attacks._linear import fit_logistic, pca_basis
 from attacks.base import Attack, AttackContext, Score
 from attacks.metrics import classification_scores
-from audit.core.chunked import channel_stats, column_stats
+from audit.core.chunked import block_rows, channel_stats, column_stats
 from audit.core.feature_store import streamed
 from audit.core.training import fit_classifier, predict
 
@@ -81,11 +81,9 @@ class Standardize(nn.Module):
     per element otherwise); optionally projected on the top principal components
     (:func:`attacks._linear.pca_basis`: chunked, cached per feature tensor).
 
-    Flat features are standardised ``chunk`` rows at a time and the PCA never holds a standardised
+    Flat features are standardised 64 MB of rows at a time and the PCA never holds a standardised
     copy: at UTKFace conv1 (262,144 elements, 1 MB per sample) every full-size temporary costs
     ~1.8 GB for the aux split."""
-
-    chunk = 256
 
     def __init__(self, z: torch.Tensor, spatial: bool, pca_components: int | None = None,
                  rows: torch.Tensor | None = None):
@@ -109,8 +107,9 @@ class Standardize(nn.Module):
         if self.spatial:
             return (z - self.mean) / self.std
         flat, parts = z.flatten(1), []
-        for i in range(0, flat.shape[0], self.chunk):
-            block = flat[i : i + self.chunk]
+        chunk = block_rows(flat, 4, 64 << 20)  # 64 MB of float32 rows at a time
+        for i in range(0, flat.shape[0], chunk):
+            block = flat[i : i + chunk]
             streamed(block)
             part = (block - self.mean).div_(self.std)
             parts.append(part if self.projection is None else part @ self.projection)

@@ -32,7 +32,7 @@ from attacks import register_attack
 from attacks._channel import release_batched
 from attacks.base import Attack, AttackContext, Score
 from attacks.inversion import eval_subset
-from audit.core.chunked import column_stats
+from audit.core.chunked import block_rows, column_stats
 from audit.core.stats import mean_ci
 
 
@@ -72,8 +72,6 @@ def wilson_ci(p_hat: float, n: int, z: float = 1.959964) -> tuple[float, float]:
 class StandardSpace:
     """Flattened release -> per-element standardised (aux statistics), optionally PCA-projected (float32)."""
 
-    chunk = 256  # rows standardised at a time
-
     def __init__(self, z_aux: torch.Tensor, pca_components: int | None):
         flat = z_aux.flatten(1)
         self.mean, std = column_stats(flat)  # float64 row chunks: no copy of a (memory-mapped) aux split
@@ -86,8 +84,9 @@ class StandardSpace:
 
     def __call__(self, z: torch.Tensor) -> torch.Tensor:
         flat, parts = z.flatten(1), []
-        for i in range(0, flat.shape[0], self.chunk):
-            part = (flat[i : i + self.chunk].float() - self.mean).div_(self.std)
+        chunk = block_rows(flat, 4, 64 << 20)  # 64 MB of float32 rows at a time
+        for i in range(0, flat.shape[0], chunk):
+            part = (flat[i : i + chunk].float() - self.mean).div_(self.std)
             parts.append(part @ self.projection if self.projection is not None else part)
         return torch.cat(parts)
 

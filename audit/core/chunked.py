@@ -3,7 +3,8 @@
 A split of UTKFace conv1 features is 1 MB per sample (1.8 GB for the aux split, 3.6 GB for
 task-train), usually memory-mapped from the feature store. ``z.std()`` or ``z[rows]`` on such
 an array makes a same-size copy in process memory; these functions read ``chunk`` rows at a
-time (optionally only the rows ``rows`` of ``z``, in that order) and accumulate in float64.
+time (default: as many as fit ``BLOCK_BYTES`` in float64, 16 rows of conv1) (optionally only the
+rows ``rows`` of ``z``, in that order) and accumulate in float64.
 """
 from __future__ import annotations
 
@@ -13,12 +14,18 @@ import torch
 
 from audit.core.feature_store import streamed
 
-CHUNK = 256  # rows read at a time
+BLOCK_BYTES = 32 << 20  # bytes of one float64 block of rows
 
 
-def row_chunks(z: torch.Tensor, rows: torch.Tensor | None = None, chunk: int = CHUNK) -> Iterator[torch.Tensor]:
+def block_rows(z: torch.Tensor, itemsize: int = 8, budget: int = BLOCK_BYTES) -> int:
+    """How many rows of ``z`` (N, ...) fit ``budget`` bytes at ``itemsize`` bytes per element (at least 1)."""
+    return max(1, budget // max(1, itemsize * z[0].numel())) if z.shape[0] else 1
+
+
+def row_chunks(z: torch.Tensor, rows: torch.Tensor | None = None, chunk: int | None = None) -> Iterator[torch.Tensor]:
     """``z[rows]`` (all rows when ``rows`` is None) as consecutive float64 blocks of at most ``chunk`` rows."""
     n = z.shape[0] if rows is None else rows.numel()
+    chunk = chunk or block_rows(z)
     for i in range(0, n, chunk):
         block = z[i : i + chunk] if rows is None else z[rows[i : i + chunk]]
         streamed(block)
@@ -29,7 +36,7 @@ def count(z: torch.Tensor, rows: torch.Tensor | None) -> int:
     return z.shape[0] if rows is None else rows.numel()
 
 
-def column_mean(z: torch.Tensor, rows: torch.Tensor | None = None, chunk: int = CHUNK) -> torch.Tensor:
+def column_mean(z: torch.Tensor, rows: torch.Tensor | None = None, chunk: int | None = None) -> torch.Tensor:
     """``z[rows].mean(0)`` (float64, shape z.shape[1:])."""
     total = torch.zeros(z.shape[1:], dtype=torch.float64)
     for block in row_chunks(z, rows, chunk):
@@ -37,7 +44,10 @@ def column_mean(z: torch.Tensor, rows: torch.Tensor | None = None, chunk: int = 
     return total / count(z, rows)
 
 
-def column_stats(flat: torch.Tensor, rows: torch.Tensor | None = None, chunk: int = CHUNK) -> tuple[torch.Tensor, torch.Tensor]:
+Stats = tuple[torch.Tensor, torch.Tensor]
+
+
+def column_stats(flat: torch.Tensor, rows: torch.Tensor | None = None, chunk: int | None = None) -> Stats:
     """Per-column mean and sample std (clamped at 1e-6) of ``flat[rows]`` (N, D): float32 (D,) each."""
     mean = column_mean(flat, rows, chunk)
     sq = torch.zeros_like(mean)
@@ -47,7 +57,7 @@ def column_stats(flat: torch.Tensor, rows: torch.Tensor | None = None, chunk: in
     return mean.float(), std.float().clamp_min(1e-6)
 
 
-def channel_stats(z: torch.Tensor, rows: torch.Tensor | None = None, chunk: int = CHUNK) -> tuple[torch.Tensor, torch.Tensor]:
+def channel_stats(z: torch.Tensor, rows: torch.Tensor | None = None, chunk: int | None = None) -> Stats:
     """Per-channel mean and sample std (clamped at 1e-6) of ``z[rows]`` (N, C, H, W), as (1, C, 1, 1) float32 each:
     the statistics of ``z.mean((0, 2, 3))`` and ``z.std((0, 2, 3))`` without their temporaries."""
     m = count(z, rows) * z.shape[2] * z.shape[3]
@@ -62,7 +72,7 @@ def channel_stats(z: torch.Tensor, rows: torch.Tensor | None = None, chunk: int 
     return mean.float(), std.float().clamp_min(1e-6)
 
 
-def element_stats(z: torch.Tensor, chunk: int = CHUNK) -> tuple[float, float]:
+def element_stats(z: torch.Tensor, chunk: int | None = None) -> tuple[float, float]:
     """(mean, sample variance) over every element of ``z`` (N, ...): ``z.mean()``, ``z.var()`` in float64."""
     m = z.numel()
     mean = sum(float(block.sum()) for block in row_chunks(z, None, chunk)) / m
@@ -71,6 +81,6 @@ def element_stats(z: torch.Tensor, chunk: int = CHUNK) -> tuple[float, float]:
 
 
 
-def mean_square(z: torch.Tensor, chunk: int = CHUNK) -> float:
+def mean_square(z: torch.Tensor, chunk: int | None = None) -> float:
     """``z.pow(2).mean()`` over every element of ``z`` (N, ...), in float64 row chunks."""
     return sum(float(block.pow(2).sum()) for block in row_chunks(z, None, chunk)) / max(z.numel(), 1)
