@@ -1,14 +1,14 @@
 """Reference records of the engine: what a refactoring of the engine must reproduce exactly.
 
-``python -m tests.engine_reference tiny|default OUT.json`` runs an audit in this process (cells with
-one torch thread) and writes, per record, the cell id and its figures. The files in ``tests/data/`` are
-compared by ``tests/test_engine_reference.py``. The engine before issue 20's restructuring (6dc7cd6) and
-the restructured one wrote identical files; they were regenerated twice since: when the stronger attack
-heads and the cloud's fine-tuning to convergence were merged (new default parameters, so new cell ids
-and stage seeds; the attribute figures rose), and when statistics of features moved to float64 row
-chunks (issue 17's memory work: the noise scale and standardisation in the last float32 bits; 55 of 282
-default figures moved, inversion PSNR by <= 0.006 dB, one null-task balanced accuracy by 0.012). A change that is *meant* to change figures (a stronger attack, a
-new default parameter) regenerates them with this command, and its commit says so and why.
+``python -m tests.engine_reference tiny|default OUT.json`` runs an audit in this process (cells with one torch
+thread) and writes, per record, the cell id and its figures. The files in ``tests/data/`` are compared by
+``tests/test_engine_reference.py``. The engine before issue 20's restructuring (6dc7cd6) and the restructured
+one wrote identical files; they were regenerated twice since: when the stronger attack heads and the cloud's
+fine-tuning to convergence were merged (new default parameters, so new cell ids and stage seeds; the attribute
+figures rose), and when statistics of features moved to float64 row chunks (issue 17's memory work: the noise
+scale and standardisation in the last float32 bits; 55 of 282 default figures moved, inversion PSNR by <=
+0.006 dB, one null-task balanced accuracy by 0.012). A change that is *meant* to change figures (a stronger
+attack, a new default parameter) regenerates them with this command, and its commit says so and why.
 """
 from __future__ import annotations
 
