@@ -41,6 +41,7 @@ from attacks import register_attack
 from attacks.attribute import Standardize
 from attacks.base import Attack, AttackContext, Score
 from attacks.metrics import classification_scores
+from audit.core.feature_store import Rows, map_batches
 from audit.core.stats import bootstrap_ci
 from audit.core.training import class_weights
 
@@ -174,7 +175,12 @@ class ModelCompletionAttack(Attack):
             # the representation sees features only: the labelled aux rows and the unlabelled test rows
             with torch.random.fork_rng(devices=[]):  # torch.pca_lowrank draws from the global RNG
                 torch.manual_seed(ctx.seed)
-                rep = Standardize(torch.cat([z_aux[lab], z_test]), spatial=False, pca_components=p.pca_components)
+                # the labelled aux rows and the test split, copied into a scratch file when large (UTKFace conv1:
+                # 1.7 GB), as a concatenation in RAM would be
+                rows = Rows(z_aux[lab], z_test)
+                both = map_batches(lambda a, b: rows[a:b], len(rows), ctx.scratch_dir, ctx.max_ram_mb)
+                rep = Standardize(both, spatial=False, pca_components=p.pca_components)
+                del both
             u_lab, u_unl = rep(z_aux[lab]), rep(z_test)
             net, supervised, counts = self_train(
                 u_lab, ctx.aux.private[t][lab], u_unl, k, rounds=p.rounds, threshold=p.threshold,

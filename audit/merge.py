@@ -16,8 +16,9 @@ whether this run trained the task model or loaded it from the cache), ``environm
 key), leaving out what measures wall-clock time or where the run happened:
 ``created``, the other ``environment`` keys (python, platform, device,
 executor, threads, shard, merged_from, partial, missing_cells, missing_shards) and, at any depth of a record, keys
-whose name ends in ``_ms`` or ``_seconds`` (``cost.edge_latency_ms`` and
-``cost.cloud_latency_ms`` today; plugins reporting wall times must name them so).
+whose name ends in ``_ms``, ``_seconds`` or ``_peak_mb`` (``cost.edge_latency_ms``,
+``cost.cloud_latency_ms`` and the stages' timings and peak memory today; plugins reporting wall times
+must name them so).
 """
 from __future__ import annotations
 
@@ -32,7 +33,7 @@ from audit.core.store import MANIFEST, CellIntegrityError, ResultStore, config_d
 
 log = logging.getLogger("splitaudit")
 
-TIMING_SUFFIXES = ("_ms", "_seconds")
+TIMING_SUFFIXES = ("_ms", "_seconds", "_peak_mb")
 ENVIRONMENT_VALUES = ("seeds", "packages")
 TASK_PROVENANCE = ("task_model",)  # trained here or loaded from the cache, when, by which torch
 

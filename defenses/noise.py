@@ -29,6 +29,7 @@ from pydantic import Field
 from torch import nn
 
 from audit.core.chunked import column_mean, element_stats
+from audit.core.feature_store import streamed
 from audit.core.registry import PluginParams
 from audit.core.training import TrainerSettings, fit_classifier, fit_to_convergence
 from defenses import register_defense
@@ -126,7 +127,14 @@ def finetune_on_noise(
         torch.manual_seed(seed + 2)  # the validation split's one noise draw
         was = noise.training
         noise.train()
-        x_val = torch.cat([noise(pre(inputs[val_idx[i : i + batch_size]])) for i in range(0, n_val, batch_size)])
+        x_val = None  # filled batch by batch: no list of batches and its concatenated copy (2 x 343 MB at conv1)
+        for i in range(0, n_val, batch_size):
+            batch = inputs[val_idx[i : i + batch_size]]
+            streamed(batch)
+            noisy = noise(pre(batch))
+            if x_val is None:
+                x_val = noisy.new_empty((n_val, *noisy.shape[1:]))
+            x_val[i : i + noisy.shape[0]] = noisy
         noise.train(was)
     # the training rows are gathered batch by batch: the (memory-mapped) inputs are never copied whole
     _, facts = fit_to_convergence(

@@ -18,7 +18,9 @@ CNN = {"name": "small_cnn", "widths": [8], "fc": [16]}
 TASK = {"name": "synthetic", "n": 1000, "image_size": 8, "strength": 0.25}
 # a tiny task: short, strong fine-tuning (defaults are for real tasks)
 STRONG = {"siamese": {"weight": 5.0, "epochs": 6, "lr": 3e-3, "batch_size": 100},
-          "nopeek": {"weight": 0.5, "epochs": 10, "lr": 1e-3, "batch_size": 64}}
+          # nopeek at weight 0.5 read 0.601 [0.534, 0.661] under torch 2.14.1 (undefended 0.757): the test's
+          # 0.6 bar sat on the figure's last digits; at 2.0 it reads 0.552 and the task keeps its accuracy
+          "nopeek": {"weight": 2.0, "epochs": 10, "lr": 1e-3, "batch_size": 64}}
 
 
 @pytest.fixture(scope="module")
@@ -54,7 +56,7 @@ def test_edge_finetuning_removes_the_planted_attribute_and_keeps_the_task(plante
     ctx, fitted = fitted_context(data, net, "fc1", defense=defense, **STRONG[defense])
     leak = _leakage(ctx)
     assert leak.ci95[1] < leak_none.ci95[0], (leak, leak_none)
-    assert leak.value < 0.6
+    assert leak.value < 0.6, (leak.value, leak_none.value)
     assert _accuracy(ctx, fitted, data) >= acc_none - 0.03
     # the shared task model is untouched: its edge still gives the cached features
     edge, _ = net.split("fc1")

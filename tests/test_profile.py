@@ -1,8 +1,12 @@
 """The timing and memory profile of a run (issue 17, item 1): in report.json and report.html."""
+import sys
+import time
+
 import pytest
+import torch
 
 from audit import Audit, build_config
-from audit.core.profile import report_timings
+from audit.core.profile import current_rss_mb, report_timings, timed
 from audit.merge import report_values
 from tests.conftest import TINY
 
@@ -22,12 +26,34 @@ def test_report_says_where_the_time_went(tmp_path):
     assert 0 < staged <= timings["wall_seconds"] + 0.5
     assert timings["attack_seconds"]["attribute"]["fit_seconds"] > 0
     assert timings["peak_rss_mb"]["driver"] > 100  # torch alone is more than that
+    stages = {"defense_fit", "release", "utility_cost", "attack_fit", "attack_score"}
     for r in report["results"]:
-        assert set(r["timings"]) == {"defense_fit_seconds", "release_seconds", "utility_cost_seconds",
-                                     "attack_fit_seconds", "attack_score_seconds"}
+        assert set(r["timings"]) == {f"{s}_seconds" for s in stages} | {f"{s}_peak_mb" for s in stages}
+        assert all(r["timings"][f"{s}_peak_mb"] > 100 for s in stages)  # torch alone is more than that
+    assert set(timings["group_peak_mb"]) == {"defense_fit_peak_mb", "release_peak_mb", "utility_cost_peak_mb"}
+    assert timings["driver_peak_mb"]["features_peak_mb"] > 100
+    assert timings["attack_seconds"]["mi"]["fit_peak_mb"] <= timings["peak_rss_mb"]["driver"] + 1
     assert all(r["timings"] == {} for r in report_values(report)["results"])  # not a report value
     html = (tmp_path / "out" / "report.html").read_text()
     assert 'id="timings"' in html and "attack attribute: fit" in html and "peak resident memory" in html
+    assert "<th>peak GB</th>" in html
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="resident memory is sampled from /proc")
+def test_a_stage_records_its_own_peak_memory():
+    """A stage that holds 400 MB for a moment records a peak at least 350 MB above where it began; the
+    next stage, after the memory is freed, records a peak below that."""
+    into: dict[str, float] = {}
+    start = current_rss_mb()
+    with timed(into, "big_seconds"):
+        block = torch.ones(100 * 2**20)  # 400 MB, every page written
+        time.sleep(0.3)  # several samples
+        del block
+    with timed(into, "small_seconds"):
+        time.sleep(0.2)
+    assert into["big_peak_mb"] >= start + 350, (start, into)
+    assert into["small_peak_mb"] < into["big_peak_mb"] - 300, into
+    assert into["big_seconds"] >= 0.3
 
 
 def test_group_stages_count_once_per_group():

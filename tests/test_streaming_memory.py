@@ -68,6 +68,22 @@ def test_a_loop_over_a_mapped_split_keeps_little_of_it_resident(mapped, monkeypa
     assert resident_bytes(m) >= 32 << 20
 
 
+@pytest.mark.skipif(not feature_store.Path("/proc/self/statm").exists(), reason="needs Linux /proc/self/statm")
+def test_shuffled_rows_of_a_mapped_split_stay_within_the_release_budget(tmp_path, monkeypatch):
+    """Reading a row maps more than the row (the large folio around it: 2 MB on this kernel), so the
+    release follows the file-backed RSS, not the bytes read: 256 rows of 256 KB (64 MB) in shuffled
+    batches of 4 (1 MB read per batch) with an 8 MB budget hold at most budget + a batch's folios."""
+    np.save(tmp_path / "big.npy", np.ones((256, 64, 32, 32), dtype=np.float32))
+    m = open_array(tmp_path / "big.npy", max_ram_mb=0)
+    release_pages(m)
+    monkeypatch.setattr(feature_store, "RELEASE_EVERY", 8 << 20)
+    most = 0
+    for (batch,) in tensor_loader(m, batch_size=4, shuffle=True):
+        assert float(batch.sum()) == 4 * 64 * 32 * 32
+        most = max(most, resident_bytes(m))
+    assert most <= 24 << 20, most / 2**20
+
+
 def test_an_in_place_write_into_mapped_features_survives_a_release(mapped):
     z, m = mapped
     m[3, 1, 2, 2] = 1234.5  # copy on write: the file is untouched

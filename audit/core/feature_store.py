@@ -147,6 +147,20 @@ def _anonymous_kb(starts: set[int]) -> dict[int, int]:
     return out
 
 
+RELEASE_EVERY = 256 * MB  # growth of the file-backed RSS between two calls of release_pages by the streaming loops
+_file_rss_after_release = [0]  # bytes of file-backed RSS after the last release
+_streamed = [0]  # bytes read since the last release (where the RSS cannot be read)
+
+
+def file_rss() -> int | None:
+    """Bytes of this process's resident file-backed (and shared) pages (``/proc/self/statm``), or None."""
+    try:
+        with open("/proc/self/statm") as fh:
+            return int(fh.read().split()[2]) * os.sysconf("SC_PAGE_SIZE")
+    except (OSError, ValueError, IndexError):
+        return None
+
+
 def release_pages(*tensors: torch.Tensor | None) -> int:
     """Unmap this process's resident pages of the feature files behind ``tensors`` (all tracked
     feature mappings when none is given); returns the bytes advised. Linux; elsewhere a no-op.
@@ -172,22 +186,29 @@ def release_pages(*tensors: torch.Tensor | None) -> int:
     for lo, hi in ranges:
         if anonymous.get(lo) == 0 and madvise(ctypes.c_void_p(lo), ctypes.c_size_t(hi - lo), MADV_DONTNEED) == 0:
             advised += hi - lo
+    _file_rss_after_release[0] = file_rss() or 0
     return advised
 
 
-RELEASE_EVERY = 256 * MB  # bytes streamed between two calls of release_pages by the streaming loops
-_streamed = [0]
-
-
 def streamed(*batches: torch.Tensor) -> None:
-    """Count the bytes of ``batches`` a streaming loop has just read (or written); after every
-    ``RELEASE_EVERY`` bytes the tracked feature mappings are released (:func:`release_pages`),
-    so a loop over a mapped split holds about that much of it in RSS, not the whole split."""
+    """Called by a streaming loop after it has read (or written) ``batches``: once the process's
+    file-backed RSS has grown by ``RELEASE_EVERY`` since the last release, the tracked feature
+    mappings are released (:func:`release_pages`), so a loop over a mapped split holds about that
+    much of it in RSS, not the whole split.
+
+    The trigger is the RSS, not the bytes read: reading one row of a mapped file maps the whole large
+    folio around it (2 MB huge pages of the page cache on this kernel), so a shuffled batch of 128
+    UTKFace pool1 rows (32 MB) mapped ~300 MB. Where ``/proc`` is missing, every ``RELEASE_EVERY``
+    bytes read trigger it."""
     if not _MAPPINGS:
         return
-    _streamed[0] += sum(b.element_size() * b.numel() for b in batches)
-    if _streamed[0] >= RELEASE_EVERY:
-        _streamed[0] = 0
+    now = file_rss()
+    if now is None:
+        _streamed[0] += sum(b.element_size() * b.numel() for b in batches)
+        if _streamed[0] >= RELEASE_EVERY:
+            _streamed[0] = 0
+            release_pages()
+    elif now - _file_rss_after_release[0] >= RELEASE_EVERY:
         release_pages()
 
 
@@ -235,8 +256,13 @@ def map_batches(
     first = batch(0, min(n, batch_size))
     total = first.element_size() * first[0].numel() * n if first.shape[0] else 0
     if scratch_dir is None or total <= max_ram_mb * MB:
-        rest = [batch(s, min(n, s + batch_size)) for s in range(batch_size, n, batch_size)]
-        return torch.cat([first, *rest]) if rest else first
+        if first.shape[0] == n:
+            return first
+        result = first.new_empty((n, *first.shape[1:]))  # filled in place: no list of batches plus its copy
+        result[: first.shape[0]] = first
+        for start in range(batch_size, n, batch_size):
+            result[start : min(n, start + batch_size)] = batch(start, min(n, start + batch_size))
+        return result
     scratch_dir = Path(scratch_dir)
     scratch_dir.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=scratch_dir, prefix=".released.", suffix=".npy")

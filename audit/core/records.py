@@ -45,7 +45,7 @@ class AuditRecord(BaseModel):
     extra: dict[str, Any] = Field(default_factory=dict)
     cell_id: str | None = None
     stage_seeds: dict[str, int] = Field(default_factory=dict)
-    timings: dict[str, float] = Field(default_factory=dict)  # stage -> seconds (audit.core.profile); not a value
+    timings: dict[str, float] = Field(default_factory=dict)  # stage -> seconds, peak MB (audit.core.profile); not a value
 
 
 UNITS = {"psnr": "dB"}

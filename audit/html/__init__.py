@@ -73,19 +73,28 @@ def _constraints_text(decision) -> str | None:
 
 
 def timing_rows(timings: dict[str, Any] | None) -> list[dict[str, str]]:
-    """Rows of the 'where the time went' table (stage, seconds, share of the total, count), largest first."""
+    """Rows of the 'where the time went' table (stage, seconds, share of the total, count, the stage's
+    peak resident memory where recorded), largest first."""
     if not timings:
         return []
-    rows = [(f"driver: {k.removesuffix('_seconds').replace('_', ' ')}", v, "")
+
+    def peak(mb: float | None) -> str:
+        return f"{mb / 1024:.2f}" if mb else ""
+
+    driver_peaks, group_peaks = timings.get("driver_peak_mb") or {}, timings.get("group_peak_mb") or {}
+    rows = [(f"driver: {k.removesuffix('_seconds').replace('_', ' ')}", v, "",
+             peak(driver_peaks.get(k.removesuffix("_seconds") + "_peak_mb")))
             for k, v in (timings.get("driver_seconds") or {}).items()]
-    rows += [(f"groups: {k.removesuffix('_seconds').replace('_', ' ')}", v, "")
+    rows += [(f"groups: {k.removesuffix('_seconds').replace('_', ' ')}", v, "",
+              peak(group_peaks.get(k.removesuffix("_seconds") + "_peak_mb")))
              for k, v in (timings.get("group_seconds") or {}).items()]
     for name, a in (timings.get("attack_seconds") or {}).items():
-        rows += [(f"attack {name}: fit", a.get("fit_seconds", 0.0), str(a.get("cells", ""))),
-                 (f"attack {name}: score", a.get("score_seconds", 0.0), str(a.get("cells", "")))]
-    total = sum(v for _, v, _ in rows) or 1.0
-    return [{"stage": stage, "seconds": f"{v:.1f}", "share": f"{100 * v / total:.0f}%", "count": count}
-            for stage, v, count in sorted(rows, key=lambda r: -r[1])]
+        rows += [(f"attack {name}: fit", a.get("fit_seconds", 0.0), str(a.get("cells", "")), peak(a.get("fit_peak_mb"))),
+                 (f"attack {name}: score", a.get("score_seconds", 0.0), str(a.get("cells", "")),
+                  peak(a.get("score_peak_mb")))]
+    total = sum(v for _, v, _, _ in rows) or 1.0
+    return [{"stage": stage, "seconds": f"{v:.1f}", "share": f"{100 * v / total:.0f}%", "count": count, "peak_gb": p}
+            for stage, v, count, p in sorted(rows, key=lambda r: -r[1])]
 
 
 def _peak_rss(timings: dict[str, Any] | None) -> str:
