@@ -275,14 +275,18 @@ class LinearProbeAttack(_AttributeBase):
         val_fraction: float = Field(0.2, gt=0, lt=0.5, description="part of the aux split for choosing the strength "
                                                                    "(aux >= cv_below rows)")
         max_iter: int = Field(500, ge=10, description="Newton iterations per strength")
+        patience: int = Field(2, ge=1, description="stop the strength path after this many strengths in a row that "
+                                                   "do not beat the best (a large value fits the whole grid)")
+        extend: int = Field(4, ge=0, description="grid steps tried below C = 1e-4 while the strongest regularisation "
+                                                 "keeps winning")
 
     def fit_target(self, z: torch.Tensor, s: torch.Tensor, k: int, ctx: AttackContext) -> Predictor:
         p = self.params
         standardize = Standardize(z, spatial=False, pca_components=p.pca_components)
         x = standardize(z)
         model, self.selection = fit_logistic(x, s, k, cs=p.cs, val_fraction=p.val_fraction, folds=p.folds,
-                                             cv_below=p.cv_below, max_iter=p.max_iter,
-                                             seed=ctx.seed)
+                                             cv_below=p.cv_below, max_iter=p.max_iter, patience=p.patience,
+                                             extend=p.extend, seed=ctx.seed)
         self.dim = int(x.shape[1])
         return lambda zt: model.probs(standardize(zt))
 

@@ -86,12 +86,13 @@ def discriminator(input_shape: tuple[int, ...], width: int) -> tuple[nn.Module, 
     return trunk, nn.Linear(out, 1)
 
 
-def build_decoder(z_train: torch.Tensor, input_shape: tuple[int, ...], data_range: tuple[float, float], *,
-                  width: int, min_width: int, hidden: int) -> tuple[nn.Module, str]:
-    """Standardise (aux statistics) -> conv decoder (spatial features of images) or MLP -> range sigmoid."""
-    spatial = z_train.ndim == 4 and len(input_shape) == 3
-    standardize = Standardize(z_train, spatial=spatial)
-    feature_shape = tuple(standardize(z_train[:1]).shape[1:])
+def build_decoder(z: torch.Tensor, input_shape: tuple[int, ...], data_range: tuple[float, float], *,
+                  width: int, min_width: int, hidden: int, rows: torch.Tensor | None = None) -> tuple[nn.Module, str]:
+    """Standardise (statistics of the aux rows ``rows`` of z, all when None; read in chunks) -> conv decoder
+    (spatial features of images) or MLP -> range sigmoid."""
+    spatial = z.ndim == 4 and len(input_shape) == 3
+    standardize = Standardize(z, spatial=spatial, rows=rows)
+    feature_shape = tuple(standardize(z[:1]).shape[1:])
     if spatial:
         body, kind = conv_decoder(feature_shape, input_shape, width, min_width), "conv"
     else:
@@ -101,7 +102,7 @@ def build_decoder(z_train: torch.Tensor, input_shape: tuple[int, ...], data_rang
 
 class PriorDecoderModule(L.LightningModule):
     """Alternating GAN training of ``decoder`` (released feature -> input) against a discriminator, with
-    pixel and feature-matching terms (module docstring). Batches: (z, x) or (z, x, edge(x)) with ``edge``."""
+    pixel and feature-matching terms (module docstring). Batches: (z, x); with ``edge``, edge(x) is computed per batch."""
 
     def __init__(self, decoder: nn.Module, trunk: nn.Module, head: nn.Module, edge: nn.Module | None, *,
                  data_range: tuple[float, float], pixel_scale: float, feature_scale: float, feature_weight: float,
@@ -123,14 +124,16 @@ class PriorDecoderModule(L.LightningModule):
     def _d_features(self, x: torch.Tensor) -> torch.Tensor:
         return self.trunk((x - self.low) / self.peak * 2 - 1)
 
-    def _feature_term(self, x_rec: torch.Tensor, x: torch.Tensor, f_x: torch.Tensor | None) -> torch.Tensor:
+    def _feature_term(self, x_rec: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
         if self.edge is not None:
+            with torch.no_grad():
+                f_x = self.edge(x)  # per batch: a stored copy of the aux split's clean features is 1.7 GB at conv1
             return F.mse_loss(self.edge(x_rec), f_x) / self.feature_scale
         real = self._d_features(x).detach()
         return F.mse_loss(self._d_features(x_rec), real) / real.pow(2).mean().clamp_min(1e-8)
 
     def training_step(self, batch, batch_idx):
-        z, x, f_x = batch[0], batch[1], (batch[2] if len(batch) > 2 else None)
+        z, x = batch
         opt_g, opt_d = self.optimizers()
         x_rec = self.decoder(z)
         d_real, d_fake = self.head(self._d_features(x)), self.head(self._d_features(x_rec.detach()))
@@ -140,7 +143,7 @@ class PriorDecoderModule(L.LightningModule):
         self.manual_backward(loss_d)
         opt_d.step()
         pixel = F.mse_loss(x_rec, x) / self.pixel_scale
-        feature = self._feature_term(x_rec, x, f_x)
+        feature = self._feature_term(x_rec, x)
         d_gen = self.head(self._d_features(x_rec))
         adv = F.binary_cross_entropy_with_logits(d_gen, torch.ones_like(d_gen))
         loss_g = pixel + self.feature_weight * feature + self.adv_weight * adv
@@ -151,11 +154,11 @@ class PriorDecoderModule(L.LightningModule):
                       on_step=False, on_epoch=True)
 
     def validation_step(self, batch, batch_idx):
-        z, x, f_x = batch[0], batch[1], (batch[2] if len(batch) > 2 else None)
+        z, x = batch
         x_rec = self.decoder(z)
         loss = F.mse_loss(x_rec, x) / self.pixel_scale
         if self.edge is not None:
-            loss = loss + self.feature_weight * self._feature_term(x_rec, x, f_x)
+            loss = loss + self.feature_weight * self._feature_term(x_rec, x)
         self.log("val_loss", loss, on_epoch=True)
 
     def configure_optimizers(self):
@@ -166,6 +169,19 @@ class PriorDecoderModule(L.LightningModule):
 
 
 # ------------------------------------------------------------------ functional core
+@torch.no_grad()
+def mean_variance(edge: nn.Module, x: torch.Tensor, rows: torch.Tensor, batch_size: int = 256) -> float:
+    """Mean over elements of the per-element sample variance of edge(x[rows]) (float64 sums over batches
+    of rows: the features are never held whole)."""
+    total = squares = None
+    for i in range(0, rows.numel(), batch_size):
+        f = edge(x[rows[i : i + batch_size]]).double()
+        total = f.sum(0) if total is None else total.add_(f.sum(0))
+        squares = f.pow(2).sum(0) if squares is None else squares.add_(f.pow(2).sum(0))
+    n = rows.numel()
+    return float(((squares - total * total / n) / max(n - 1, 1)).mean())
+
+
 def fit_prior_decoder(
     z: torch.Tensor, x: torch.Tensor, data_range: tuple[float, float], edge: nn.Module | None, *,
     settings: TrainerSettings, epochs: int, batch_size: int, lr: float, lr_discriminator: float, weight_decay: float,
@@ -179,24 +195,21 @@ def fit_prior_decoder(
     perm = torch.randperm(z.shape[0], generator=torch.Generator().manual_seed(seed))
     n_val = max(1, int(z.shape[0] * val_fraction))
     val, train = perm[:n_val], perm[n_val:]
-    z, x = z.float(), x.float()
-    decoder, kind = build_decoder(z[train], tuple(x.shape[1:]), data_range, width=width, min_width=min_width,
-                                  hidden=hidden)
+    z, x = z.float(), x.float()  # no copy of float32 (memory-mapped) features: rows are read by batch
+    decoder, kind = build_decoder(z, tuple(x.shape[1:]), data_range, width=width, min_width=min_width,
+                                  hidden=hidden, rows=train)
     trunk, head = discriminator(tuple(x.shape[1:]), disc_width)
     pixel_scale = float(x[train].var(dim=0).mean().clamp_min(1e-12))
-    tensors: tuple[torch.Tensor, ...] = (z, x)
     feature_scale = 1.0
     if edge is not None:
         edge = copy.deepcopy(edge).eval().requires_grad_(False)
-        f_x = predict(edge, x)
-        feature_scale = float(f_x[train].var(dim=0).mean().clamp_min(1e-12))
-        tensors = (z, x, f_x)
+        feature_scale = max(mean_variance(edge, x, train), 1e-12)
     module = PriorDecoderModule(decoder, trunk, head, edge, data_range=data_range, pixel_scale=pixel_scale,
                                 feature_scale=feature_scale, feature_weight=feature_weight, adv_weight=adv_weight,
                                 lr=lr, lr_discriminator=lr_discriminator, weight_decay=weight_decay)
     trainer = make_trainer(settings, epochs, [KeepBest("val_loss", mode="min")])
-    trainer.fit(module, tensor_loader(*(t[train] for t in tensors), batch_size=batch_size, shuffle=True, seed=seed),
-                tensor_loader(*(t[val] for t in tensors), batch_size=256, shuffle=False))
+    trainer.fit(module, tensor_loader(z, x, batch_size=batch_size, shuffle=True, seed=seed, rows=train),
+                tensor_loader(z, x, batch_size=256, shuffle=False, rows=val))
     return decoder.cpu().eval(), kind
 
 

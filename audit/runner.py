@@ -31,7 +31,7 @@ from audit import pipeline
 from audit.config import AuditConfig
 from audit.core.data.feature_dump import model_free_measures, model_free_split
 from audit.core.errors import interruptible
-from audit.core.feature_store import FeatureStore, release_pages
+from audit.core.feature_store import FeatureStore, free_memory
 from audit.core.profile import report_timings, timed
 from audit.core.records import AuditRecord
 from audit.core.store import ResultStore
@@ -149,6 +149,7 @@ class AuditRun:
 
     def extract_features(self, state: TaskState, cut: str) -> dict[str, str]:
         """Edge features of every data split at ``cut`` into this run's feature store; split -> path."""
+        free_memory()  # the previous cut's groups: out of the RSS before this cut's features come in
         with timed(self.driver_timings, "features_seconds"):
             return extract_features(self.features, state, cut, self.device)
 
@@ -185,6 +186,7 @@ class AuditRun:
         scratch, max_ram = self.features.scratch(), self.features.max_ram_mb
         where = f"{spec.title()} at {cut} (seed {seed})"
         group_timings: dict[str, float] = {}
+        free_memory()  # what the previous group left in reference cycles (its released views)
         try:
             with timed(group_timings, "defense_fit_seconds"):
                 defense = pipeline.fit_defense(
@@ -207,7 +209,7 @@ class AuditRun:
             for cell in cells:
                 emit(cell, [self.failed_record(cell, error, state.seed_key)], 0.0)
             return
-        release_pages()  # what the defense's fit and the release read of mapped features: out of the RSS
+        free_memory(full=False)  # what the defense's fit and the release read of mapped features: out of the RSS
         inputs = pipeline.AttackInputs(
             aux, test, {name: data.num_classes(name) for name in [data.primary, *data.private]}, data.primary, split,
             self.config.trainer, self.config.n_boot, scratch, max_ram)
@@ -224,7 +226,7 @@ class AuditRun:
                 log.debug("%s", traceback.format_exc())
                 records = [self.failed_record(cell, f"attack {cell.attack} failed: {type(err).__name__}: {err}",
                                         state.seed_key)]
-            release_pages()
+            free_memory(full=False)
             emit(cell, records, time.perf_counter() - start)
 
     def _base_record(self, cell: Cell, seed_key: str | None = None) -> dict[str, Any]:

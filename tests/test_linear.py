@@ -64,10 +64,34 @@ def test_strength_is_chosen_on_validation_and_the_probe_reaches_near_bayes_accur
         model, info = fit_logistic(x, y, 2, seed=0, cv_below=cv_below)
         scores = info["val_balanced_accuracy"]
         assert info["folds"] == folds
-        assert len(scores) == 8 and scores[f"{info['c']:.3g}"] == max(scores.values())
+        assert scores[f"{info['c']:.3g}"] == max(scores.values())
+        whole, _ = fit_logistic(x, y, 2, seed=0, cv_below=cv_below, patience=100, extend=0)  # every strength of the grid
+        assert whole.c == model.c  # the path stopped after the optimum: the same choice
         pred = model.logits(xt).argmax(1)
         bacc = 0.5 * (float((pred[yt == 0] == 0).float().mean()) + float((pred[yt == 1] == 1).float().mean()))
         assert 0.74 < bacc <= 0.841 + 0.02, (folds, bacc)  # 300 rows in 200 dimensions: a gap to Bayes
+
+
+def test_the_strength_path_stops_after_its_optimum_and_looks_below_the_grid():
+    """Labels carried by one of 50 features with much label noise and 120 rows: heavy regularisation wins.
+    The path stops `patience` strengths after its best; when the best is the grid's first (C = 1e-4) it
+    tries smaller C while they win, and a run over the whole grid chooses no better on validation."""
+    gen = torch.Generator().manual_seed(3)
+    x = torch.randn(120, 50, generator=gen)
+    y = ((x[:, 0] + 2.5 * torch.randn(120, generator=gen)) > 0).long()
+    model, info = fit_logistic(x, y, 2, seed=0)
+    scores = {float(c): v for c, v in info["val_balanced_accuracy"].items()}
+    grid = [float(f"{c:.3g}") for c in torch.logspace(-4, 4, 8).tolist()]
+    tried = [c for c in grid if c in scores]
+    best = max(scores, key=scores.get)
+    assert len(tried) < len(grid)  # stopped early
+    assert tried == grid[: len(tried)]  # in order from the strongest regularisation
+    assert sum(1 for c in tried if c > best) <= 2  # patience 2
+    if best <= grid[0]:
+        assert any(c < grid[0] for c in scores)  # looked below the grid
+    whole, whole_info = fit_logistic(x, y, 2, seed=0, patience=100, extend=0)
+    assert len(whole_info["val_balanced_accuracy"]) == 8
+    assert max(whole_info["val_balanced_accuracy"].values()) <= max(scores.values())
 
 
 def test_chunked_pca_finds_the_top_principal_subspace():
