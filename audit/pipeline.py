@@ -31,7 +31,7 @@ from audit.core.feature_store import Rows, map_batches, streamed
 from audit.core.profile import timed
 from audit.core.registry import PluginParams, Registry
 from audit.core.stats import mean_ci
-from audit.core.training import TrainerSettings
+from audit.core.training import TrainerSettings, eval_batch_size
 from defenses import DEFENSES, Defense, FitContext, SplitPoint
 from defenses.base import RELEASE_BATCH
 
@@ -77,10 +77,12 @@ def streamed_rows(features: torch.Tensor | Rows, start: int, stop: int) -> torch
     return rows
 
 
-def predict_all(defense: Defense, x: torch.Tensor, features: torch.Tensor, batch_size: int = 512,
+def predict_all(defense: Defense, x: torch.Tensor, features: torch.Tensor, batch_size: int | None = None,
                 title: str | None = None) -> torch.Tensor:
-    """``defense.predict`` (primary logits through the defended pipeline) over a whole split, in batches;
-    with ``title`` a slow one (e.g. encrypted inference) logs its progress."""
+    """``defense.predict`` (primary logits through the defended pipeline) over a whole split, in batches
+    (default: 512 rows, fewer for large features, :func:`audit.core.training.eval_batch_size`); with
+    ``title`` a slow one (e.g. encrypted inference) logs its progress."""
+    batch_size = batch_size or eval_batch_size(features)
     return map_batches(lambda a, b: defense.predict(x[a:b], streamed_rows(features, a, b)), x.shape[0], None,
                        math.inf, batch_size, title)
 

@@ -22,6 +22,7 @@ from torch import nn
 from torch.utils.data import DataLoader, Subset, TensorDataset, default_collate
 from torchmetrics.classification import MulticlassAccuracy
 
+from audit.core.chunked import block_rows
 from audit.core.feature_store import streamed
 
 log = logging.getLogger("splitaudit")
@@ -78,6 +79,16 @@ def inference_device(settings: TrainerSettings) -> torch.device:
     if settings.accelerator in ("gpu", "cuda", "auto") and torch.cuda.is_available():
         return torch.device("cuda")
     return torch.device("cpu")
+
+
+EVAL_BATCH_BYTES = 64 << 20  # float32 input bytes of one evaluation batch (64 rows of UTKFace conv1 features)
+
+
+def eval_batch_size(x: torch.Tensor, cap: int = 512) -> int:
+    """Rows per evaluation batch of inputs ``x`` (N, ...): ``cap``, or fewer when ``cap`` rows would exceed
+    ``EVAL_BATCH_BYTES`` (a cloud validated on 343 UTKFace conv1 features in one batch held 1.4 GB of
+    activations)."""
+    return min(cap, block_rows(x, 4, EVAL_BATCH_BYTES))
 
 
 def tensor_loader(*tensors: torch.Tensor, batch_size: int, shuffle: bool, seed: int = 0,
@@ -269,7 +280,7 @@ def fit_classifier(
         callbacks.append(EpochLog(log_epochs))
     trainer = make_trainer(settings, epochs, callbacks)
     train_loader = tensor_loader(x, y, batch_size=batch_size, shuffle=True, seed=seed, rows=rows)
-    val_loader = tensor_loader(*val, batch_size=512, shuffle=False) if val is not None else None
+    val_loader = tensor_loader(*val, batch_size=eval_batch_size(val[0]), shuffle=False) if val is not None else None
     trainer.fit(module, train_loader, val_loader)
     if report is not None and val is not None:
         report.update(best_epoch=keep.best_epoch, epochs_run=keep.epochs_run)
@@ -303,7 +314,7 @@ def fit_to_convergence(
     were best), ``val_loss_initial``, ``val_loss`` and ``val_accuracy`` of the kept weights, ``n_val``."""
     L.seed_everything(seed, verbose=False)
     module = ClassifierModule(net, num_classes, lr=lr)
-    val_loader = tensor_loader(*val, batch_size=512, shuffle=False)
+    val_loader = tensor_loader(*val, batch_size=eval_batch_size(val[0]), shuffle=False)
     before = make_trainer(settings, 1).validate(module, val_loader, verbose=False)[0]
     initial = float(before["val_loss"])
     keep = KeepBest("val_loss", "min", initial=initial)
