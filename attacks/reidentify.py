@@ -74,21 +74,32 @@ class StandardSpace:
 
     def __init__(self, z_aux: torch.Tensor, pca_components: int | None):
         flat = z_aux.flatten(1)
-        self.mean, std = column_stats(flat)  # float64 row chunks: no copy of a (memory-mapped) aux split
-        self.std = std.clamp_min(max(float(std.median()) * 1e-3, 1e-12))
+        mean, std = column_stats(flat)  # float64 row chunks: no copy of a (memory-mapped) aux split
+        self.mean = mean.float()  # the space is float32: at UTKFace conv1 a float64 one doubled 512 MB matrices
+        self.std = std.clamp_min(max(float(std.median()) * 1e-3, 1e-12)).float()
         self.projection = None
         if pca_components is not None and flat.shape[1] > pca_components:
             q = min(pca_components, flat.shape[0] - 1)
             _, _, v = torch.pca_lowrank((flat.float() - self.mean) / self.std, q=q, center=True, niter=4)
             self.projection = v[:, :q]
 
-    def __call__(self, z: torch.Tensor) -> torch.Tensor:
-        flat, parts = z.flatten(1), []
-        chunk = block_rows(flat, 4, 64 << 20)  # 64 MB of float32 rows at a time
-        for i in range(0, flat.shape[0], chunk):
-            part = (flat[i : i + chunk].float() - self.mean).div_(self.std)
-            parts.append(part @ self.projection if self.projection is not None else part)
-        return torch.cat(parts)
+    def __call__(self, z: torch.Tensor, rows: torch.Tensor | None = None, *, in_place: bool = False) -> torch.Tensor:
+        """The rows ``rows`` of z (all when None) in the space (N, D or q), float32, filled 64 MB of rows at a
+        time into one output: no gathered copy of z[rows], no list of parts. ``in_place``: a float32 z of
+        which all rows are wanted and no projection is set is overwritten (its flattened view returned)."""
+        flat = z.flatten(1)
+        n = flat.shape[0] if rows is None else rows.numel()
+        chunk = block_rows(flat, 4, 64 << 20)
+        overwrite = in_place and rows is None and self.projection is None and flat.dtype == torch.float32
+        out = flat if overwrite else torch.empty(n, flat.shape[1] if self.projection is None else self.projection.shape[1])
+        for i in range(0, n, chunk):
+            block = flat[i : i + chunk] if rows is None else flat[rows[i : i + chunk]]
+            if overwrite:
+                block.sub_(self.mean).div_(self.std)
+                continue
+            part = (block.float() - self.mean).div_(self.std)
+            out[i : i + chunk] = part @ self.projection if self.projection is not None else part
+        return out
 
 
 @register_attack("reidentify")
@@ -115,9 +126,10 @@ class Reidentify(Attack):
                 break  # a deterministic channel: more queries change nothing
             total += again
             used += 1
-        candidates = self.space(total.div_(used))
-        del total, again
-        observed = self.space(ctx.test.z[idx].float())
+            del again
+        candidates = self.space(total.div_(used), in_place=True)  # UTKFace conv1: 512 MB, not three times that
+        del total
+        observed = self.space(ctx.test.z, rows=idx)
         norm_rank, top1 = link_ranks(observed, candidates)
         n = len(idx)
         extra = {"candidates": n, "queries": used, "space":

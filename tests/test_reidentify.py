@@ -4,7 +4,7 @@ import lightning as L
 import pytest
 import torch
 
-from attacks.reidentify import link_ranks, wilson_ci
+from attacks.reidentify import StandardSpace, link_ranks, wilson_ci
 from tests.helpers import attack_context, fitted_context, prepared_task, run_attack, scores_by_metric
 
 
@@ -66,3 +66,21 @@ def test_reidentify_does_not_disturb_the_defense_noise(task):
     run_attack("reidentify", a)
     x = data.part("test").x[:8]
     assert torch.equal(defense_a.release(x), defense_b.release(x))
+
+
+def test_the_standard_space_is_the_same_gathered_in_blocks_or_in_place():
+    """z[rows] mapped block by block, and a float32 matrix standardised in place, equal the plain
+    (x - mean) / std of the aux statistics (floored std), in float32."""
+    gen = torch.Generator().manual_seed(0)
+    aux = torch.randn(50, 3, 4, 4, generator=gen) * torch.linspace(0.1, 3, 48).view(1, 3, 4, 4) + 2.0
+    z = torch.randn(40, 3, 4, 4, generator=gen)
+    space = StandardSpace(aux, None)
+    flat = aux.flatten(1).double()
+    expected = ((z.flatten(1).double() - flat.mean(0)) / flat.std(0)).float()
+    rows = torch.tensor([5, 1, 30, 7])
+    torch.testing.assert_close(space(z), expected, atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(space(z, rows=rows), expected[rows], atol=1e-5, rtol=1e-5)
+    copy = z.clone()
+    out = space(copy, in_place=True)
+    assert out.data_ptr() == copy.data_ptr() and out.dtype == torch.float32
+    torch.testing.assert_close(out, expected, atol=1e-5, rtol=1e-5)
