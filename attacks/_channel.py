@@ -21,12 +21,16 @@ if TYPE_CHECKING:
 @torch.no_grad()
 def release_batched(channel: "ReleaseChannel", x: torch.Tensor, features: torch.Tensor | None = None,
                     batch_size: int = 256) -> torch.Tensor:
-    """``channel.release`` over inputs x (N, ...) in batches; ``features`` = the channel's edge(x) if known."""
-    out = []
+    """``channel.release`` over inputs x (N, ...) in batches; ``features`` = the channel's edge(x) if known.
+    The batches fill one preallocated output (no list of batches plus its concatenated copy)."""
+    out = None
     for i in range(0, x.shape[0], batch_size):
         f = features[i : i + batch_size] if features is not None else None
-        out.append(channel.release(x[i : i + batch_size], f))
-    return torch.cat(out)
+        part = channel.release(x[i : i + batch_size], f)
+        if out is None:
+            out = part.new_empty((x.shape[0], *part.shape[1:]))
+        out[i : i + part.shape[0]] = part
+    return out if out is not None else torch.empty(0)
 
 
 def is_stochastic(channel: "ReleaseChannel", x: torch.Tensor) -> bool:

@@ -45,7 +45,7 @@ def link_ranks(observed: torch.Tensor, candidates: torch.Tensor, chunk: int = 25
     if candidates.shape[0] != n or n < 2:
         raise ValueError(
             f"reidentify needs N >= 2 observed features and as many candidates, got {n} and {candidates.shape[0]}")
-    c_sq = candidates.pow(2).sum(1)
+    c_sq = torch.cat([candidates[i : i + chunk].pow(2).sum(1) for i in range(0, n, chunk)])  # no (N, D) temporary
     closer, ties = torch.empty(n), torch.empty(n)
     for start in range(0, n, chunk):
         o = observed[start : start + chunk]
@@ -123,6 +123,7 @@ class Reidentify(Attack):
         for _ in range(p.queries - 1):
             again = release_batched(channel, x).float()
             if used == 1 and torch.equal(again, total):
+                del again  # (512 MB at UTKFace conv1: not kept through the linking)
                 break  # a deterministic channel: more queries change nothing
             total += again
             used += 1

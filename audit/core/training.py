@@ -110,10 +110,12 @@ def collate_streamed(samples: list) -> Any:
 
 
 @torch.no_grad()
-def predict(module: nn.Module, x: torch.Tensor, batch_size: int = 256, device: torch.device | None = None,
+def predict(module: nn.Module, x: torch.Tensor, batch_size: int | None = None, device: torch.device | None = None,
             rows: torch.Tensor | None = None) -> torch.Tensor:
     """``module(x)`` (``module(x[rows])`` with an index tensor ``rows``) in eval mode, in batches
-    gathered one at a time; the result is on the CPU."""
+    gathered one at a time (default 256 rows, fewer for large inputs: :func:`eval_batch_size`); the
+    result is on the CPU."""
+    batch_size = batch_size or eval_batch_size(x, cap=256)
     device = device or torch.device("cpu")
     was_training = module.training
     module.eval().to(device)
