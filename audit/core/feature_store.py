@@ -37,6 +37,7 @@ import torch
 
 from audit.core.errors import reserve_file_space
 from audit.core.paths import inside
+from audit.core.profile import resident_bytes
 from audit.core.store import atomic_write
 
 MB = 1 << 20
@@ -155,11 +156,8 @@ _streamed = [0]  # bytes read since the last release (where the RSS cannot be re
 
 def file_rss() -> int | None:
     """Bytes of this process's resident file-backed (and shared) pages (``/proc/self/statm``), or None."""
-    try:
-        with open("/proc/self/statm") as fh:
-            return int(fh.read().split()[2]) * os.sysconf("SC_PAGE_SIZE")
-    except (OSError, ValueError, IndexError):
-        return None
+    now = resident_bytes()
+    return None if now is None else now[1]
 
 
 def release_pages(*tensors: torch.Tensor | None) -> int:

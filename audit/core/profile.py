@@ -39,13 +39,22 @@ def add_seconds(into: dict[str, float], key: str, started: float) -> None:
 RSS_INTERVAL = 0.05  # seconds between two samples of the resident memory
 
 
-def current_rss_mb() -> float | None:
-    """This process's resident memory now (MB), or None where ``/proc/self/statm`` does not exist."""
+def resident_bytes() -> tuple[int, int] | None:
+    """(resident, of which file-backed and shared) bytes of this process now, from ``/proc/self/statm``;
+    None where it does not exist."""
     try:
         with open("/proc/self/statm") as fh:
-            return int(fh.read().split()[1]) * os.sysconf("SC_PAGE_SIZE") / 2**20
+            fields = fh.read().split()
+        page = os.sysconf("SC_PAGE_SIZE")
+        return int(fields[1]) * page, int(fields[2]) * page
     except (OSError, ValueError, IndexError):
         return None
+
+
+def current_rss_mb() -> float | None:
+    """This process's resident memory now (MB), or None where ``/proc/self/statm`` does not exist."""
+    now = resident_bytes()
+    return None if now is None else now[0] / 2**20
 
 
 class _RssWatch:
