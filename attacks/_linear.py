@@ -31,14 +31,13 @@ import torch
 import torch.nn.functional as F
 from torchmetrics.functional.classification import multiclass_accuracy
 
-from audit.core.chunked import block_rows, column_stats
+from audit.core.chunked import FLOAT32_BLOCK_BYTES, block_rows, column_stats
 from audit.core.feature_store import streamed
 from audit.core.training import class_weights
 
 PCA_SEED = 0  # the random start of the subspace iteration: fixed, so every attack gets the same basis
 CG_MAX_ITER = 200  # conjugate-gradient steps per Newton step (sklearn's newton-cg: 200); uncapped (10 k d) one
 # fit at UTKFace pool3 (PCA-256, 5 races, C = 720) took 79 s in 31k Hessian-vector products
-CHUNK_BYTES = 64 << 20  # bytes of one float32 block of rows standardised at a time (64 rows of UTKFace conv1)
 
 
 # ------------------------------------------------------------------ PCA
@@ -54,7 +53,7 @@ class PCABasis:
 
 
 def _standardized_chunks(flat: torch.Tensor, mean: torch.Tensor, std: torch.Tensor, chunk: int | None):
-    chunk = chunk or block_rows(flat, 4, CHUNK_BYTES)
+    chunk = chunk or block_rows(flat, 4, FLOAT32_BLOCK_BYTES)
     for i in range(0, flat.shape[0], chunk):
         block = flat[i : i + chunk]
         streamed(block)

@@ -37,8 +37,7 @@ from attacks._channel import release_batched
 from attacks._linear import fit_logistic, pca_basis
 from attacks.base import Attack, AttackContext, Score
 from attacks.metrics import classification_scores
-from audit.core.chunked import block_rows, channel_stats, column_stats
-from audit.core.feature_store import streamed
+from audit.core.chunked import channel_stats, column_stats, standardize_rows
 from audit.core.training import fit_classifier, predict
 
 Predictor = Callable[[torch.Tensor], torch.Tensor]  # released features (N, ...) -> class probabilities (N, K)
@@ -106,14 +105,7 @@ class Standardize(nn.Module):
     def forward(self, z: torch.Tensor) -> torch.Tensor:
         if self.spatial:
             return (z - self.mean) / self.std
-        flat, parts = z.flatten(1), []
-        chunk = block_rows(flat, 4, 64 << 20)  # 64 MB of float32 rows at a time
-        for i in range(0, flat.shape[0], chunk):
-            block = flat[i : i + chunk]
-            streamed(block)
-            part = (block - self.mean).div_(self.std)
-            parts.append(part if self.projection is None else part @ self.projection)
-        return torch.cat(parts)
+        return standardize_rows(z, self.mean, self.std, projection=self.projection)
 
 
 class _AttributeBase(Attack):

@@ -32,7 +32,7 @@ from attacks import register_attack
 from attacks._channel import release_batched
 from attacks.base import Attack, AttackContext, Score
 from attacks.inversion import eval_subset
-from audit.core.chunked import block_rows, column_stats
+from audit.core.chunked import column_stats, standardize_rows
 from audit.core.stats import mean_ci
 
 
@@ -87,19 +87,7 @@ class StandardSpace:
         """The rows ``rows`` of z (all when None) in the space (N, D or q), float32, filled 64 MB of rows at a
         time into one output: no gathered copy of z[rows], no list of parts. ``in_place``: a float32 z of
         which all rows are wanted and no projection is set is overwritten (its flattened view returned)."""
-        flat = z.flatten(1)
-        n = flat.shape[0] if rows is None else rows.numel()
-        chunk = block_rows(flat, 4, 64 << 20)
-        overwrite = in_place and rows is None and self.projection is None and flat.dtype == torch.float32
-        out = flat if overwrite else torch.empty(n, flat.shape[1] if self.projection is None else self.projection.shape[1])
-        for i in range(0, n, chunk):
-            block = flat[i : i + chunk] if rows is None else flat[rows[i : i + chunk]]
-            if overwrite:
-                block.sub_(self.mean).div_(self.std)
-                continue
-            part = (block.float() - self.mean).div_(self.std)
-            out[i : i + chunk] = part @ self.projection if self.projection is not None else part
-        return out
+        return standardize_rows(z, self.mean, self.std, rows, projection=self.projection, in_place=in_place)
 
 
 @register_attack("reidentify")

@@ -14,7 +14,8 @@ import torch
 
 from audit.core.feature_store import streamed
 
-BLOCK_BYTES = 32 << 20  # bytes of one float64 block of rows
+BLOCK_BYTES = 32 << 20  # bytes of one float64 block of rows (statistics)
+FLOAT32_BLOCK_BYTES = 64 << 20  # bytes of one float32 block of rows (standardising; 64 rows of UTKFace conv1)
 
 
 def block_rows(z: torch.Tensor, itemsize: int = 8, budget: int = BLOCK_BYTES) -> int:
@@ -84,3 +85,27 @@ def element_stats(z: torch.Tensor, chunk: int | None = None) -> tuple[float, flo
 def mean_square(z: torch.Tensor, chunk: int | None = None) -> float:
     """``z.pow(2).mean()`` over every element of ``z`` (N, ...), in float64 row chunks."""
     return sum(float(block.pow(2).sum()) for block in row_chunks(z, None, chunk)) / max(z.numel(), 1)
+
+
+def standardize_rows(z: torch.Tensor, mean: torch.Tensor, std: torch.Tensor, rows: torch.Tensor | None = None, *,
+                     projection: torch.Tensor | None = None, in_place: bool = False) -> torch.Tensor:
+    """``((z[rows].flatten(1) - mean) / std) @ projection`` (N, D or q; float32; all rows when ``rows`` is None;
+    no projection when None), filled ``FLOAT32_BLOCK_BYTES`` of rows at a time into one output: no gathered
+    copy of ``z[rows]``, no list of parts (at UTKFace conv1 each full-size temporary is ~0.7 GB per split).
+    ``in_place``: a float32 ``z`` of which all rows are wanted and no projection is set is overwritten (its
+    flattened view returned)."""
+    flat = z.flatten(1)
+    n = count(flat, rows)
+    chunk = block_rows(flat, 4, FLOAT32_BLOCK_BYTES)
+    overwrite = in_place and rows is None and projection is None and flat.dtype == torch.float32
+    width = flat.shape[1] if projection is None else projection.shape[1]
+    out = flat if overwrite else torch.empty(n, width)
+    for i in range(0, n, chunk):
+        block = flat[i : i + chunk] if rows is None else flat[rows[i : i + chunk]]
+        streamed(block)
+        if overwrite:
+            block.sub_(mean).div_(std)
+            continue
+        part = (block.float() - mean).div_(std)
+        out[i : i + chunk] = part if projection is None else part @ projection
+    return out
