@@ -24,31 +24,35 @@ interval collapses to [0, 0] when no candidate is hit, which happens at chance l
 from __future__ import annotations
 
 import math
+from typing import Callable
 
 import torch
 from pydantic import Field
 
 from attacks import register_attack
 from attacks._channel import release_batched
-from attacks.base import Attack, AttackContext, Score
+from attacks.base import Attack, AttackContext, ReleaseChannel, Score
 from attacks.inversion import eval_subset
 from audit.core.chunked import column_stats, standardize_rows
 from audit.core.stats import mean_ci
 
 
-def link_ranks(observed: torch.Tensor, candidates: torch.Tensor, chunk: int = 256) -> tuple[torch.Tensor, torch.Tensor]:
+def link_ranks(observed: torch.Tensor | Callable[[int, int], torch.Tensor], candidates: torch.Tensor,
+               chunk: int = 256) -> tuple[torch.Tensor, torch.Tensor]:
     """Rank of the true candidate for each observed row (observed[i] belongs to candidates[i]).
 
-    observed, candidates: (N, D). Returns (normalised rank (N,) in [0, 1], top-1 hit (N,) in [0, 1]),
-    ties (distances equal within float rounding) shared as in the module docstring."""
-    n = observed.shape[0]
-    if candidates.shape[0] != n or n < 2:
-        raise ValueError(
-            f"reidentify needs N >= 2 observed features and as many candidates, got {n} and {candidates.shape[0]}")
+    candidates: (N, D); observed: (N, D), or a function (start, stop) -> its rows start:stop (so the
+    observed side is never whole in memory). Returns (normalised rank (N,) in [0, 1], top-1 hit (N,) in
+    [0, 1]), ties (distances equal within float rounding) shared as in the module docstring."""
+    n = candidates.shape[0]
+    rows_of = observed if callable(observed) else (lambda start, stop: observed[start:stop])
+    if (not callable(observed) and observed.shape[0] != n) or n < 2:
+        raise ValueError(f"reidentify needs N >= 2 observed features and as many candidates, got "
+                         f"{observed.shape[0] if not callable(observed) else n} and {n}")
     c_sq = torch.cat([candidates[i : i + chunk].pow(2).sum(1) for i in range(0, n, chunk)])  # no (N, D) temporary
     closer, ties = torch.empty(n), torch.empty(n)
     for start in range(0, n, chunk):
-        o = observed[start : start + chunk]
+        o = rows_of(start, min(start + chunk, n))
         o_sq = o.pow(2).sum(1, keepdim=True)
         d = o_sq + c_sq[None, :] - 2.0 * o @ candidates.T  # squared distances (m, N)
         rows = torch.arange(o.shape[0])
@@ -90,6 +94,25 @@ class StandardSpace:
         return standardize_rows(z, self.mean, self.std, rows, projection=self.projection, in_place=in_place)
 
 
+@torch.no_grad()
+def mean_release(channel: ReleaseChannel, x: torch.Tensor, queries: int, batch_size: int = 256) -> tuple[torch.Tensor, int]:
+    """The mean of ``queries`` releases of inputs x (N, ...) through ``channel`` (fresh noise each; float32),
+    summed batch by batch into one output (never two full-size releases at once: 512 MB each at UTKFace
+    conv1 for 512 candidates), and the number of queries it averages: 1 when the second release equals
+    the first (a deterministic channel; more queries change nothing)."""
+    total = release_batched(channel, x, batch_size=batch_size).float()
+    for used in range(1, queries):
+        same = used == 1
+        for i in range(0, x.shape[0], batch_size):
+            part = channel.release(x[i : i + batch_size], None).float()
+            block = total[i : i + part.shape[0]]
+            same = same and torch.equal(part, block)
+            block += part
+        if same:
+            return total.div_(2), 1  # (a + a) / 2 == a exactly
+    return total.div_(queries), queries
+
+
 @register_attack("reidentify")
 class Reidentify(Attack):
     """Re-identification (Osia et al.'s rank measure): link each released feature to one of N candidate inputs."""
@@ -105,21 +128,10 @@ class Reidentify(Attack):
     def score(self, ctx: AttackContext) -> list[Score]:
         p = self.params
         idx = eval_subset(len(ctx.test), p.max_candidates, ctx.seed)
-        x = ctx.test.x[idx]
-        channel = ctx.channel
-        total, used = release_batched(channel, x).float(), 1
-        for _ in range(p.queries - 1):
-            again = release_batched(channel, x).float()
-            if used == 1 and torch.equal(again, total):
-                del again  # (512 MB at UTKFace conv1: not kept through the linking)
-                break  # a deterministic channel: more queries change nothing
-            total += again
-            used += 1
-            del again
-        candidates = self.space(total.div_(used), in_place=True)  # UTKFace conv1: 512 MB, not three times that
-        del total
-        observed = self.space(ctx.test.z, rows=idx)
-        norm_rank, top1 = link_ranks(observed, candidates)
+        mean, used = mean_release(ctx.channel, ctx.test.x[idx], p.queries)
+        candidates = self.space(mean, in_place=True)  # (N, D): the one full-size matrix of the linking
+        del mean
+        norm_rank, top1 = link_ranks(lambda start, stop: self.space(ctx.test.z, rows=idx[start:stop]), candidates)
         n = len(idx)
         extra = {"candidates": n, "queries": used, "space":
                  f"standardised+pca{p.pca_components}" if self.space.projection is not None else "standardised"}

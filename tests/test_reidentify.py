@@ -84,3 +84,32 @@ def test_the_standard_space_is_the_same_gathered_in_blocks_or_in_place():
     out = space(copy, in_place=True)
     assert out.data_ptr() == copy.data_ptr() and out.dtype == torch.float32
     torch.testing.assert_close(out, expected, atol=1e-5, rtol=1e-5)
+
+
+class _NoisyChannel:
+    """A release channel stand-in: x * 2 plus seeded Gaussian noise of ``sigma`` (0: deterministic)."""
+
+    def __init__(self, sigma: float):
+        self.sigma, self.gen = sigma, torch.Generator().manual_seed(3)
+
+    def release(self, x, features=None):
+        return x * 2 + self.sigma * torch.randn(x.shape, generator=self.gen)
+
+
+@pytest.mark.parametrize("sigma", [0.0, 1.0])
+def test_mean_release_is_the_mean_of_whole_releases_summed_in_place(sigma):
+    from attacks._channel import release_batched
+    from attacks.reidentify import mean_release
+
+    x = torch.randn(700, 5)
+    mean, used = mean_release(_NoisyChannel(sigma), x, queries=4, batch_size=256)
+    reference = _NoisyChannel(sigma)  # the same draws in the same order, whole releases summed
+    releases = [release_batched(reference, x) for _ in range(4)]
+    if sigma == 0:
+        assert used == 1 and torch.equal(mean, releases[0])
+    else:
+        total = releases[0].clone()
+        for r in releases[1:]:
+            total += r
+        assert used == 4 and torch.equal(mean, total / 4)
+        assert (mean - 2 * x).std() < 0.6  # averaging 4 draws halves the noise's std
