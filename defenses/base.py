@@ -74,6 +74,9 @@ class Defense:
     # True when release(x, features) is ``features`` itself: the attack views are then the split's
     # feature tensors, not copies of them
     releases_features: ClassVar[bool] = False
+    # True when a release call combines its rows (DataMix's groups): the audit then always calls release on
+    # RELEASE_BATCH rows; otherwise on at most 64 MB of features at a time (64 rows of UTKFace conv1)
+    mixes_rows: ClassVar[bool] = False
 
     class Params(PluginParams):
         pass

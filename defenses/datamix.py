@@ -132,6 +132,8 @@ class MixingAwareCloud(L.LightningModule):
 class DataMix(Defense):
     """Edge mixes k features with a secret invertible k x k matrix per group; mixing-aware cloud; edge de-mixes the outputs."""
 
+    mixes_rows = True  # groups of k consecutive rows within each release call
+
     class Params(Defense.Params):
         k: int = Field(2, ge=2, le=8, description="samples mixed together (public)")
         max_condition: float = Field(10.0, gt=1, description="largest condition number of a mixing matrix")

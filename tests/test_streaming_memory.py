@@ -111,3 +111,31 @@ def test_free_memory_frees_a_tensor_kept_by_a_reference_cycle():
         assert current_rss_mb() < before + 50
     finally:
         gc.enable()
+
+
+@pytest.mark.parametrize("defense, rows_per_call", [("noise", 3), ("datamix", 512)])
+def test_release_calls_are_bytes_bounded_unless_the_defense_mixes_rows(monkeypatch, defense, rows_per_call):
+    """A release over a split calls the defense on at most EVAL_BATCH_BYTES of features (here 3 rows) with
+    the same draws as one 512-row call; a mixing defense (DataMix: groups inside a call) keeps 512-row calls."""
+    from audit.core import training
+    from audit.pipeline import release_all
+    from defenses import DEFENSES
+
+    x = torch.randn(20, 16)  # (torch's Gaussian stream splits exactly at multiples of 16 draws)
+    features = torch.randn(20, 16)
+    monkeypatch.setattr(training, "EVAL_BATCH_BYTES", 3 * 16 * 4)
+    d = DEFENSES.create(defense)
+    calls = []
+    if defense == "noise":
+        from defenses.noise import AddNoise
+        d.noise = AddNoise(0.5, "gaussian", torch.Generator().manual_seed(0), always=True)
+        d.edge = torch.nn.Identity()
+        monkeypatch.setattr(d, "release", lambda x, f=None, _r=type(d).release: calls.append(len(x)) or _r(d, x, f))
+        small = release_all(d, x, features)
+        d.noise.generator.manual_seed(0)
+        assert torch.equal(small, release_all(d, x, features, batch_size=512))
+        assert calls[:-1] == [3] * 6 + [2] and calls[-1] == 20
+    else:
+        assert type(d).mixes_rows
+        from audit.pipeline import RELEASE_BATCH
+        assert RELEASE_BATCH == rows_per_call

@@ -8,19 +8,20 @@ rows ``rows`` of ``z``, in that order) and accumulate in float64.
 """
 from __future__ import annotations
 
+import math
 from typing import Iterator
 
 import torch
 
-from audit.core.feature_store import streamed
+from audit.core.feature_store import Rows, streamed
 
 BLOCK_BYTES = 32 << 20  # bytes of one float64 block of rows (statistics)
 FLOAT32_BLOCK_BYTES = 64 << 20  # bytes of one float32 block of rows (standardising; 64 rows of UTKFace conv1)
 
 
-def block_rows(z: torch.Tensor, itemsize: int = 8, budget: int = BLOCK_BYTES) -> int:
+def block_rows(z: torch.Tensor | Rows, itemsize: int = 8, budget: int = BLOCK_BYTES) -> int:
     """How many rows of ``z`` (N, ...) fit ``budget`` bytes at ``itemsize`` bytes per element (at least 1)."""
-    return max(1, budget // max(1, itemsize * z[0].numel())) if z.shape[0] else 1
+    return max(1, budget // max(1, itemsize * math.prod(z.shape[1:]))) if z.shape[0] else 1
 
 
 def row_chunks(z: torch.Tensor, rows: torch.Tensor | None = None, chunk: int | None = None) -> Iterator[torch.Tensor]:
