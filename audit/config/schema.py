@@ -95,9 +95,10 @@ class MemoryConfig(Strict):
     """Where large arrays live; never changes results (not part of the config hash)."""
 
     feature_ram_mb: float = Field(
-        512, ge=0,
+        256, ge=0,
         description="feature arrays (one cut point and split) larger than this (MB) are memory-mapped "
-        "from files under OUT/features instead of held in RAM",
+        "from files under OUT/features instead of held in RAM (256: UTKFace pool1's aux and test splits, "
+        "428 MB each, and their releases are mapped; at 512 they held 1.7 GB of the process)",
     )
     keep_features: bool = Field(False, description="keep OUT/features when the run ends (else removed)")
 
