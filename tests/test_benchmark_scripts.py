@@ -76,3 +76,24 @@ def test_defense_table_shows_figures_and_says_why_a_cell_has_none():
     assert "failed: defense he failed: UnsupportedCloudError: layer conv2 would unroll |" in rows[1]
     assert rows[1].count("|") == rows[0].count("|")
     assert "Seeds [0]; 1714 test samples per figure" in lines[-1]
+
+
+def test_attack_table_flags_a_reconstruction_above_the_dfil_ceiling():
+    """benchmarks/attack_table.py: the dFIL check lists every reconstruction attack of a (cut, defense) and
+    names the ones whose PSNR lies above the ceiling; a deterministic release (no bound) gets no row."""
+    module = _load("attack_table")
+
+    def record(attack, metric, value, defense="noise", applicable=True):
+        return {"cut_point": "pool3", "defense": defense, "defense_params": {"scale": 10.0} if defense == "noise" else {},
+                "attack": attack, "target": "input", "metric": metric, "value": value, "ci95": [value - 0.1, value + 0.1],
+                "chance": 13.8, "status": "ok", "extra": {"applicable": applicable},
+                "timings": {"attack_fit_seconds": 3.0, "attack_score_seconds": 1.0}}
+
+    records = [record("dfil", "psnr_ceiling", 18.0), record("inversion", "psnr", 15.5),
+               record("inversion_rmle", "psnr", 19.2), record("dfil", "psnr_ceiling", 100.0, "none", applicable=False),
+               record("inversion", "psnr", 20.0, "none")]
+    rows = [line for line in module.dfil_check(records).splitlines() if line.startswith("| pool3")]
+    assert rows == ["| pool3 | noise 10x | 18.00 [17.90, 18.10] | inversion 15.50 [15.40, 15.60]; "
+                    "inversion_rmle 19.20 [19.10, 19.30] | inversion_rmle |"]
+    table = module.records_table(records)
+    assert "| pool3 | noise 10x | inversion_rmle | input · psnr | 19.20 [19.10, 19.30] | 13.80 | 3 + 1 |" in table
