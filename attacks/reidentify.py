@@ -35,6 +35,7 @@ from attacks.base import Attack, AttackContext, ReleaseChannel, Score
 from attacks.inversion import eval_subset
 from audit.core.chunked import column_stats, standardize_rows
 from audit.core.stats import mean_ci
+from audit.core.training import eval_batch_size
 
 
 def link_ranks(observed: torch.Tensor | Callable[[int, int], torch.Tensor], candidates: torch.Tensor,
@@ -128,7 +129,9 @@ class Reidentify(Attack):
     def score(self, ctx: AttackContext) -> list[Score]:
         p = self.params
         idx = eval_subset(len(ctx.test), p.max_candidates, ctx.seed)
-        mean, used = mean_release(ctx.channel, ctx.test.x[idx], p.queries)
+        # releases of at most 64 MB per call (64 rows at UTKFace conv1, whose 256-row calls held 0.5 GB)
+        rows = eval_batch_size(ctx.test.z, cap=256)
+        mean, used = mean_release(ctx.channel, ctx.test.x[idx], p.queries, batch_size=rows)
         candidates = self.space(mean, in_place=True)  # (N, D): the one full-size matrix of the linking
         del mean
         norm_rank, top1 = link_ranks(lambda start, stop: self.space(ctx.test.z, rows=idx[start:stop]), candidates)
