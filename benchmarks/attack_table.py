@@ -36,8 +36,9 @@ def records_table(records: list[dict]) -> str:
         m, (lo, hi) = r["metric"], r["ci95"]
         extra = r.get("extra") or {}
         note = " (degenerate)" if extra.get("degenerate") else ""
-        if "gain_over_supervised" in extra:
-            note += f"; gain over its supervised head {extra['gain_over_supervised']}"
+        gain = extra.get("gain_over_supervised")
+        if isinstance(gain, dict) and m == "balanced_accuracy":  # model_completion: self-training vs its own head
+            note += f"; gain over its supervised head {gain['value']:+.3f} [{gain['ci95'][0]:+.3f}, {gain['ci95'][1]:+.3f}]"
         t = r.get("timings") or {}
         seconds = f"{t.get('attack_fit_seconds', 0):.0f} + {t.get('attack_score_seconds', 0):.0f}"
         chance = "" if r.get("chance") is None else number(m, r["chance"])
