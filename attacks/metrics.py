@@ -7,7 +7,7 @@ import torch
 from torchmetrics.functional.classification import binary_auroc, multiclass_accuracy, multiclass_auroc
 
 from attacks.base import Score
-from audit.core.stats import bootstrap_ci
+from audit.core.stats import bootstrap_rows, percentile_ci
 
 
 def _auroc(probs: torch.Tensor, y: torch.Tensor, k: int) -> torch.Tensor:
@@ -25,12 +25,63 @@ def _auroc(probs: torch.Tensor, y: torch.Tensor, k: int) -> torch.Tensor:
     return per_class[present].mean()
 
 
+def resampled_accuracy(preds: torch.Tensor, y: torch.Tensor, k: int, rows: torch.Tensor, *,
+                       balanced: bool) -> torch.Tensor:
+    """Accuracy (``balanced``: macro recall, as torchmetrics' ``average="macro"``, over the classes that
+    are labelled or predicted in the resample) of every bootstrap resample ``rows`` (B, n) of predicted
+    classes ``preds`` (n,) and labels ``y`` (n,) at once: (B,) float64, from one confusion matrix per resample."""
+    n_boot, n = rows.shape
+    cells = (torch.arange(n_boot)[:, None] * k + y[rows]) * k + preds[rows]  # (resample, label, prediction)
+    confusion = torch.bincount(cells.flatten(), minlength=n_boot * k * k).view(n_boot, k, k).double()
+    hits = confusion.diagonal(dim1=1, dim2=2)  # (B, K)
+    if not balanced:
+        return hits.sum(1) / n
+    labelled, predicted = confusion.sum(2), confusion.sum(1)
+    recall = hits / labelled.clamp_min(1.0)  # 0 for a class predicted but never labelled
+    counted = (labelled + predicted) > 0
+    return (recall * counted).sum(1) / counted.sum(1)
+
+
+def resampled_auroc(probs: torch.Tensor, y: torch.Tensor, k: int, rows: torch.Tensor) -> torch.Tensor:
+    """:func:`_auroc` of every bootstrap resample ``rows`` (B, n) of (probs (n, K), y (n,)) at once: (B,)
+    float64, NaN where fewer than two classes are present.
+
+    Each one-vs-rest AUROC is the Mann-Whitney form (positives scored above negatives, ties counted
+    half), which equals the area under the ROC curve; a resample weights each row by how often it was
+    drawn. Agrees with torchmetrics on each resample to float32 rounding (~1e-7)."""
+    n_boot, n = rows.shape
+    weights = torch.zeros(n_boot, n, dtype=torch.float64).scatter_add_(
+        1, rows, torch.ones_like(rows, dtype=torch.float64))
+    classes = [1] if k == 2 else range(k)  # binary: the positive class's score, as binary_auroc
+    areas, present = [], []
+    for c in classes:
+        score = probs[:, c]
+        order = score.argsort(stable=True)
+        _, group = torch.unique_consecutive(score[order], return_inverse=True)  # tied scores share a group
+        positive = (y[order] == c).double()
+        w = weights[:, order]
+        groups = int(group.max()) + 1
+        w_pos = torch.zeros(n_boot, groups, dtype=torch.float64).index_add_(1, group, w * positive)
+        w_neg = torch.zeros(n_boot, groups, dtype=torch.float64).index_add_(1, group, w * (1.0 - positive))
+        below = w_neg.cumsum(1) - w_neg
+        pairs = w_pos.sum(1) * w_neg.sum(1)
+        areas.append((w_pos * (below + 0.5 * w_neg)).sum(1) / pairs)
+        present.append(w_pos.sum(1) > 0)
+    if k == 2:
+        return areas[0]  # 0 / 0 = NaN where a resample holds one class only
+    present_ = torch.stack(present, 1)
+    area = torch.stack(areas, 1).nan_to_num(0.0)
+    mean = (area * present_).sum(1) / present_.sum(1)
+    return torch.where(present_.sum(1) >= 2, mean, float("nan"))
+
+
 def classification_scores(
     target: str, probs: torch.Tensor, y: torch.Tensor, num_classes: int, *, n_boot: int, seed: int,
     extra: dict | None = None,
 ) -> list[Score]:
     """accuracy (chance: majority-class rate), balanced_accuracy (chance 1/K) and auroc
-    (chance 0.5, macro one-vs-rest) of predicted class probabilities ``probs`` (N, K) for labels ``y`` (N,).
+    (chance 0.5, macro one-vs-rest) of predicted class probabilities ``probs`` (N, K) for labels ``y`` (N,),
+    each with a percentile bootstrap CI over the N rows (all ``n_boot`` resamples computed at once).
 
     Each score's ``extra`` says how many distinct classes the attack predicted on the test split
     (``predicted_classes``) and ``degenerate: true`` when that is one: a constant predictor measures
@@ -40,14 +91,14 @@ def classification_scores(
     predicted = int(torch.unique(preds).numel())
     extra = {**(extra or {}), "predicted_classes": predicted, "degenerate": predicted < 2}
     majority = float(torch.bincount(y, minlength=k).max()) / n
+    rows = bootstrap_rows(n, n_boot, seed)
+
+    balanced_accuracy = multiclass_accuracy(preds, y, num_classes=k, average="macro")
+    accuracy = multiclass_accuracy(preds, y, num_classes=k, average="micro")
     metrics = {
-        "balanced_accuracy": (lambda p, t: multiclass_accuracy(p, t, num_classes=k, average="macro"), preds, 1.0 / k),
-        "accuracy": (lambda p, t: multiclass_accuracy(p, t, num_classes=k, average="micro"), preds, majority),
-        "auroc": (lambda p, t: _auroc(p, t, k), probs, 0.5),
+        "balanced_accuracy": (balanced_accuracy, resampled_accuracy(preds, y, k, rows, balanced=True), 1.0 / k),
+        "accuracy": (accuracy, resampled_accuracy(preds, y, k, rows, balanced=False), majority),
+        "auroc": (_auroc(probs, y, k), resampled_auroc(probs, y, k, rows), 0.5),
     }
-    scores = []
-    for metric, (fn, inputs, chance) in metrics.items():
-        value = float(fn(inputs, y))
-        ci = bootstrap_ci(fn, inputs, y, n_boot=n_boot, seed=seed)
-        scores.append(Score(target, metric, value, ci, chance, n, extra=dict(extra or {})))
-    return scores
+    return [Score(target, metric, float(value), percentile_ci(resampled), chance, n, extra=dict(extra))
+            for metric, (value, resampled, chance) in metrics.items()]

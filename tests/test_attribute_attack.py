@@ -81,6 +81,35 @@ def test_auroc_averages_over_the_classes_present_and_is_undefined_with_one():
     assert 0.4 < auroc.value < 0.6 and auroc.ci95[0] < auroc.value < auroc.ci95[1]
 
 
+@pytest.mark.parametrize("k", [2, 3, 5])
+def test_resampled_figures_equal_torchmetrics_on_each_resample(k):
+    """The bootstrap computes every resample's accuracy, balanced accuracy and AUROC at once; each equals
+    torchmetrics (via ``_auroc``) on that resample, with rare classes missing from some resamples and
+    tied scores."""
+    from torchmetrics.functional.classification import multiclass_accuracy
+
+    from attacks.metrics import _auroc, resampled_accuracy, resampled_auroc
+    from audit.core.stats import bootstrap_rows
+
+    gen = torch.Generator().manual_seed(k)
+    y = torch.randint(0, k, (60,), generator=gen)
+    y[:3] = k - 1
+    y[3:] = torch.where(y[3:] == k - 1, 0, y[3:])  # class k-1: 3 rows, absent from some resamples
+    probs = (torch.softmax(torch.randn(60, k, generator=gen) + 2 * torch.eye(k)[y], 1) * 8).round() / 8  # ties
+    preds = probs.argmax(1)
+    rows = bootstrap_rows(60, 200, seed=1)
+    assert bool((~(y[rows] == k - 1).any(1)).any())  # some resamples lack the rare class
+    expected = {
+        "balanced": [float(multiclass_accuracy(preds[r], y[r], num_classes=k, average="macro")) for r in rows],
+        "plain": [float(multiclass_accuracy(preds[r], y[r], num_classes=k, average="micro")) for r in rows],
+        "auroc": [float(_auroc(probs[r], y[r], k)) for r in rows],
+    }
+    got = {"balanced": resampled_accuracy(preds, y, k, rows, balanced=True),
+           "plain": resampled_accuracy(preds, y, k, rows, balanced=False), "auroc": resampled_auroc(probs, y, k, rows)}
+    for name, values in expected.items():
+        assert torch.allclose(got[name], torch.tensor(values, dtype=torch.float64), atol=1e-6, equal_nan=True), name
+
+
 def test_standardize_in_chunks_equals_the_formula_and_keeps_the_top_components():
     from attacks.attribute import Standardize
 
