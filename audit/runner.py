@@ -31,7 +31,7 @@ from audit import pipeline
 from audit.config import AuditConfig
 from audit.core.data.feature_dump import model_free_measures, model_free_split
 from audit.core.errors import interruptible
-from audit.core.feature_store import FeatureStore, free_memory
+from audit.core.feature_store import FeatureStore, free_memory, rss_grew
 from audit.core.profile import report_timings, timed
 from audit.core.records import AuditRecord
 from audit.core.store import ResultStore
@@ -149,7 +149,7 @@ class AuditRun:
 
     def extract_features(self, state: TaskState, cut: str) -> dict[str, str]:
         """Edge features of every data split at ``cut`` into this run's feature store; split -> path."""
-        free_memory()  # the previous cut's groups: out of the RSS before this cut's features come in
+        free_memory(full=rss_grew())  # the previous cut's groups: out of the RSS before this cut's features come in
         with timed(self.driver_timings, "features_seconds"):
             return extract_features(self.features, state, cut, self.device)
 
@@ -186,7 +186,7 @@ class AuditRun:
         scratch, max_ram = self.features.scratch(), self.features.max_ram_mb
         where = f"{spec.title()} at {cut} (seed {seed})"
         group_timings: dict[str, float] = {}
-        free_memory()  # what the previous group left in reference cycles (its released views)
+        free_memory(full=rss_grew())  # what the previous group left in reference cycles (its released views)
         try:
             with timed(group_timings, "defense_fit_seconds"):
                 defense = pipeline.fit_defense(

@@ -113,6 +113,18 @@ def test_free_memory_frees_a_tensor_kept_by_a_reference_cycle():
         gc.enable()
 
 
+@pytest.mark.skipif(not feature_store.Path("/proc/self/statm").exists(), reason="needs Linux /proc/self/statm")
+def test_a_full_collection_is_asked_for_once_the_rss_has_grown():
+    """The runner's between-stage collection (0.2 s) runs only after FULL_COLLECT_GROWTH (256 MB) of RSS growth."""
+    free_memory()
+    assert not feature_store.rss_grew()
+    grown = torch.ones(80 * 2**20)  # 320 MB, every page written
+    assert feature_store.rss_grew()
+    del grown
+    free_memory(full=False)  # the RSS seen lower again: no full collection needed
+    assert not feature_store.rss_grew()
+
+
 @pytest.mark.parametrize("defense, rows_per_call", [("noise", 3), ("datamix", 512)])
 def test_release_calls_are_bytes_bounded_unless_the_defense_mixes_rows(monkeypatch, defense, rows_per_call):
     """A release over a split calls the defense on at most EVAL_BATCH_BYTES of features (here 3 rows) with
