@@ -33,19 +33,22 @@ from attacks import register_attack
 from attacks._channel import release_batched
 from attacks.base import Attack, AttackContext, ReleaseChannel, Score
 from attacks.inversion import eval_subset
-from audit.core.chunked import column_stats, standardize_rows
+from audit.core.chunked import FLOAT32_BLOCK_BYTES, block_rows, column_stats, standardize_rows
 from audit.core.stats import mean_ci
 from audit.core.training import eval_batch_size
 
 
 def link_ranks(observed: torch.Tensor | Callable[[int, int], torch.Tensor], candidates: torch.Tensor,
-               chunk: int = 256) -> tuple[torch.Tensor, torch.Tensor]:
+               chunk: int | None = None) -> tuple[torch.Tensor, torch.Tensor]:
     """Rank of the true candidate for each observed row (observed[i] belongs to candidates[i]).
 
     candidates: (N, D); observed: (N, D), or a function (start, stop) -> its rows start:stop (so the
-    observed side is never whole in memory). Returns (normalised rank (N,) in [0, 1], top-1 hit (N,) in
-    [0, 1]), ties (distances equal within float rounding) shared as in the module docstring."""
+    observed side is never whole in memory), asked for ``chunk`` rows at a time (default: at most 256
+    and at most ``FLOAT32_BLOCK_BYTES`` of them, 64 rows of UTKFace conv1). Returns (normalised rank
+    (N,) in [0, 1], top-1 hit (N,) in [0, 1]), ties (distances equal within float rounding) shared as
+    in the module docstring."""
     n = candidates.shape[0]
+    chunk = chunk or min(256, block_rows(candidates, 4, FLOAT32_BLOCK_BYTES))
     rows_of = observed if callable(observed) else (lambda start, stop: observed[start:stop])
     if (not callable(observed) and observed.shape[0] != n) or n < 2:
         raise ValueError(f"reidentify needs N >= 2 observed features and as many candidates, got "

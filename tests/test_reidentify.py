@@ -28,6 +28,17 @@ def test_independent_features_rank_at_chance():
     assert abs(float(rank.mean()) - 0.5) < 0.04 and float(top1.mean()) < 0.02
 
 
+def test_link_ranks_do_not_depend_on_the_chunk():
+    gen = torch.Generator().manual_seed(1)
+    candidates = torch.randn(50, 8, generator=gen)
+    observed = candidates + 0.8 * torch.randn(50, 8, generator=gen)  # some links right, some wrong
+    whole = link_ranks(observed, candidates, chunk=50)
+    assert 0.0 < float(whole[1].mean()) < 1.0
+    for chunk in (1, 7, None):
+        parts = link_ranks(lambda start, stop: observed[start:stop], candidates, chunk=chunk)
+        assert all(torch.allclose(a, b) for a, b in zip(whole, parts))
+
+
 def test_wilson_interval():
     lo, hi = wilson_ci(0.0, 100)
     assert lo == 0.0 and 0.03 < hi < 0.04  # covers a 1/100 chance level with no hit
