@@ -9,7 +9,7 @@ depend on which other attack cells of its group ran before it (resume, shards).
 """
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Iterator
 
 import torch
 from torch import nn
@@ -18,15 +18,23 @@ if TYPE_CHECKING:
     from attacks.base import AttackContext, ReleaseChannel
 
 
+@torch.no_grad()  # on a generator function: grad mode is off inside each step, not left off between steps
+def release_batches(channel: "ReleaseChannel", x: torch.Tensor, features: torch.Tensor | None = None,
+                    batch_size: int = 256) -> Iterator[tuple[int, torch.Tensor]]:
+    """``channel.release`` over inputs x (N, ...) one batch at a time: (first row, released batch) pairs;
+    ``features`` = the channel's edge(x) if known."""
+    for i in range(0, x.shape[0], batch_size):
+        f = features[i : i + batch_size] if features is not None else None
+        yield i, channel.release(x[i : i + batch_size], f)
+
+
 @torch.no_grad()
 def release_batched(channel: "ReleaseChannel", x: torch.Tensor, features: torch.Tensor | None = None,
                     batch_size: int = 256) -> torch.Tensor:
-    """``channel.release`` over inputs x (N, ...) in batches; ``features`` = the channel's edge(x) if known.
-    The batches fill one preallocated output (no list of batches plus its concatenated copy)."""
+    """``channel.release`` over inputs x (N, ...) in batches (:func:`release_batches`), filling one
+    preallocated output (no list of batches plus its concatenated copy)."""
     out = None
-    for i in range(0, x.shape[0], batch_size):
-        f = features[i : i + batch_size] if features is not None else None
-        part = channel.release(x[i : i + batch_size], f)
+    for i, part in release_batches(channel, x, features, batch_size):
         if out is None:
             out = part.new_empty((x.shape[0], *part.shape[1:]))
         out[i : i + part.shape[0]] = part

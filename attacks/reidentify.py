@@ -30,7 +30,7 @@ import torch
 from pydantic import Field
 
 from attacks import register_attack
-from attacks._channel import release_batched
+from attacks._channel import release_batched, release_batches
 from attacks.base import Attack, AttackContext, ReleaseChannel, Score
 from attacks.inversion import eval_subset
 from audit.core.chunked import FLOAT32_BLOCK_BYTES, block_rows, column_stats, standardize_rows
@@ -107,10 +107,9 @@ def mean_release(channel: ReleaseChannel, x: torch.Tensor, queries: int, batch_s
     total = release_batched(channel, x, batch_size=batch_size).float()
     for used in range(1, queries):
         same = used == 1
-        for i in range(0, x.shape[0], batch_size):
-            part = channel.release(x[i : i + batch_size], None).float()
+        for i, part in release_batches(channel, x, batch_size=batch_size):
             block = total[i : i + part.shape[0]]
-            same = same and torch.equal(part, block)
+            same = same and torch.equal(part.float(), block)
             block += part
         if same:
             return total.div_(2), 1  # (a + a) / 2 == a exactly
