@@ -97,3 +97,28 @@ def test_attack_table_flags_a_reconstruction_above_the_dfil_ceiling():
                     "inversion_rmle 19.20 [19.10, 19.30] | inversion_rmle |"]
     table = module.records_table(records)
     assert "| pool3 | noise 10x | inversion_rmle | input · psnr | 19.20 [19.10, 19.30] | 13.80 | 3 + 1 |" in table
+
+
+def test_float16_comparison_flags_a_figure_outside_the_float32_interval(tmp_path):
+    """benchmarks/float16_features.py: each rounded-run record against its float32 twin (inside the CI or
+    not), and the rounding step keeps what float16 keeps."""
+    import json
+
+    import torch
+
+    module = _load("float16_features")
+    z = torch.tensor([[1.0 + 2**-12, 3.14159265, 70000.0]])
+    assert torch.equal(module.RoundToHalf()(z), z.half().float()) and module.RoundToHalf()(z)[0, 0] == 1.0
+
+    def record(metric, value, ci):
+        return {"dataset": "d", "seed": 0, "cut_point": "conv1", "defense": "noise", "defense_params": {"scale": 10.0},
+                "attack": "attribute", "target": "race", "metric": metric, "value": value, "ci95": ci, "status": "ok"}
+
+    for name, values in {"float32": (0.50, 0.70), "float16": (0.52, 0.60)}.items():
+        (tmp_path / name).mkdir()
+        results = [record("balanced_accuracy", values[0], [0.45, 0.55]), record("auroc", values[1], [0.65, 0.75])]
+        (tmp_path / name / "report.json").write_text(json.dumps({"results": results}))
+    result = module.compare(tmp_path)
+    assert result["summary"] == {"records": 2, "outside_ci": 1, "identical": 0}
+    text = module.markdown(result)
+    assert "| d | conv1 | noise scale=10.0 | attribute | race · auroc | 0.700 [0.650, 0.750] | 0.600 **outside** |" in text
