@@ -31,11 +31,9 @@ import torch
 import torch.nn.functional as F
 from torchmetrics.functional.classification import multiclass_accuracy
 
-from audit.core.chunked import FLOAT32_BLOCK_BYTES, block_rows, column_stats
-from audit.core.feature_store import streamed
+from audit.core.chunked import column_stats, standardized_svd
 from audit.core.training import class_weights
 
-PCA_SEED = 0  # the random start of the subspace iteration: fixed, so every attack gets the same basis
 CG_MAX_ITER = 200  # conjugate-gradient steps per Newton step (sklearn's newton-cg: 200); uncapped (10 k d) one
 # fit at UTKFace pool3 (PCA-256, 5 races, C = 720) took 79 s in 31k Hessian-vector products
 
@@ -50,39 +48,6 @@ class PCABasis:
     std: torch.Tensor
     projection: torch.Tensor
     variances: torch.Tensor
-
-
-def _standardized_chunks(flat: torch.Tensor, mean: torch.Tensor, std: torch.Tensor, chunk: int | None):
-    chunk = chunk or block_rows(flat, 4, FLOAT32_BLOCK_BYTES)
-    for i in range(0, flat.shape[0], chunk):
-        block = flat[i : i + chunk]
-        streamed(block)
-        yield i, (block.float() - mean).div_(std)
-
-
-def standardized_svd(flat: torch.Tensor, mean: torch.Tensor, std: torch.Tensor, q: int, *, niter: int = 3,
-                     oversample: int = 16, chunk: int | None = None) -> tuple[torch.Tensor, torch.Tensor]:
-    """Top-q right singular vectors (D, q) and singular values (q,) of A = (flat - mean) / std for flat (N, D),
-    by randomised subspace iteration with ``niter`` power steps over row chunks of A (never materialised)."""
-    n, d = flat.shape
-    width = min(q + oversample, n, d)
-    gen = torch.Generator().manual_seed(PCA_SEED)
-
-    def times(right: torch.Tensor) -> torch.Tensor:  # A @ right: (N, l)
-        return torch.cat([part @ right for _, part in _standardized_chunks(flat, mean, std, chunk)])
-
-    def transposed_times(left: torch.Tensor) -> torch.Tensor:  # A^T @ left: (D, l)
-        out = torch.zeros(d, left.shape[1])
-        for i, part in _standardized_chunks(flat, mean, std, chunk):
-            out.addmm_(part.T, left[i : i + part.shape[0]])
-        return out
-
-    basis = torch.linalg.qr(transposed_times(torch.randn(n, width, generator=gen)))[0]  # (D, l)
-    for _ in range(niter):
-        left = torch.linalg.qr(times(basis))[0]
-        basis = torch.linalg.qr(transposed_times(left))[0]
-    _, s, vh = torch.linalg.svd(times(basis), full_matrices=False)  # A ~ (A B) B^T
-    return (basis @ vh.T)[:, :q].contiguous(), s[:q]
 
 
 _CACHE: dict[tuple, tuple[weakref.ref, PCABasis]] = {}

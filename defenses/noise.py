@@ -28,7 +28,7 @@ import torch
 from pydantic import Field
 from torch import nn
 
-from audit.core.chunked import column_mean, element_stats
+from audit.core.chunked import column_mean, element_stats, standardize_rows, standardized_svd
 from audit.core.feature_store import streamed
 from audit.core.registry import PluginParams
 from audit.core.training import TrainerSettings, fit_classifier, fit_to_convergence
@@ -213,6 +213,11 @@ class PCAProjection(nn.Module):
     def forward(self, z: torch.Tensor) -> torch.Tensor:
         return (z.flatten(1) - self.mean) @ self.basis
 
+    @torch.no_grad()
+    def coefficients(self, z: torch.Tensor) -> torch.Tensor:
+        """``forward`` of a whole split z (N, *shape) on the CPU, over row blocks (z may be memory-mapped)."""
+        return standardize_rows(z, self.mean, torch.ones_like(self.mean), projection=self.basis)
+
     def inverse(self, c: torch.Tensor) -> torch.Tensor:
         return (c @ self.basis.T + self.mean).reshape(-1, *self.shape)
 
@@ -230,30 +235,17 @@ class PCAReconstruct(nn.Module):
 
 @torch.no_grad()
 def pca_basis(flat: torch.Tensor, components: int, seed: int = 0, niter: int = 2) -> tuple[torch.Tensor, torch.Tensor]:
-    """(mean (D,), basis (D, q)) of the rows of ``flat`` (N, D) by randomised SVD (Halko et al. 2011)
-    with ``niter`` power iterations, never forming the centred (N, D) copy; q = min(components, N - 1, D)."""
+    """(mean (D,), basis (D, q)) of the rows of ``flat`` (N, D) by randomised SVD with ``niter`` power
+    iterations (:func:`audit.core.chunked.standardized_svd` with unit scales), over row blocks: neither a
+    centred (N, D) copy nor the whole of a memory-mapped split in memory (3.6 GB of task-train rows
+    at UTKFace conv1); q = min(components, N - 1, D)."""
     n, d = flat.shape
     q = min(components, n - 1, d)
     if q < 1:
         raise ValueError(f"PCA needs at least 2 samples, got {n}")
-    flat = flat.float()
-    mean = flat.mean(dim=0)
-    width = min(q + 10, n, d)
-
-    def centred_times(m: torch.Tensor) -> torch.Tensor:  # (A - 1 mean^T) m, m: (D, w)
-        return flat @ m - (mean @ m)[None, :]
-
-    def centred_t_times(m: torch.Tensor) -> torch.Tensor:  # (A - 1 mean^T)^T m, m: (N, w)
-        return flat.T @ m - mean[:, None] * m.sum(dim=0)[None, :]
-
-    omega = torch.randn(d, width, generator=torch.Generator().manual_seed(seed))
-    basis_n, _ = torch.linalg.qr(centred_times(omega))
-    for _ in range(niter):
-        basis_d, _ = torch.linalg.qr(centred_t_times(basis_n))
-        basis_n, _ = torch.linalg.qr(centred_times(basis_d))
-    small = centred_t_times(basis_n).T  # (w, D) = Q^T (A - 1 mean^T)
-    _, _, vh = torch.linalg.svd(small, full_matrices=False)
-    return mean, vh[:q].T.contiguous()
+    mean = column_mean(flat).float()
+    basis, _ = standardized_svd(flat, mean, torch.ones(d), q, niter=niter, oversample=10, seed=seed)
+    return mean, basis
 
 
 @register_defense("pca_noise")
@@ -268,7 +260,7 @@ class PCANoise(Noise):
         self.edge = ctx.split.edge.eval()
         train_features = ctx.split.features("train")
         self.pca = PCAProjection.fit(train_features, p.components, seed=ctx.seed)
-        coefficients = self.pca(train_features)
+        coefficients = self.pca.coefficients(train_features)
         self.sigma = p.scale * float(coefficients.std())
         # the reconstruction alone changes the cloud's input: fine-tune even without noise
         shrink = Shrink(coefficients.mean(0), float(coefficients.var()), self.sigma)

@@ -85,7 +85,7 @@ class Siamese(Defense):
         released = predict(self.edge, ctx.train.x)
         if p.pca_components is not None:
             self.pca = PCAProjection.fit(released, p.pca_components, seed=ctx.seed)
-            released = self.pca(released)
+            released = self.pca.coefficients(released)
             cloud = nn.Sequential(PCAReconstruct(self.pca), cloud)
         sigma = p.noise_scale * float(released.std())
         self.cloud, self.cloud_training = finetune_on_noise(

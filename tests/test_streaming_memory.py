@@ -69,6 +69,25 @@ def test_a_loop_over_a_mapped_split_keeps_little_of_it_resident(mapped, monkeypa
     assert resident_bytes(m) >= 32 << 20
 
 
+@pytest.mark.skipif(not feature_store.Path("/proc/self/smaps").exists(), reason="needs Linux /proc/self/smaps")
+def test_the_defense_pca_reads_a_mapped_split_in_blocks(mapped, monkeypatch):
+    """pca_noise / siamese fit their PCA on the whole task-train split (3.6 GB at UTKFace conv1): the basis and
+    the coefficients come from row blocks, leaving little of a mapped split resident, and equal the in-memory
+    ones."""
+    from defenses.noise import PCAProjection
+
+    z, m = mapped
+    release_pages(m)
+    monkeypatch.setattr(feature_store, "RELEASE_EVERY", 1 << 20)
+    monkeypatch.setattr("audit.core.chunked.FLOAT32_BLOCK_BYTES", 1 << 20)  # blocks of 64 rows
+    pca = PCAProjection.fit(m, 8, seed=3)
+    coefficients = pca.coefficients(m)
+    assert resident_bytes(m) <= 8 << 20  # of 32 MB
+    whole = PCAProjection.fit(z, 8, seed=3)
+    torch.testing.assert_close(pca.basis, whole.basis)
+    torch.testing.assert_close(coefficients, pca(z), atol=1e-4, rtol=1e-4)
+
+
 @pytest.mark.skipif(not feature_store.Path("/proc/self/statm").exists(), reason="needs Linux /proc/self/statm")
 def test_shuffled_rows_of_a_mapped_split_stay_within_the_release_budget(tmp_path, monkeypatch):
     """Reading a row maps more than the row (the large folio around it: 2 MB on this kernel), so the

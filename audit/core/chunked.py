@@ -17,6 +17,7 @@ from audit.core.feature_store import Rows, streamed
 
 BLOCK_BYTES = 32 << 20  # bytes of one float64 block of rows (statistics)
 FLOAT32_BLOCK_BYTES = 64 << 20  # bytes of one float32 block of rows (standardising; 64 rows of UTKFace conv1)
+PCA_SEED = 0  # the random start of standardized_svd: fixed, so the attacks of one (cut point, defense) share a basis
 
 
 def block_rows(z: torch.Tensor | Rows, itemsize: int = 8, budget: int = BLOCK_BYTES) -> int:
@@ -110,3 +111,39 @@ def standardize_rows(z: torch.Tensor, mean: torch.Tensor, std: torch.Tensor, row
         part = (block.float() - mean).div_(std)
         out[i : i + chunk] = part if projection is None else part @ projection
     return out
+
+
+def _standardized_chunks(flat: torch.Tensor, mean: torch.Tensor, std: torch.Tensor, chunk: int | None):
+    chunk = chunk or block_rows(flat, 4, FLOAT32_BLOCK_BYTES)
+    for i in range(0, flat.shape[0], chunk):
+        block = flat[i : i + chunk]
+        streamed(block)
+        yield i, (block.float() - mean).div_(std)
+
+
+def standardized_svd(flat: torch.Tensor, mean: torch.Tensor, std: torch.Tensor, q: int, *, niter: int = 3,
+                     oversample: int = 16, chunk: int | None = None, seed: int = PCA_SEED
+                     ) -> tuple[torch.Tensor, torch.Tensor]:
+    """Top-q right singular vectors (D, q) and singular values (q,) of A = (flat - mean) / std for flat (N, D),
+    by randomised subspace iteration (Halko et al. 2011, the algorithm of ``torch.svd_lowrank``) with
+    ``niter`` power steps over row chunks of A (never materialised; a memory-mapped flat stays on disk);
+    the random start from ``seed``."""
+    n, d = flat.shape
+    width = min(q + oversample, n, d)
+    gen = torch.Generator().manual_seed(seed)
+
+    def times(right: torch.Tensor) -> torch.Tensor:  # A @ right: (N, l)
+        return torch.cat([part @ right for _, part in _standardized_chunks(flat, mean, std, chunk)])
+
+    def transposed_times(left: torch.Tensor) -> torch.Tensor:  # A^T @ left: (D, l)
+        out = torch.zeros(d, left.shape[1])
+        for i, part in _standardized_chunks(flat, mean, std, chunk):
+            out.addmm_(part.T, left[i : i + part.shape[0]])
+        return out
+
+    basis = torch.linalg.qr(transposed_times(torch.randn(n, width, generator=gen)))[0]  # (D, l)
+    for _ in range(niter):
+        left = torch.linalg.qr(times(basis))[0]
+        basis = torch.linalg.qr(transposed_times(left))[0]
+    _, s, vh = torch.linalg.svd(times(basis), full_matrices=False)  # A ~ (A B) B^T
+    return (basis @ vh.T)[:, :q].contiguous(), s[:q]
