@@ -41,15 +41,24 @@ class ScaledNoise(nn.Module):
         self.max_log_sigma, self.distribution = math.log(max_sigma), distribution
         self.generator: torch.Generator | None = None
         self.always = False
+        self.register_buffer("suppressed", None)  # bool mask (feature shape): elements released as ``fill``
+        self.register_buffer("fill", None)
 
     def sigma(self) -> torch.Tensor:
         return self.log_sigma.clamp(max=self.max_log_sigma).exp()
+
+    def suppress(self, mask: torch.Tensor, fill: torch.Tensor) -> None:
+        """From now on the elements where ``mask`` holds are released as the constant ``fill`` (no noise)."""
+        self.suppressed, self.fill = mask.bool(), fill.detach().float()
 
     def forward(self, z: torch.Tensor) -> torch.Tensor:
         if not (self.training or self.always):
             return z
         eps = unit_noise(z.shape, self.distribution, self.generator).to(z.device)
-        return z + self.sigma() * eps
+        out = z + self.sigma() * eps
+        if self.suppressed is not None:
+            out = torch.where(self.suppressed, self.fill, out)
+        return out
 
 
 class NoiseLearner(L.LightningModule):
@@ -112,23 +121,28 @@ class LearnedNoise(Defense):
             L.seed_everything(ctx.seed, verbose=False)
             learner = NoiseLearner(self.noise, cloud, p.weight, self.reference, p.lr, pre)
             trainer = make_trainer(ctx.settings, p.epochs,
-                                   [EpochLog(ctx.title("learned_noise scale training"), ("task_loss", "log_noise_scale"))])
+                                   [EpochLog(ctx.title(f"{self.name} scale training"), ("task_loss", "log_noise_scale"))])
             trainer.fit(
                 learner, tensor_loader(inputs, ctx.train.y, batch_size=p.batch_size, shuffle=True, seed=ctx.seed))
             for param in cloud.parameters():
                 param.requires_grad_(True)
         self.noise.cpu().eval().requires_grad_(False)
+        self.after_scales(sample)
         if p.finetune_epochs > 0:
             # only the cloud has trainable weights
             _, self.cloud_training = finetune_on_noise(
                 cloud, inputs, ctx.train.y, ctx.num_classes, self.noise, pre=pre, settings=ctx.settings,
                 max_epochs=p.finetune_epochs, batch_size=p.batch_size, lr=p.finetune_lr, seed=ctx.seed,
-                patience=p.patience, val_fraction=p.val_fraction, title=ctx.title("learned_noise cloud fine-tuning"))
+                patience=p.patience, val_fraction=p.val_fraction, title=ctx.title(f"{self.name} cloud fine-tuning"))
         pre.cpu()
         self.edge.eval()
         self.cloud = cloud.cpu().eval()
         self.noise.generator = torch.Generator().manual_seed(ctx.seed)
         self.noise.always = True
+
+    def after_scales(self, sample: torch.Tensor) -> None:
+        """Called once the scales are learned, before the cloud's fine-tuning; ``sample``: the edge
+        features of the first 512 training samples."""
 
     def noise_scale(self) -> torch.Tensor:
         """The learned per-element noise std relative to the feature std (the feature's shape)."""
@@ -138,3 +152,31 @@ class LearnedNoise(Defense):
     def release(self, x: torch.Tensor, features: torch.Tensor | None = None) -> torch.Tensor:
         z = features if features is not None else self.edge(x)
         return self.noise(z)
+
+
+@register_defense("cloak")
+class Cloak(LearnedNoise):
+    """Cloak-style suppression (after Mireshghallah et al., WWW 2021): learned noise scales as in
+    ``learned_noise``; then every element whose learned scale exceeds ``suppress_above`` x the feature
+    std is released as a constant (its mean over the first 512 training samples), no longer as feature
+    plus noise. The cloud is fine-tuned on that release. Suppressed elements are not sent (the cloud
+    knows the constants), so they leave the bytes per sample too."""
+
+    class Params(LearnedNoise.Params):
+        suppress_above: float = Field(
+            10.0, gt=0, description="suppress elements whose learned noise std exceeds this x the feature std")
+
+    def after_scales(self, sample: torch.Tensor) -> None:
+        mask = self.noise_scale() > self.params.suppress_above
+        self.noise.suppress(mask, sample.mean(0))
+
+    def suppressed_fraction(self) -> float:
+        """Fraction of the feature's elements released as a constant."""
+        return float(self.noise.suppressed.float().mean())
+
+    def public_facts(self) -> dict[str, float]:
+        return {"suppressed_fraction": self.suppressed_fraction()}
+
+    def bytes_per_sample(self, released: torch.Tensor) -> int:
+        sent = int(released[0].numel() - int(self.noise.suppressed.sum()))
+        return sent * released.element_size()

@@ -86,6 +86,24 @@ def test_learned_noise_grows_its_noise_and_keeps_accuracy(planted):
     assert float((released - z).std()) > 0.5 * float(z.std())
 
 
+def test_cloak_suppresses_its_noisiest_elements_and_suppressing_all_hides_the_attribute(planted):
+    """Elements whose learned scale passes the threshold are released as one constant each (and not sent);
+    with every element suppressed the release is constant: the attribute probe reads exactly chance."""
+    data, net = planted
+    learn = dict(init_scale=0.5, weight=0.05, epochs=6, finetune_epochs=1)
+    ctx, fitted = fitted_context(data, net, "conv1", defense="cloak", suppress_above=1.0, **learn)
+    mask = fitted.noise_scale() > 1.0
+    assert 0.0 < fitted.suppressed_fraction() == float(mask.float().mean()) < 1.0
+    z = ctx.split.features("test")
+    released = fitted.release(data.part("test").x, z)
+    assert torch.equal(released[:, mask], released[:1, mask].expand(len(z), -1))  # a constant per element
+    assert float(released[:, ~mask].std(0).min()) > 0  # the others still vary
+    assert fitted.bytes_per_sample(released) == int((~mask).sum()) * 4
+    ctx = attack_context(data, net, "conv1", defense="cloak", suppress_above=1e-6, **learn)
+    assert float(ctx.test.z.std(0).max()) == 0.0
+    assert _leakage(ctx).value == 0.5
+
+
 def test_pca_noise_keeps_components_and_huge_noise_hides_the_attribute(planted):
     data, net = planted
     ctx = attack_context(data, net, "conv1", defense="pca_noise", components=16, scale=50.0, finetune_epochs=1)

@@ -95,6 +95,7 @@ TRAINING_DEFENSES = {
     "pca_noise": ({"components": 8, "finetune_epochs": 2}, {"pca_noise cloud fine-tuning": 2}),
     "learned_noise": ({"epochs": 2, "finetune_epochs": 1},
                       {"learned_noise scale training": 2, "learned_noise cloud fine-tuning": 1}),
+    "cloak": ({"epochs": 2, "finetune_epochs": 1}, {"cloak scale training": 2, "cloak cloud fine-tuning": 1}),
     "datamix": ({"epochs": 2}, {"datamix mixing-aware cloud training": 2}),
     "siamese": ({"epochs": 1, "pca_components": 4, "noise_scale": 1.0, "finetune_epochs": 1},
                 {"siamese fine-tuning": 1, "siamese cloud fine-tuning on noise": 1}),
