@@ -68,7 +68,7 @@ def compare(out: Path) -> dict:
         if half is None:
             continue
         lo, hi = full.get("ci95") or (None, None)
-        inside = lo is None or hi is None or lo <= half["value"] <= hi
+        inside = lo is None or hi is None or lo - 1e-9 <= half["value"] <= hi + 1e-9  # (a Wilson bound of 1 - 1e-16)
         rows.append({"task": key[0], "cut": key[2], "defense": key[3], "defense_params": json.loads(key[4]),
                      "attack": key[5], "target": key[6], "metric": key[7], "float32": full["value"],
                      "ci95": [lo, hi], "float16": half["value"], "difference": half["value"] - full["value"],
