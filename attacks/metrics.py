@@ -64,15 +64,15 @@ def resampled_auroc(probs: torch.Tensor, y: torch.Tensor, k: int, rows: torch.Te
         w_pos = torch.zeros(n_boot, groups, dtype=torch.float64).index_add_(1, group, w * positive)
         w_neg = torch.zeros(n_boot, groups, dtype=torch.float64).index_add_(1, group, w * (1.0 - positive))
         below = w_neg.cumsum(1) - w_neg
-        pairs = w_pos.sum(1) * w_neg.sum(1)
-        areas.append((w_pos * (below + 0.5 * w_neg)).sum(1) / pairs)
-        present.append(w_pos.sum(1) > 0)
+        positives, negatives = w_pos.sum(1), w_neg.sum(1)
+        areas.append((w_pos * (below + 0.5 * w_neg)).sum(1) / (positives * negatives))  # 0 / 0 = NaN: one class
+        present.append(positives > 0)
     if k == 2:
-        return areas[0]  # 0 / 0 = NaN where a resample holds one class only
-    present_ = torch.stack(present, 1)
+        return areas[0]
+    labelled = torch.stack(present, 1)  # (B, K): classes present in each resample
     area = torch.stack(areas, 1).nan_to_num(0.0)
-    mean = (area * present_).sum(1) / present_.sum(1)
-    return torch.where(present_.sum(1) >= 2, mean, float("nan"))
+    mean = (area * labelled).sum(1) / labelled.sum(1)
+    return torch.where(labelled.sum(1) >= 2, mean, float("nan"))
 
 
 def classification_scores(
