@@ -42,7 +42,7 @@ from attacks import register_attack
 from attacks._channel import is_stochastic, release_batched, white_box_edge
 from attacks.attribute import AttributeAttack, Standardize
 from attacks.base import Attack, AttackContext, AttackView, ReleaseChannel, Score
-from audit.core.training import KeepBest, TrainerSettings, make_trainer, predict, tensor_loader
+from audit.core.training import EpochMeanModule, KeepBest, TrainerSettings, make_trainer, predict, tensor_loader
 
 
 class ResidualDenoiser(nn.Module):
@@ -72,7 +72,7 @@ class ResidualDenoiser(nn.Module):
         return (s * self.standardize.std + self.standardize.mean).reshape(z.shape)
 
 
-class DenoiserModule(L.LightningModule):
+class DenoiserModule(EpochMeanModule):
     """Trains the denoiser on (input, clean feature) batches, releasing each batch through the channel
     anew (fresh noise every epoch); validation on fixed noisy releases."""
 
@@ -89,7 +89,7 @@ class DenoiserModule(L.LightningModule):
         x, clean = batch
         noisy = self.channel.release(x.cpu(), clean.cpu()).to(clean.device).float()
         loss = self._loss(noisy, clean)
-        self.log("train_mse", loss)
+        self.record(x.shape[0], train_mse=loss)
         return loss
 
     def validation_step(self, batch, batch_idx):

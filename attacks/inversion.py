@@ -40,7 +40,7 @@ from attacks import register_attack
 from attacks.attribute import Standardize
 from attacks.base import Attack, AttackContext, Score
 from audit.core.stats import mean_ci
-from audit.core.training import KeepBest, TrainerSettings, make_trainer, predict, tensor_loader
+from audit.core.training import EpochMeanModule, KeepBest, TrainerSettings, make_trainer, predict, tensor_loader
 
 PSNR_CAP_DB = 100.0
 
@@ -211,7 +211,7 @@ def mlp_decoder(dim: int, input_shape: tuple[int, ...], hidden: int) -> nn.Modul
     )
 
 
-class DecoderModule(L.LightningModule):
+class DecoderModule(EpochMeanModule):
     """Trains ``net`` (released feature -> input) by mean squared error; logs val_mse."""
 
     def __init__(self, net: nn.Module, lr: float, weight_decay: float):
@@ -224,7 +224,7 @@ class DecoderModule(L.LightningModule):
     def training_step(self, batch, batch_idx):
         z, x = (t.float() for t in batch)
         loss = F.mse_loss(self.net(z), x)
-        self.log("train_mse", loss)
+        self.record(z.shape[0], train_mse=loss)
         return loss
 
     def validation_step(self, batch, batch_idx):

@@ -56,7 +56,7 @@ from attacks.inversion import (
     reconstruction_scores,
 )
 from attacks.metrics import classification_scores
-from audit.core.training import KeepBest, TrainerSettings, fit_classifier, make_trainer, predict, tensor_loader
+from audit.core.training import EpochMeanModule, KeepBest, TrainerSettings, fit_classifier, make_trainer, predict, tensor_loader
 
 FeatureMatching = Literal["auto", "edge", "discriminator"]
 
@@ -100,7 +100,7 @@ def build_decoder(z: torch.Tensor, input_shape: tuple[int, ...], data_range: tup
     return nn.Sequential(standardize, body, RangeSigmoid(*data_range)), kind
 
 
-class PriorDecoderModule(L.LightningModule):
+class PriorDecoderModule(EpochMeanModule):
     """Alternating GAN training of ``decoder`` (released feature -> input) against a discriminator, with
     pixel and feature-matching terms (module docstring). Batches: (z, x); with ``edge``, edge(x) is computed per batch."""
 
@@ -150,8 +150,7 @@ class PriorDecoderModule(L.LightningModule):
         opt_g.zero_grad()
         self.manual_backward(loss_g)
         opt_g.step()
-        self.log_dict({"train_pixel": pixel, "train_feature": feature, "train_adv": adv, "train_d": loss_d},
-                      on_step=False, on_epoch=True)
+        self.record(z.shape[0], train_pixel=pixel, train_feature=feature, train_adv=adv, train_d=loss_d)
 
     def validation_step(self, batch, batch_idx):
         z, x = batch

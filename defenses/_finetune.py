@@ -17,12 +17,12 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from audit.core.training import EpochLog, TrainerSettings, make_trainer, predict, tensor_loader
+from audit.core.training import EpochLog, EpochMeanModule, TrainerSettings, make_trainer, predict, tensor_loader
 
 Penalty = Callable[[torch.Tensor, torch.Tensor, torch.Tensor], torch.Tensor]  # (x, z, y) -> scalar
 
 
-class PenalisedSplit(L.LightningModule):
+class PenalisedSplit(EpochMeanModule):
     """Trains ``edge`` (the trainable part of the edge, fed with ``h``) and ``cloud`` on the task loss
     plus ``weight`` x ``penalty(x, z, y)``; batches are (x, h, y) with h the frozen front's output."""
 
@@ -36,8 +36,7 @@ class PenalisedSplit(L.LightningModule):
         z = self.edge(h)
         task = F.cross_entropy(self.cloud(z), y)
         penalty = self.penalty(x, z, y)
-        self.log("task_loss", task, prog_bar=True, on_step=False, on_epoch=True)  # epoch means
-        self.log("penalty", penalty, prog_bar=True, on_step=False, on_epoch=True)
+        self.record(x.shape[0], task_loss=task, penalty=penalty)
         return task + self.weight * penalty
 
     def configure_optimizers(self):

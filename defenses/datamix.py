@@ -33,7 +33,7 @@ from pydantic import Field
 from torch import nn
 
 from audit.core.models import SplitModel, flops_per_sample
-from audit.core.training import EpochLog, make_trainer, tensor_loader
+from audit.core.training import EpochLog, EpochMeanModule, make_trainer, tensor_loader
 from defenses import register_defense
 from defenses._finetune import train_inputs
 from defenses.base import Defense, FitContext, latency, timed_runs
@@ -96,7 +96,7 @@ def recommend_cut(model: SplitModel, x: torch.Tensor, max_fraction: float = 0.2)
 
 
 # ----------------------------------------------------------------------------- training
-class MixingAwareCloud(L.LightningModule):
+class MixingAwareCloud(EpochMeanModule):
     """Trains the cloud so that de-mixing its outputs on mixed features gives the right logits."""
 
     def __init__(self, cloud: nn.Module, k: int, max_condition: float, lr: float, linear_weight: float, seed: int,
@@ -116,10 +116,10 @@ class MixingAwareCloud(L.LightningModule):
         m = draw_mixing(n // self.k, self.k, self.generator, self.max_condition).to(z.device)
         out = self.cloud(mix(z, m))
         loss = F.cross_entropy(demix(out, m), y)
-        self.log("demixed_ce", loss, prog_bar=True, on_step=False, on_epoch=True)  # epoch means
+        self.record(n, demixed_ce=loss)
         if self.linear_weight > 0:
             linearity = (out - mix(self.cloud(z), m)).pow(2).mean()
-            self.log("linearity", linearity, on_step=False, on_epoch=True)
+            self.record(n, linearity=linearity)
             loss = loss + self.linear_weight * linearity
         return loss
 

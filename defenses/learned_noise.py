@@ -24,7 +24,7 @@ import torch.nn.functional as F
 from pydantic import Field, model_validator
 from torch import nn
 
-from audit.core.training import EpochLog, make_trainer, tensor_loader
+from audit.core.training import EpochLog, EpochMeanModule, make_trainer, tensor_loader
 from defenses import register_defense
 from defenses._finetune import train_inputs
 from defenses.base import Defense, FitContext
@@ -61,7 +61,7 @@ class ScaledNoise(nn.Module):
         return out
 
 
-class NoiseLearner(L.LightningModule):
+class NoiseLearner(EpochMeanModule):
     """Trains the noise scales against a frozen cloud: CE - weight * mean(log(sigma / reference))."""
 
     def __init__(self, noise: ScaledNoise, cloud: nn.Module, weight: float, reference: float, lr: float,
@@ -78,8 +78,7 @@ class NoiseLearner(L.LightningModule):
         self.cloud.eval()  # frozen: batch-norm statistics stay those of the task model
         task = F.cross_entropy(self.cloud(self.noise(self.pre(z))), y)
         magnitude = (self.noise.log_sigma.clamp(max=self.noise.max_log_sigma) - self.log_reference).mean()
-        self.log("task_loss", task, prog_bar=True, on_step=False, on_epoch=True)  # epoch means
-        self.log("log_noise_scale", magnitude, prog_bar=True, on_step=False, on_epoch=True)
+        self.record(z.shape[0], task_loss=task, log_noise_scale=magnitude)
         return task - self.weight * magnitude
 
     def configure_optimizers(self):

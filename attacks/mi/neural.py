@@ -38,7 +38,7 @@ import torch
 import torch.nn.functional as F
 from pydantic import Field
 from torch import nn
-from torch.utils.data import DataLoader, RandomSampler, TensorDataset
+from torch.utils.data import DataLoader, RandomSampler
 
 import attacks.mi.bounds as bounds
 from attacks.mi.core import (
@@ -52,7 +52,7 @@ from attacks.mi.core import (
     register_estimator,
 )
 from audit.core.stats import bootstrap_ci, mean_ci
-from audit.core.training import KeepBest, TrainerSettings, make_trainer, predict
+from audit.core.training import EpochMeanModule, KeepBest, RowBatches, TrainerSettings, gathered, make_trainer, predict
 
 Objective = Callable[[torch.Tensor, dict], torch.Tensor]
 
@@ -78,7 +78,7 @@ class SeparableCritic(nn.Module):
         return self.g(z) @ self.h(s).T
 
 
-class CriticModule(L.LightningModule):
+class CriticModule(EpochMeanModule):
     """Maximises ``objective`` of the batch score matrix; logs ``val_mi`` = ``bound`` on the validation set."""
 
     def __init__(self, critic: SeparableCritic, objective: Objective, bound: Callable[[torch.Tensor], torch.Tensor],
@@ -91,7 +91,7 @@ class CriticModule(L.LightningModule):
     def training_step(self, batch, batch_idx):
         z, s = batch
         loss = -self.objective(self.critic(z, s), self.objective_state)
-        self.log("train_loss", loss)
+        self.record(z.shape[0], train_loss=loss)
         return loss
 
     def validation_step(self, batch, batch_idx):
@@ -102,7 +102,7 @@ class CriticModule(L.LightningModule):
         return torch.optim.Adam(self.parameters(), lr=self.lr, weight_decay=self.weight_decay)
 
 
-class ConditionalModule(L.LightningModule):
+class ConditionalModule(EpochMeanModule):
     """Maximum likelihood of a variational conditional q(s | z); logs ``val_nll`` (nats per sample)."""
 
     def __init__(self, net: nn.Module, nll: Callable[[torch.Tensor, torch.Tensor], torch.Tensor],
@@ -114,7 +114,7 @@ class ConditionalModule(L.LightningModule):
     def training_step(self, batch, batch_idx):
         z, s = batch
         loss = self.nll(self.net(z), s).mean()
-        self.log("train_loss", loss)
+        self.record(z.shape[0], train_loss=loss)
         return loss
 
     def validation_step(self, batch, batch_idx):
@@ -151,11 +151,11 @@ def train(module: L.LightningModule, z: torch.Tensor, s: torch.Tensor, zv: torch
     """Run the training budget of ``p`` (Lightning; keeps the best validation check). Returns facts for details."""
     L.seed_everything(seed, verbose=False)
     batch = min(p.batch_size, z.shape[0])
-    data = TensorDataset(z, s)
+    data = RowBatches(z, s)
     sampler = RandomSampler(data, replacement=False, num_samples=p.val_every * batch,
                             generator=torch.Generator().manual_seed(seed))
-    loader = DataLoader(data, batch_size=batch, sampler=sampler, drop_last=True)
-    val_loader = DataLoader(TensorDataset(zv, sv), batch_size=zv.shape[0])
+    loader = DataLoader(data, batch_size=batch, sampler=sampler, drop_last=True, collate_fn=gathered)
+    val_loader = DataLoader(RowBatches(zv, sv), batch_size=zv.shape[0], collate_fn=gathered)
     best = KeepBest(monitor, mode)
     epochs = max(1, math.ceil(p.steps / p.val_every))
     trainer = make_trainer(settings or TrainerSettings(), epochs, [best])

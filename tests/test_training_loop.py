@@ -1,0 +1,46 @@
+"""The shared Lightning training helpers: batches gathered whole, epoch means logged once."""
+from __future__ import annotations
+
+import logging
+
+import pytest
+import torch
+from torch import nn
+from torch.utils.data import DataLoader, Subset, TensorDataset
+
+from audit.core.training import ClassifierModule, EpochLog, TrainerSettings, make_trainer, tensor_loader
+
+
+@pytest.mark.parametrize("shuffle", [True, False])
+@pytest.mark.parametrize("with_rows", [True, False])
+def test_gathered_batches_equal_a_plain_dataloaders(shuffle, with_rows):
+    """Same rows in the same order as a per-row TensorDataset DataLoader with the same seeded generator
+    (so the audit's figures do not move), for every epoch."""
+    x, y = torch.randn(50, 3, 4), torch.arange(50)
+    rows = torch.randperm(50, generator=torch.Generator().manual_seed(1))[:37] if with_rows else None
+    plain_data = TensorDataset(x, y) if rows is None else Subset(TensorDataset(x, y), rows.tolist())
+    plain = DataLoader(plain_data, batch_size=8, shuffle=shuffle, generator=torch.Generator().manual_seed(3))
+    ours = tensor_loader(x, y, batch_size=8, shuffle=shuffle, seed=3, rows=rows)
+    for _ in range(3):  # the generator advances epoch by epoch in both
+        got, want = list(ours), list(plain)
+        assert len(got) == len(want) == (5 if with_rows else 7)
+        for (gx, gy), (wx, wy) in zip(got, want):
+            assert torch.equal(gx, wx) and torch.equal(gy, wy)
+    assert not shuffle or not torch.equal(torch.cat([b[1] for b in got]), torch.cat([b[1] for b in plain]))
+
+
+def test_epoch_means_are_the_sample_weighted_means_of_the_steps(caplog):
+    """The logged train_loss of an epoch is the mean over its samples of the per-step losses (a last,
+    smaller batch weighs less), read by EpochLog in the same epoch."""
+    gen = torch.Generator().manual_seed(0)
+    x, y = torch.randn(40, 5, generator=gen), torch.randint(0, 3, (40,), generator=gen)
+    net = nn.Linear(5, 3)
+    module = ClassifierModule(net, 3, lr=0.0)  # no learning: every step's loss is the frozen net's
+    with caplog.at_level(logging.INFO, logger="splitaudit"):
+        trainer = make_trainer(TrainerSettings(), 2, [EpochLog("frozen head")])
+        trainer.fit(module, tensor_loader(x, y, batch_size=16, shuffle=True, seed=0))
+    with torch.no_grad():
+        want = float(nn.functional.cross_entropy(net(x), y))  # batches of 16, 16, 8: the sample mean
+    assert float(trainer.callback_metrics["train_loss"]) == pytest.approx(want, rel=1e-6)
+    lines = [r.getMessage() for r in caplog.records if r.getMessage().startswith("frozen head")]
+    assert len(lines) == 2 and all(f"train_loss {want:.3f}" in line for line in lines), lines
