@@ -2,12 +2,14 @@
 from __future__ import annotations
 
 import logging
+import os
 
 import pytest
 import torch
 from torch import nn
 from torch.utils.data import DataLoader, Subset, TensorDataset
 
+from audit.core import training
 from audit.core.training import ClassifierModule, EpochLog, TrainerSettings, make_trainer, tensor_loader
 
 
@@ -44,3 +46,23 @@ def test_epoch_means_are_the_sample_weighted_means_of_the_steps(caplog):
     assert float(trainer.callback_metrics["train_loss"]) == pytest.approx(want, rel=1e-6)
     lines = [r.getMessage() for r in caplog.records if r.getMessage().startswith("frozen head")]
     assert len(lines) == 2 and all(f"train_loss {want:.3f}" in line for line in lines), lines
+
+
+@pytest.mark.parametrize("nvml_loads", [True, False])
+def test_the_nvml_probe_is_dropped_only_where_nvml_does_not_load(monkeypatch, nvml_loads):
+    """Lightning's PYTORCH_NVML_BASED_CUDA_CHECK=1 makes every optimizer step probe NVML; without NVML's
+    library the variable goes (torch's answer is the same), with it the variable stays."""
+    def fake_cdll(name):
+        if not nvml_loads:
+            raise OSError(f"{name}: cannot open shared object file")
+
+    monkeypatch.setenv("PYTORCH_NVML_BASED_CUDA_CHECK", "1")
+    monkeypatch.setattr(training.ctypes, "CDLL", fake_cdll)
+    before = torch.cuda.is_available()
+    training.skip_nvml_probe_without_nvml.cache_clear()
+    try:
+        make_trainer(TrainerSettings(), 1)
+    finally:
+        training.skip_nvml_probe_without_nvml.cache_clear()
+    assert (os.environ.get("PYTORCH_NVML_BASED_CUDA_CHECK") == "1") == nvml_loads
+    assert torch.cuda.is_available() == before

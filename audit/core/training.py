@@ -7,8 +7,11 @@ with GPUs use them), with Lightning's own logging and bars kept quiet.
 from __future__ import annotations
 
 import copy
+import ctypes
+import functools
 import logging
 import math
+import os
 import time
 import warnings
 from typing import Any, Literal
@@ -53,8 +56,24 @@ def _quiet_lightning() -> None:
     warnings.filterwarnings("ignore", ".*module\\(s\\) in eval mode at the start of training.*")
 
 
+@functools.cache
+def skip_nvml_probe_without_nvml() -> None:
+    """Lightning sets ``PYTORCH_NVML_BASED_CUDA_CHECK=1``, so every ``torch.cuda.is_available()`` asks NVML
+    for the device count, and torch's optimizers call it at every step (their CUDA-graph capture check):
+    14,940 probes and 3.7 s in the default audit. Where NVML's library does not load (no NVIDIA driver)
+    each probe fails and torch falls back to the CUDA runtime's count, the answer it gives without the
+    variable: it is dropped, once per process, only then."""
+    if os.environ.get("PYTORCH_NVML_BASED_CUDA_CHECK") != "1":
+        return
+    try:
+        ctypes.CDLL("libnvidia-ml.so.1")  # the library torch's probe loads
+    except OSError:
+        del os.environ["PYTORCH_NVML_BASED_CUDA_CHECK"]
+
+
 def make_trainer(settings: TrainerSettings, max_epochs: int, callbacks: list[L.Callback] | None = None) -> L.Trainer:
     _quiet_lightning()
+    skip_nvml_probe_without_nvml()
     kwargs: dict[str, Any] = dict(
         max_epochs=max_epochs,
         accelerator=settings.accelerator,
@@ -76,6 +95,7 @@ def make_trainer(settings: TrainerSettings, max_epochs: int, callbacks: list[L.C
 
 def inference_device(settings: TrainerSettings) -> torch.device:
     """Where plain (non-Lightning) forward passes run: CUDA when asked for and present."""
+    skip_nvml_probe_without_nvml()
     if settings.accelerator in ("gpu", "cuda", "auto") and torch.cuda.is_available():
         return torch.device("cuda")
     return torch.device("cpu")
