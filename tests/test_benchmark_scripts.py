@@ -122,3 +122,23 @@ def test_float16_comparison_flags_a_figure_outside_the_float32_interval(tmp_path
     assert result["summary"] == {"records": 2, "outside_ci": 1, "identical": 0}
     text = module.markdown(result)
     assert "| d | conv1 | noise scale=10.0 | attribute | race · auroc | 0.700 [0.650, 0.750] | 0.600 **outside** |" in text
+
+
+def test_ray_projection_replays_the_runners_schedule():
+    """benchmarks/ray_projection.py: groups of known length on N workers end when a list schedule says;
+    one worker is the measured serial run; a long group caps the speed-up whatever N."""
+    module = _load("ray_projection")
+
+    def report(group_seconds, wall):
+        results = [{"dataset": "d", "model": "m", "seed": 0, "cut_point": f"c{i // 2}", "defense": f"g{i}",
+                    "defense_params": {}, "cell_id": f"cell{i}-{j}",
+                    "timings": {"defense_fit_seconds": 1.0, "attack_fit_seconds": (s - 1.0) / 2, "attack_score_seconds": 0.0}}
+                   for i, s in enumerate(group_seconds) for j in range(2)]
+        return {"results": results, "environment": {"torch_threads": 1},
+                "timings": {"driver_seconds": {"features_seconds": 0.0}, "wall_seconds": wall}}
+
+    rows = module.project(report([10.0] * 4, 41.0), [1, 2, 4], startup=0.0)
+    assert [r["projected_wall_s"] for r in rows] == [41.0, 21.0, 11.0]  # + 1 s of "other" each
+    assert [r["speedup"] for r in rows] == [1.0, round(41 / 21, 2), round(41 / 11, 2)]
+    capped = module.project(report([30.0, 2.0, 2.0, 2.0], 36.0), [2, 8], startup=5.0)
+    assert [r["projected_wall_s"] for r in capped] == [35.0, 35.0]  # the 30-s group + startup
