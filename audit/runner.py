@@ -328,9 +328,10 @@ class AuditRun:
                         paths = self.extract_features(state, cut)
                         executor.add_features(state.key, cut, paths)
                         for d in defenses:
-                            executor.submit(GroupJob(t, seed, cut, d, state.key,
-                                                     tuple(groups[(t, seed, cut, d)]), paths))
-                            executor.poll()
+                            for job in executor.jobs(GroupJob(t, seed, cut, d, state.key,
+                                                              tuple(groups[(t, seed, cut, d)]), paths)):
+                                executor.submit(job)
+                                executor.poll()
                     executor.task_done(state.key)
                     del state
                 executor.join()

@@ -28,8 +28,10 @@ GROUP_STAGES = ("defense_fit_seconds", "release_seconds", "utility_cost_seconds"
 CELL_STAGES = ("attack_fit_seconds", "attack_score_seconds")
 
 
-def groups_of(report: dict) -> tuple[list[tuple[str, str, float]], dict[str, int]]:
-    """[(task and seed, cut point, group seconds)] in the order the run committed them; cut points per task."""
+def groups_of(report: dict, cells_per_job: int | None = None) -> tuple[list[tuple[str, str, float]], dict[str, int]]:
+    """[(task and seed, cut point, job seconds)] in the order the run committed the groups (a job: a whole
+    group, or with ``cells_per_job`` that many of its cells after a fit and release of their own); cut
+    points per task."""
     groups: dict[tuple, dict] = {}
     for r in report["results"]:
         t = r.get("timings") or {}
@@ -37,7 +39,11 @@ def groups_of(report: dict) -> tuple[list[tuple[str, str, float]], dict[str, int
                json.dumps(r.get("defense_params"), sort_keys=True))
         g = groups.setdefault(key, {"stages": sum(t.get(s, 0.0) for s in GROUP_STAGES), "cells": {}})
         g["cells"][r["cell_id"]] = sum(t.get(s, 0.0) for s in CELL_STAGES)
-    out = [(f"{k[0]}/{k[1]} seed={k[2]}", k[3], g["stages"] + sum(g["cells"].values())) for k, g in groups.items()]
+    out = []
+    for k, g in groups.items():
+        cells = list(g["cells"].values())
+        n = cells_per_job or len(cells)
+        out += [(f"{k[0]}/{k[1]} seed={k[2]}", k[3], g["stages"] + sum(cells[i:i + n])) for i in range(0, len(cells), n)]
     cuts: dict[str, int] = {}
     for task, cut, _ in dict.fromkeys((task, cut, 0) for task, cut, _ in out):
         cuts[task] = cuts.get(task, 0) + 1
@@ -62,21 +68,23 @@ def replay(groups: list[tuple[str, str, float]], driver_per_cut: float, workers:
     return max(end, clock)
 
 
-def project(report: dict, workers: list[int], startup: float) -> list[dict]:
+def project(report: dict, workers: list[int], startup: float, cells_per_job: int | None = None) -> list[dict]:
+    """Projected wall time per worker count (rows for the table); jobs of ``cells_per_job`` cells if given."""
     timings = report["timings"]
-    groups, cuts = groups_of(report)
+    groups, cuts = groups_of(report, cells_per_job)
     driver = sum(timings["driver_seconds"].values())
     group_total = sum(s for *_, s in groups)
     # a resumed run's wall time covers its last session only: then nothing is added for "other"
     other = max(0.0, timings["wall_seconds"] - driver - group_total)
     driver_per_cut = driver / max(1, sum(cuts.values()))
     measured_threads = report["environment"].get("torch_threads")
-    serial = replay(groups, driver_per_cut, 1) + other
+    serial = replay(groups_of(report)[0], driver_per_cut, 1) + other  # one worker: whole groups
     rows = []
     for n in workers:
         wall = replay(groups, driver_per_cut, n) + other + (startup if n > 1 else 0.0)
         bound = serial if n == 1 else max(max(s for *_, s in groups), group_total / n) + driver_per_cut + other
-        rows.append({"workers": n, "projected_wall_s": round(wall, 1), "lower_bound_s": round(bound, 1),
+        rows.append({"workers": n, "cells_per_job": cells_per_job, "projected_wall_s": round(wall, 1),
+                     "lower_bound_s": round(bound, 1),
                      "speedup": round(serial / wall, 2), "efficiency": round(serial / wall / n, 2),
                      "groups": len(groups), "longest_group_s": round(max(s for *_, s in groups), 1),
                      "group_s": round(group_total, 1), "driver_s": round(driver, 1), "other_s": round(other, 1),
@@ -89,13 +97,14 @@ def main() -> None:
     ap.add_argument("report", type=Path)
     ap.add_argument("--workers", type=int, nargs="+", default=[1, 2, 4, 8, 16, 32])
     ap.add_argument("--startup", type=float, default=5.5, help="seconds to start the workers (Ray), once")
+    ap.add_argument("--cells-per-job", type=int, help="project `--cells-per-job C` (groups split into jobs)")
     ap.add_argument("--json", type=Path, help="also write the rows here (JSON lines)")
     args = ap.parse_args()
     report = json.loads(args.report.read_text())
     if (report.get("environment", {}).get("executor") or {}).get("workers", 1) != 1:
         raise SystemExit(f"{args.report}: a run with one worker is needed (its groups ran one after the other)")
-    rows = project(report, args.workers, args.startup)
-    print(f"{args.report}: {rows[0]['groups']} groups, {rows[0]['group_s']} s of groups (longest "
+    rows = project(report, args.workers, args.startup, args.cells_per_job)
+    print(f"{args.report}: {rows[0]['groups']} jobs, {rows[0]['group_s']} s of groups (longest "
           f"{rows[0]['longest_group_s']} s), driver {rows[0]['driver_s']} s, other {rows[0]['other_s']} s, "
           f"measured wall {rows[0]['measured_wall_s']} s with {rows[0]['threads_per_worker']} torch thread(s)")
     print("| workers | projected wall s | lower bound s | speed-up (vs 1 worker) | efficiency |")

@@ -142,3 +142,6 @@ def test_ray_projection_replays_the_runners_schedule():
     assert [r["speedup"] for r in rows] == [1.0, round(41 / 21, 2), round(41 / 11, 2)]
     capped = module.project(report([30.0, 2.0, 2.0, 2.0], 36.0), [2, 8], startup=5.0)
     assert [r["projected_wall_s"] for r in capped] == [35.0, 35.0]  # the 30-s group + startup
+    # --cells-per-job 1: each of the 30-s group's two cells (14.5 s) after a fit of its own (1 s)
+    split = module.project(report([30.0, 2.0, 2.0, 2.0], 36.0), [8], startup=0.0, cells_per_job=1)
+    assert split[0]["projected_wall_s"] == 15.5 + 0.0  # the longest job, nothing else left ("other" 0)

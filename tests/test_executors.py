@@ -143,3 +143,27 @@ def test_ray_runs_the_default_audit_like_local(ray_local, tmp_path):
     assert len(local["results"]) >= 24 * 3
     assert all(r["status"] == "ok" for r in local["results"])
     assert report_values(on_ray) == report_values(local)
+
+
+def test_groups_split_into_jobs_of_a_few_cells_give_the_reference_records(grid_reference, tmp_path):
+    """--cells-per-job 1: every attack cell is a job of its own (the group's defense fitted again in
+    each, with the group's seed), and the records are those of whole groups in one process."""
+    _, reference = grid_reference
+    executor = ProcessExecutor(2, threads=1, worker_setup=register, cells_per_job=1)
+    cells = plan_cells(build_config(GRID))
+    group = [c for c in cells if c.group == cells[0].group]
+    assert len(group) >= 2
+    from audit.executors import GroupJob
+    jobs = executor.jobs(GroupJob(0, 0, group[0].cut_point, group[0].defense, "key", tuple(group)))
+    assert [job.cells for job in jobs] == [(c,) for c in group]
+    report = Audit(build_config(GRID)).run(tmp_path, callbacks=[], executor=executor)
+    assert report_values(report) == report_values(reference)
+    assert report["environment"]["executor"] == {"name": "local", "workers": 2, "threads": 1, "cells_per_job": 1}
+
+
+def test_cells_per_job_without_workers_is_refused(tmp_path, capsys):
+    assert main(["run", "--out", str(tmp_path / "o"), "--cells-per-job", "2"]) == 2
+    assert "--cells-per-job splits groups between workers" in capsys.readouterr().err
+    assert not (tmp_path / "o").exists()
+    with pytest.raises(AuditInputError, match="--cells-per-job must be at least 1"):
+        ProcessExecutor(2, cells_per_job=0)

@@ -42,6 +42,9 @@ def add_execution_arguments(p: argparse.ArgumentParser) -> None:
     g.add_argument("--threads", type=int, default=None,
                    help="torch threads per worker (default: cores / workers; in-process: torch's default). "
                    "Results are bit-identical only between runs with the same thread count")
+    g.add_argument("--cells-per-job", type=int, default=None, metavar="C",
+                   help="hand each (cut point, defense) group to the workers as jobs of C attack cells (each fits "
+                   "the defense again, same figures): for audits with fewer groups than workers (default: whole groups)")
     g.add_argument("--shard", metavar="I/N", help="run only shard I of N of the grid (merge with `splitaudit merge`)")
     resume = g.add_mutually_exclusive_group()
     resume.add_argument("--resume", dest="resume", action="store_true", default=None,
@@ -73,7 +76,7 @@ def executor_from_args(args: argparse.Namespace):
     if args.executor != "ray" and args.address:
         raise AuditInputError("--address is for --executor ray")
     return make_executor(args.executor, workers=args.workers, address=args.address, threads=args.threads,
-                         cpus_per_task=args.cpus_per_task)
+                         cpus_per_task=args.cpus_per_task, cells_per_job=args.cells_per_job)
 
 
 def stop_message(err: BaseException, out: str) -> str:

@@ -43,12 +43,16 @@ __all__ = ["CellResult", "Executor", "GroupJob", "ProcessExecutor", "RayExecutor
 
 
 def make_executor(name: str = "local", workers: int = 1, address: str | None = None, threads: int | None = None,
-                  worker_setup: Callable[[], None] | None = None, cpus_per_task: float = 1) -> Executor:
-    """The executor for ``--executor NAME [--workers N] [--address ADDR] [--threads T]``."""
+                  worker_setup: Callable[[], None] | None = None, cpus_per_task: float = 1,
+                  cells_per_job: int | None = None) -> Executor:
+    """The executor for ``--executor NAME [--workers N] [--address ADDR] [--threads T] [--cells-per-job C]``."""
     if name == "local":
         if workers == 1:
+            if cells_per_job is not None:
+                raise AuditInputError("--cells-per-job splits groups between workers; with one worker it would "
+                                      "only fit each defense again: add --workers N or --executor ray")
             return SequentialExecutor(threads, worker_setup)
-        return ProcessExecutor(workers, threads, worker_setup)
+        return ProcessExecutor(workers, threads, worker_setup, cells_per_job)
     if name == "ray":
-        return RayExecutor(address, cpus_per_task, threads, worker_setup)
+        return RayExecutor(address, cpus_per_task, threads, worker_setup, cells_per_job=cells_per_job)
     raise AuditInputError(f"unknown executor {name!r}; known executors: local, ray")

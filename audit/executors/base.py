@@ -3,10 +3,12 @@ from __future__ import annotations
 
 import logging
 import os
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import TYPE_CHECKING, Any, Callable
 
 import torch
+
+from audit.core.errors import AuditInputError
 
 if TYPE_CHECKING:  # pragma: no cover
     from audit.plan import Cell
@@ -62,13 +64,29 @@ class Executor:
 
     name = "local"
 
-    def __init__(self, threads: int | None = None, worker_setup: Callable[[], None] | None = None):
+    def __init__(self, threads: int | None = None, worker_setup: Callable[[], None] | None = None,
+                 cells_per_job: int | None = None):
+        if cells_per_job is not None and cells_per_job < 1:
+            raise AuditInputError(f"--cells-per-job must be at least 1, got {cells_per_job}")
         self.threads = threads
         self.worker_setup = worker_setup
+        self.cells_per_job = cells_per_job
 
     def settings(self) -> dict[str, Any]:
         """What the report records of this executor (environment.executor): name, workers, threads."""
         return {"name": self.name, "workers": 1, "threads": self.cell_threads()}
+
+    def split_settings(self) -> dict[str, Any]:
+        """``cells_per_job`` for the report, when groups are split."""
+        return {"cells_per_job": self.cells_per_job} if self.cells_per_job else {}
+
+    def jobs(self, group: GroupJob) -> list[GroupJob]:
+        """The jobs ``group`` is handed out as: the whole group, or with ``cells_per_job`` parts of that
+        many cells, each fitting the group's defense and releasing its views again (the same seeds, so
+        the same figures) and free to run on another worker: more parallel work for audits with few,
+        long groups, at the price of repeated defense fits."""
+        n = self.cells_per_job or len(group.cells)
+        return [replace(group, cells=group.cells[i:i + n]) for i in range(0, len(group.cells), n)]
 
     def cell_threads(self) -> int:
         """torch threads the cells run with."""

@@ -114,8 +114,9 @@ class ProcessExecutor(Executor):
     task model or extracts features.
     """
 
-    def __init__(self, workers: int, threads: int | None = None, worker_setup: Callable[[], None] | None = None):
-        super().__init__(threads, worker_setup)
+    def __init__(self, workers: int, threads: int | None = None, worker_setup: Callable[[], None] | None = None,
+                 cells_per_job: int | None = None):
+        super().__init__(threads, worker_setup, cells_per_job)
         if workers < 1:
             raise AuditInputError(f"--workers must be at least 1, got {workers}")
         self.workers = workers
@@ -124,7 +125,7 @@ class ProcessExecutor(Executor):
         return self.threads or max(1, default_workers() // self.workers)
 
     def settings(self):
-        return {"name": "local", "workers": self.workers, "threads": self.cell_threads()}
+        return {"name": "local", "workers": self.workers, "threads": self.cell_threads(), **self.split_settings()}
 
     def open(self, run, on_result):
         super().open(run, on_result)

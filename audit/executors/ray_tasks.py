@@ -84,8 +84,8 @@ class RayExecutor(Executor):
     name = "ray"
 
     def __init__(self, address: str | None = None, cpus_per_task: float = 1, threads: int | None = None,
-                 worker_setup: Callable[[], None] | None = None, max_retries: int = 1):
-        super().__init__(threads, worker_setup)
+                 worker_setup: Callable[[], None] | None = None, max_retries: int = 1, cells_per_job: int | None = None):
+        super().__init__(threads, worker_setup, cells_per_job)
         self.address, self.cpus_per_task, self.max_retries = address, cpus_per_task, max_retries
 
     def cell_threads(self) -> int:
@@ -93,7 +93,7 @@ class RayExecutor(Executor):
 
     def settings(self):
         return {"name": "ray", "address": self.address, "cpus_per_task": self.cpus_per_task,
-                "threads": self.cell_threads()}
+                "threads": self.cell_threads(), **self.split_settings()}
 
     def gpus_per_task(self, run: "AuditRun") -> float:
         t = run.config.trainer
