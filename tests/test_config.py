@@ -1,4 +1,5 @@
 import re
+from pathlib import Path
 
 import pytest
 
@@ -190,3 +191,14 @@ def test_set_errors_name_the_flag_not_the_file(tmp_path, tiny_config):
         tiny_config["training"]["lr"] = -1
         path.write_text(yaml.safe_dump(tiny_config))
         load_config(path, ["seeds=[0]"])
+
+
+CONFIGS = sorted(p for p in (Path(__file__).parents[1] / "configs").glob("*.yaml")
+                 if not p.name.startswith(("policy.", "sweep.")))
+
+
+@pytest.mark.parametrize("path", CONFIGS, ids=[p.stem for p in CONFIGS])
+def test_every_shipped_audit_config_validates(path):
+    """configs/*.yaml (the audits RESULTS.md quotes) load against the current schema and plugins."""
+    cfg = load_config(path)
+    assert cfg.tasks and cfg.defenses
