@@ -122,9 +122,11 @@ def ray_local():
     ray.shutdown()
 
 
-def test_ray_executor_gives_the_reference_records(grid_reference, ray_local, tmp_path):
+@pytest.mark.parametrize("cells_per_job", [None, 1])
+def test_ray_executor_gives_the_reference_records(grid_reference, ray_local, tmp_path, cells_per_job):
     _, reference = grid_reference
-    report = Audit(build_config(GRID)).run(tmp_path, callbacks=[], executor=RayExecutor(threads=1, worker_setup=register))
+    executor = RayExecutor(threads=1, worker_setup=register, cells_per_job=cells_per_job)
+    report = Audit(build_config(GRID)).run(tmp_path, callbacks=[], executor=executor)
     assert report_values(report) == report_values(reference)
     probes = [r for r in report["results"] if r["attack"] == "test_probe"]
     for r in probes:  # artifacts come back through Ray, written by the driver
