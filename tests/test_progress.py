@@ -8,8 +8,8 @@ from audit.progress import Progress, eta_text, time_left
 
 
 def test_time_left_and_its_format():
-    assert time_left(30.0, 3, 9) == pytest.approx(90.0)
-    assert time_left(5.0, 0, 9) is None
+    assert time_left(30.0, 3, 9) == pytest.approx(135.0)  # 2 cells in the 30 s after the first one
+    assert time_left(0.0, 1, 9) is None and time_left(5.0, 0, 9) is None
     assert eta_text(65.4) == "1:05" and eta_text(3725) == "1:02:05" and eta_text(-1) == "0:00"
 
 
@@ -33,7 +33,7 @@ def logger(monkeypatch):
 
 
 def test_lines_say_the_time_left(logger, capsys, monkeypatch):
-    clock = iter([0.0, 10.0, 20.0, 40.0, 41.0])
+    clock = iter([0.0, 30.0, 40.0, 60.0, 61.0])  # the first cell waited for the task model: 30 s
     monkeypatch.setattr("audit.progress.time.perf_counter", lambda: next(clock))
     p, run = Progress(bar=False), fake_run()
     p.on_plan(run, [1, 2, 3, 4], [2, 3, 4])  # one cell already done
@@ -43,10 +43,10 @@ def test_lines_say_the_time_left(logger, capsys, monkeypatch):
     p.on_finish(run, {})
     err = capsys.readouterr().err.splitlines()
     assert err[0] == "audit 't': 4 cells, 1 already done in out"
-    assert err[1] == "[2/4] cell 2: race balanced_accuracy 0.500 [0.400, 0.600] chance 0.2 (9.0s, ~0:20 left)"
-    assert err[2].endswith("(9.5s, ~0:10 left)")  # 20 s for 2 cells, 1 to go
+    assert err[1] == "[2/4] cell 2: race balanced_accuracy 0.500 [0.400, 0.600] chance 0.2 (9.0s)"  # no rate yet
+    assert err[2].endswith("(9.5s, ~0:10 left)")  # 10 s for the cell after the first, 1 to go
     assert err[3].endswith("(19.0s)")
-    assert err[4] == "audit 't' finished: 4 cells (3 run now) in 0:41"
+    assert err[4] == "audit 't' finished: 4 cells (3 run now) in 1:01"
 
 
 def test_bar_counts_cells_and_quiet_silences_everything(logger, capsys):
