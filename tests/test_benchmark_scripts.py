@@ -145,3 +145,14 @@ def test_ray_projection_replays_the_runners_schedule():
     # --cells-per-job 1: each of the 30-s group's two cells (14.5 s) after a fit of its own (1 s)
     split = module.project(report([30.0, 2.0, 2.0, 2.0], 36.0), [8], startup=0.0, cells_per_job=1)
     assert split[0]["projected_wall_s"] == 15.5 + 0.0  # the longest job, nothing else left ("other" 0)
+
+
+def test_seed_spread_counts_the_pairs_the_gate_would_call_changed():
+    """benchmarks/seed_spread.py: identical figures are never a change; two seeds 0.1 apart with CIs of
+    +-0.01 are called changed both ways (regressed one way, improved the other)."""
+    module = _load("seed_spread")
+    same = module.summary("t", "c", "a", [(0.5, 0.45, 0.55)] * 3)
+    assert same["false_change_share"] == 0.0 and same["sd"] == 0.0
+    apart = module.summary("t", "c", "a", [(0.5, 0.49, 0.51), (0.6, 0.59, 0.61)])
+    assert apart["false_change_share"] == 1.0 and apart["ci_half_width"] == 0.01
+    assert (apart["min"], apart["max"]) == (0.5, 0.6)

@@ -1,0 +1,106 @@
+"""How far an attack's figure moves with its own training seed, next to its bootstrap CI.
+
+    python benchmarks/seed_spread.py [--seeds 8] [--attacks attribute attribute_linear] [--json OUT.jsonl]
+
+A figure's 95% CI resamples the evaluated test samples; it does not cover the attacker's training
+randomness (initial weights, batch order, validation split). Here the task model, the cut point's
+features and the release (``none``) are fixed and only the attack's seed varies, on the embedded
+default's planted synthetic and digits tasks at conv1 / pool1 / fc1. Per (task, cut, attack):
+the balanced accuracy's mean, standard deviation and range over the seeds, the mean CI half-width,
+and the share of ordered seed pairs that ``splitaudit check``'s regression rule would call a change
+(``audit.gate.comparison.classify``, tolerance 0): two runs that differ in nothing but the attack
+seed, so every such call is a false alarm. Prints a Markdown table.
+"""
+from __future__ import annotations
+
+import argparse
+import itertools
+import json
+import statistics
+from pathlib import Path
+
+TASKS = {  # the embedded default's planted and digits tasks (audit/default.yaml)
+    "synthetic": ({"name": "synthetic", "n": 2000, "image_size": 16, "strength": 0.2}, 4),
+    "digits": ({"name": "digits", "primary": "digit", "private": ["ink"]}, 8),
+}
+MODEL = {"name": "small_cnn", "widths": [16, 32], "fc": [64]}
+CUTS = ("conv1", "pool1", "fc1")
+PARAMS = {"attribute": {"epochs": 10}, "attribute_linear": {}}
+
+
+def prepared(dataset: dict, epochs: int):
+    """(data, trained task model) for the default's task: split and training seeded with 0."""
+    import lightning as L
+
+    from audit.core.data import DATASETS, AuditData, split_indices
+    from audit.core.models import MODELS
+    from audit.core.training import TrainerSettings, fit_classifier
+
+    L.seed_everything(0, verbose=False)
+    params = dict(dataset)
+    loaded = DATASETS.create(params.pop("name"), **params).load(None)
+    data = AuditData("t", loaded, split_indices(loaded.x.shape[0], {"train": 0.5, "aux": 0.25, "test": 0.25}, 0))
+    spec = dict(MODEL)
+    net = MODELS.create(spec.pop("name"), **spec).build(data.input_shape, data.num_classes(data.primary))
+    train = data.part("train")
+    fit_classifier(net, train.x, train.y, data.num_classes(data.primary), settings=TrainerSettings(accelerator="cpu"),
+                   epochs=epochs, seed=0)
+    return data, net.eval()
+
+
+def figures(data, net, cut: str, attack: str, seeds: int) -> list[tuple[float, float, float]]:
+    """(balanced accuracy, CI low, CI high) of ``attack`` at ``cut`` (defense ``none``) for attack seeds 0..seeds-1."""
+    from audit.core.training import TrainerSettings, predict
+    from audit.pipeline import AttackInputs, fit_defense, release_views, run_attack
+    from defenses import SplitPoint
+
+    settings = TrainerSettings(accelerator="cpu")
+    edge, cloud = net.split(cut)
+    split = SplitPoint(cut, net, edge, cloud, compute_features=lambda part: predict(edge, data.part(part).x))
+    defense = fit_defense("none", {}, split, data.part("train"), data.num_classes(data.primary), settings, 0)
+    aux, test = release_views(defense, split, data)
+    inputs = AttackInputs(aux, test, {n: data.num_classes(n) for n in [data.primary, *data.private]}, data.primary,
+                          split, settings, n_boot=1000)
+    out = []
+    for seed in range(seeds):
+        scores = run_attack(attack, PARAMS[attack], inputs, defense, seed)
+        s = next(s for s in scores if s.metric == "balanced_accuracy")
+        out.append((float(s.value), float(s.ci95[0]), float(s.ci95[1])))
+    return out
+
+
+def summary(task: str, cut: str, attack: str, runs: list[tuple[float, float, float]]) -> dict:
+    from audit.gate.comparison import classify
+
+    values = [v for v, _, _ in runs]
+    calls = [classify(a, b, 0.0)[0] for a, b in itertools.permutations(runs, 2)]
+    return {"task": task, "cut": cut, "attack": attack, "seeds": len(runs), "values": [round(v, 4) for v in values],
+            "mean": round(statistics.fmean(values), 4), "sd": round(statistics.stdev(values), 4),
+            "min": round(min(values), 4), "max": round(max(values), 4),
+            "ci_half_width": round(statistics.fmean((hi - lo) / 2 for _, lo, hi in runs), 4),
+            "false_change_share": round(sum(c != "unchanged" for c in calls) / len(calls), 3)}
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--seeds", type=int, default=8)
+    ap.add_argument("--attacks", nargs="+", default=list(PARAMS), choices=list(PARAMS))
+    ap.add_argument("--json", type=Path, help="also write the rows here (JSON lines)")
+    args = ap.parse_args()
+    rows = []
+    for task, (dataset, epochs) in TASKS.items():
+        data, net = prepared(dataset, epochs)
+        for cut, attack in itertools.product(CUTS, args.attacks):
+            rows.append(summary(task, cut, attack, figures(data, net, cut, attack, args.seeds)))
+            print(json.dumps(rows[-1]), flush=True)
+    print("| task | cut | attack | mean bal. acc | SD over seeds | range | mean CI half-width | pairs called changed |")
+    print("|---|---|---|---|---|---|---|---|")
+    for r in rows:
+        print(f"| {r['task']} | {r['cut']} | {r['attack']} | {r['mean']:.3f} | {r['sd']:.3f} | "
+              f"{r['min']:.3f}-{r['max']:.3f} | {r['ci_half_width']:.3f} | {r['false_change_share']:.0%} |")
+    if args.json:
+        args.json.write_text("".join(json.dumps(r) + "\n" for r in rows))
+
+
+if __name__ == "__main__":
+    main()
