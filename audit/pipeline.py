@@ -10,13 +10,11 @@
 
 The runner (:mod:`audit.runner`, and through it every executor), the tests' helpers and the
 benchmark scripts all go through these functions, so there is one recipe for a cell.
-Seeds are passed in: :func:`stage_seed` derives each stage's seed from the audit seed and the
+Seeds are passed in: :func:`audit.core.seeds.stage_seed` derives each stage's seed from the audit seed and the
 stage's identity, so a cell's values do not depend on what ran before it.
 """
 from __future__ import annotations
 
-import hashlib
-import json
 import math
 from dataclasses import dataclass
 from pathlib import Path
@@ -30,20 +28,11 @@ from audit.core.data import AuditData, Part
 from audit.core.feature_store import Rows, map_batches, streamed
 from audit.core.profile import timed
 from audit.core.registry import PluginParams, Registry
+from audit.core.seeds import stage_seed
 from audit.core.stats import mean_ci
 from audit.core.training import TrainerSettings, eval_batch_size
 from defenses import DEFENSES, Defense, FitContext, SplitPoint
 from defenses.base import RELEASE_BATCH
-
-
-def stable_hash(*parts: Any, length: int = 16) -> str:
-    """Hex digest (``length`` characters) of JSON-serialisable ``parts``: ids and cache keys."""
-    return hashlib.sha256(json.dumps(parts, sort_keys=True, default=str).encode()).hexdigest()[:length]
-
-
-def stage_seed(seed: int, *identity: Any) -> int:
-    """A seed for one stage, derived from the audit seed and what the stage is."""
-    return int(stable_hash(seed, *identity, length=8), 16) % (2**31 - 1)
 
 
 def cell_seeds(seed: int, task_key: str, cut: str, defense: str, defense_params: dict[str, Any],

@@ -9,7 +9,7 @@ from dataclasses import dataclass
 
 from audit.config import AuditConfig
 from audit.core.errors import AuditInputError
-from audit.pipeline import stable_hash
+from audit.core.seeds import stable_hash
 from audit.tasks import task_key
 
 

@@ -26,10 +26,10 @@ from audit.core.errors import AuditInputError
 from audit.core.feature_store import FeatureStore
 from audit.core.models import MODELS, SplitModel, flops_per_sample
 from audit.core.profile import add_seconds
+from audit.core.seeds import stable_hash, stage_seed
 from audit.core.stats import mean_ci
 from audit.core.store import atomic_write, write_json_atomic
 from audit.core.training import fit_classifier, predict
-from audit.pipeline import stable_hash, stage_seed
 
 log = logging.getLogger("splitaudit")
 

@@ -3,10 +3,10 @@ the report records every seed and the package versions."""
 import torch
 
 from audit import Audit, build_config
+from audit.core.seeds import stage_seed
 from audit.executors import SequentialExecutor
 from audit.html import task_model_provenance
 from audit.merge import report_values
-from audit.pipeline import stage_seed
 from audit.tasks import task_key
 
 
