@@ -38,7 +38,6 @@ from attacks._linear import fit_logistic, pca_basis
 from attacks.base import Attack, AttackContext, Score
 from attacks.metrics import classification_scores
 from audit.core.chunked import channel_stats, column_stats, standardize_rows
-from audit.core.seeds import stage_seed
 from audit.core.training import fit_classifier, predict
 
 Predictor = Callable[[torch.Tensor], torch.Tensor]  # released features (N, ...) -> class probabilities (N, K)
@@ -164,9 +163,6 @@ class AttributeAttack(_AttributeBase):
                                                              "stopped the slow-starting plain head too early)")
         refit: bool = Field(True, description="retrain the chosen head and width on all of the aux split for the "
                                               "best epoch count (the validation part is data too)")
-        restarts: int = Field(1, ge=1, description="trainings of each head and width from other seeds (initial "
-                                                   "weights, batch order), the best on validation kept: fewer bad "
-                                                   "seeds for restarts x the fitting time (benchmarks/seed_spread.py)")
         val_fraction: float = Field(0.15, gt=0, lt=0.5, description="part of the aux split for epoch selection")
         augment: Literal["none", "hflip"] = Field(
             "none", description="hflip: also train on releases of the mirrored aux images (queried through the "
@@ -201,30 +197,26 @@ class AttributeAttack(_AttributeBase):
         n_val = max(1, int(z.shape[0] * p.val_fraction))
         val, train = perm[:n_val], perm[n_val:]
         z_val = z[val]
-        best: tuple[float, str, int, int, nn.Module, dict] | None = None
+        best: tuple[float, str, int, nn.Module, dict] | None = None
         self.val_bacc: dict[str, float] = {}
         for name in self.head_names(z):
             for width in self.width_choices():
-                for restart in range(p.restarts):
-                    seed = restart_seed(ctx.seed, restart)
-                    report: dict = {}
-                    net = self.train_head(name, width, z, s, k, train, ctx, val=(z_val, s[val]), report=report,
-                                          seed=seed)
-                    # the balanced accuracy the attack reports (and KeepBest monitored during training)
-                    score = float(multiclass_accuracy(predict(net, z_val), s[val], num_classes=k, average="macro"))
-                    self.val_bacc[f"{name}{width}" + (f"/{restart}" if p.restarts > 1 else "")] = round(score, 4)
-                    if best is None or score > best[0]:
-                        best = (score, name, width, seed, net, report)
+                report: dict = {}
+                net = self.train_head(name, width, z, s, k, train, ctx, val=(z_val, s[val]), report=report)
+                # the balanced accuracy the attack reports (and KeepBest monitored during training)
+                score = float(multiclass_accuracy(predict(net, z_val), s[val], num_classes=k, average="macro"))
+                self.val_bacc[f"{name}{width}"] = round(score, 4)
+                if best is None or score > best[0]:
+                    best = (score, name, width, net, report)
         assert best is not None
-        _, self.head, self.width, self.seed, net, self.report = best
+        _, self.head, self.width, net, self.report = best
         if p.refit and self.report.get("best_epoch") is not None:
-            net = self.train_head(self.head, self.width, z, s, k, perm, ctx, epochs=self.report["best_epoch"] + 1,
-                                  seed=self.seed)
+            net = self.train_head(self.head, self.width, z, s, k, perm, ctx, epochs=self.report["best_epoch"] + 1)
         return lambda zt: predict(net, zt).softmax(dim=1)
 
     def train_head(self, name: str, width: int, z: torch.Tensor, s: torch.Tensor, k: int, rows: torch.Tensor,
                    ctx: AttackContext, *, val: tuple[torch.Tensor, torch.Tensor] | None = None,
-                   report: dict | None = None, epochs: int | None = None, seed: int | None = None) -> nn.Module:
+                   report: dict | None = None, epochs: int | None = None) -> nn.Module:
         """Standardisation + ``name`` head of ``width``, trained on aux rows ``rows`` (and their mirrored views)
         with a class-balanced loss; with ``val`` (features, labels held out of ``rows``) the best epoch is kept
         and training stops early. The rows are gathered batch by batch (no copy of the aux features)."""
@@ -241,7 +233,7 @@ class AttributeAttack(_AttributeBase):
         net = nn.Sequential(standardize, head)
         fit_classifier(
             net, z_train, s_train, k, settings=ctx.settings, epochs=epochs or p.epochs, batch_size=p.batch_size,
-            lr=p.lr, weight_decay=p.weight_decay, seed=ctx.seed if seed is None else seed, balanced=True,
+            lr=p.lr, weight_decay=p.weight_decay, seed=ctx.seed, balanced=True,
             val=val, patience=p.patience, report=report, rows=train_rows,
         )
         return net
@@ -249,13 +241,7 @@ class AttributeAttack(_AttributeBase):
     def describe_model(self) -> dict:
         return {"head": self.head, "width": self.width, "val_balanced_accuracy": self.val_bacc,
                 "train_samples": self.train_samples, "augment": self.params.augment, "refit": self.params.refit,
-                **({"restarts": self.params.restarts, "seed": self.seed} if self.params.restarts > 1 else {}),
                 **self.report}
-
-
-def restart_seed(seed: int, restart: int) -> int:
-    """The training seed of restart ``restart`` (0: the attack's own ``seed``)."""
-    return seed if restart == 0 else stage_seed(seed, "attribute-restart", restart)
 
 
 def mirrored_releases(ctx: AttackContext) -> torch.Tensor:

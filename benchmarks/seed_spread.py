@@ -1,6 +1,6 @@
 """How far an attack's figure moves with its own training seed, next to its bootstrap CI.
 
-    python benchmarks/seed_spread.py [--seeds 8] [--attacks attribute attribute_linear] [--restarts 1] [--json OUT.jsonl]
+    python benchmarks/seed_spread.py [--seeds 8] [--attacks attribute attribute_linear] [--json OUT.jsonl]
 
 A figure's 95% CI resamples the evaluated test samples; it does not cover the attacker's training
 randomness (initial weights, batch order, validation split). Here the task model, the cut point's
@@ -74,8 +74,7 @@ def summary(task: str, cut: str, attack: str, runs: list[tuple[float, float, flo
 
     values = [v for v, _, _ in runs]
     calls = [classify(a, b, 0.0)[0] for a, b in itertools.permutations(runs, 2)]
-    return {"task": task, "cut": cut, "attack": attack, "params": PARAMS.get(attack), "seeds": len(runs),
-            "values": [round(v, 4) for v in values],
+    return {"task": task, "cut": cut, "attack": attack, "seeds": len(runs), "values": [round(v, 4) for v in values],
             "mean": round(statistics.fmean(values), 4), "sd": round(statistics.stdev(values), 4),
             "min": round(min(values), 4), "max": round(max(values), 4),
             "ci_half_width": round(statistics.fmean((hi - lo) / 2 for _, lo, hi in runs), 4),
@@ -86,10 +85,8 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--seeds", type=int, default=8)
     ap.add_argument("--attacks", nargs="+", default=list(PARAMS), choices=list(PARAMS))
-    ap.add_argument("--restarts", type=int, default=1, help="the attribute head's restarts parameter")
     ap.add_argument("--json", type=Path, help="also write the rows here (JSON lines)")
     args = ap.parse_args()
-    PARAMS["attribute"] = {**PARAMS["attribute"], "restarts": args.restarts}
     rows = []
     for task, (dataset, epochs) in TASKS.items():
         data, net = prepared(dataset, epochs)

@@ -174,27 +174,3 @@ def test_a_constant_predictor_is_flagged_degenerate_not_read_as_chance():
     informative = classification_scores("race", torch.softmax(torch.randn(300, 5, generator=gen), 1), y, 5,
                                         n_boot=50, seed=0)
     assert all(s.extra["predicted_classes"] == 5 and s.extra["degenerate"] is False for s in informative)
-
-
-def test_restarts_train_other_seeds_and_keep_the_best_on_validation(planted):
-    """restarts=3: three trainings of the head from different seeds, each scored on the validation part;
-    the kept one is the best of them, and restarts=1 trains the attack's own seed only (its default)."""
-    from attacks import ATTACKS
-
-    import lightning as L
-
-    data, net = planted
-    ctx = attack_context(data, net, "conv1")
-    attack = ATTACKS.create("attribute", head="mlp", epochs=2, restarts=3)
-    L.seed_everything(ctx.seed, verbose=False)  # as the pipeline does before every attack
-    attack.fit(ctx)
-    model = attack.models["secret"]
-    tried = model["val_balanced_accuracy"]
-    assert sorted(tried) == ["mlp128/0", "mlp128/1", "mlp128/2"]
-    assert len(set(tried.values())) > 1  # other seeds, other heads
-    single = ATTACKS.create("attribute", head="mlp", epochs=2)
-    L.seed_everything(ctx.seed, verbose=False)
-    single.fit(ctx)
-    assert single.models["secret"]["val_balanced_accuracy"] == {"mlp128": tried["mlp128/0"]}  # restart 0: the own seed
-    assert max(tried.values()) >= tried["mlp128/0"]
-    assert model["restarts"] == 3
