@@ -28,10 +28,9 @@ GROUP_STAGES = ("defense_fit_seconds", "release_seconds", "utility_cost_seconds"
 CELL_STAGES = ("attack_fit_seconds", "attack_score_seconds")
 
 
-def groups_of(report: dict, cells_per_job: int | None = None) -> tuple[list[tuple[str, str, float]], dict[str, int]]:
+def groups_of(report: dict, cells_per_job: int | None = None) -> list[tuple[str, str, float]]:
     """[(task and seed, cut point, job seconds)] in the order the run committed the groups (a job: a whole
-    group, or with ``cells_per_job`` that many of its cells after a fit and release of their own); cut
-    points per task."""
+    group, or with ``cells_per_job`` that many of its cells after a fit and release of their own)."""
     groups: dict[tuple, dict] = {}
     for r in report["results"]:
         t = r.get("timings") or {}
@@ -44,10 +43,7 @@ def groups_of(report: dict, cells_per_job: int | None = None) -> tuple[list[tupl
         cells = list(g["cells"].values())
         n = cells_per_job or len(cells)
         out += [(f"{k[0]}/{k[1]} seed={k[2]}", k[3], g["stages"] + sum(cells[i:i + n])) for i in range(0, len(cells), n)]
-    cuts: dict[str, int] = {}
-    for task, cut, _ in dict.fromkeys((task, cut, 0) for task, cut, _ in out):
-        cuts[task] = cuts.get(task, 0) + 1
-    return out, cuts
+    return out
 
 
 def replay(groups: list[tuple[str, str, float]], driver_per_cut: float, workers: int) -> float:
@@ -71,14 +67,15 @@ def replay(groups: list[tuple[str, str, float]], driver_per_cut: float, workers:
 def project(report: dict, workers: list[int], startup: float, cells_per_job: int | None = None) -> list[dict]:
     """Projected wall time per worker count (rows for the table); jobs of ``cells_per_job`` cells if given."""
     timings = report["timings"]
-    groups, cuts = groups_of(report, cells_per_job)
+    measured = groups_of(report)  # whole groups, as the one-worker run ran them
+    groups = groups_of(report, cells_per_job) if cells_per_job else measured
     driver = sum(timings["driver_seconds"].values())
     group_total = sum(s for *_, s in groups)
     # a resumed run's wall time covers its last session only: then nothing is added for "other"
-    other = max(0.0, timings["wall_seconds"] - driver - group_total)
-    driver_per_cut = driver / max(1, sum(cuts.values()))
+    other = max(0.0, timings["wall_seconds"] - driver - sum(s for *_, s in measured))
+    driver_per_cut = driver / max(1, len({(task, cut) for task, cut, _ in measured}))
     measured_threads = report["environment"].get("torch_threads")
-    serial = replay(groups_of(report)[0], driver_per_cut, 1) + other  # one worker: whole groups
+    serial = replay(measured, driver_per_cut, 1) + other
     rows = []
     for n in workers:
         wall = replay(groups, driver_per_cut, n) + other + (startup if n > 1 else 0.0)
