@@ -32,6 +32,7 @@ from attacks._channel import require_white_box_edge
 from attacks.base import Attack, AttackContext, Score
 from attacks.inversion import data_range_of, eval_subset, grid_extra, reconstruction_scores
 from audit.core.chunked import mean_square
+from audit.core.heap import reusing
 
 
 def relative_residual(mapped: torch.Tensor, z: torch.Tensor) -> torch.Tensor:
@@ -65,14 +66,15 @@ def rmle_invert(
     was_training = edge.training
     edge.eval()
     try:
-        for _ in range(iterations):
-            fit = (edge(x) - z).pow(2).flatten(1).mean(1) / feature_scale
-            loss = (fit + tv_weight * total_variation(x) / peak).sum()
-            (grad,) = torch.autograd.grad(loss, [x])
-            x.grad = grad
-            opt.step()
-            with torch.no_grad():
-                x.clamp_(low, high)
+        with reusing():  # 200-300 steps of the same sizes: blocks reused, not mapped afresh (audit.core.heap)
+            for _ in range(iterations):
+                fit = (edge(x) - z).pow(2).flatten(1).mean(1) / feature_scale
+                loss = (fit + tv_weight * total_variation(x) / peak).sum()
+                (grad,) = torch.autograd.grad(loss, [x])
+                x.grad = grad
+                opt.step()
+                with torch.no_grad():
+                    x.clamp_(low, high)
         with torch.no_grad():
             residual = relative_residual(edge(x), z)
     finally:

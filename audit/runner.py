@@ -32,6 +32,7 @@ from audit.config import AuditConfig
 from audit.core.data.feature_dump import model_free_measures, model_free_split
 from audit.core.errors import interruptible
 from audit.core.feature_store import FeatureStore, free_memory, rss_grew
+from audit.core.heap import allow_reuse
 from audit.core.profile import report_timings, timed
 from audit.core.records import AuditRecord
 from audit.core.store import ResultStore
@@ -302,7 +303,7 @@ class AuditRun:
         # SIGINT / SIGTERM raise AuditInterrupted: finished cells stay committed, the lock is released
         with interruptible(), ResultStore(self.out_dir, config.config_hash(), config.model_dump(mode="json"),
                                           resume=self.resume, shard=self.shard) as store, \
-                torch_threads(executor.threads):
+                torch_threads(executor.threads), allow_reuse(config.memory.heap_reuse_mb):
             self.store = store
             shutil.rmtree(self.features.scratch(), ignore_errors=True)  # left by a killed run
             pending = [c for c in cells if not store.done(c.id)]

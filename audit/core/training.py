@@ -6,6 +6,7 @@ with GPUs use them), with Lightning's own logging and bars kept quiet.
 """
 from __future__ import annotations
 
+import contextlib
 import copy
 import ctypes
 import functools
@@ -27,6 +28,7 @@ from torchmetrics.classification import MulticlassAccuracy
 
 from audit.core.chunked import block_rows
 from audit.core.feature_store import streamed
+from audit.core.heap import reusing
 
 log = logging.getLogger("splitaudit")
 
@@ -83,7 +85,7 @@ def make_trainer(settings: TrainerSettings, max_epochs: int, callbacks: list[L.C
         enable_checkpointing=False,
         enable_progress_bar=settings.progress_bar,
         enable_model_summary=False,
-        callbacks=callbacks or [],
+        callbacks=[*(callbacks or []), ReuseHeap()],
         num_sanity_val_steps=0,
     )
     if settings.precision is not None:
@@ -280,6 +282,24 @@ class KeepBest(L.Callback):
     def on_fit_end(self, trainer, pl_module):
         if self.state is not None:
             pl_module.load_state_dict(self.state)
+
+
+class ReuseHeap(L.Callback):
+    """While a training runs, its steps reuse the C heap blocks the previous step freed instead of mapping
+    fresh zero-filled pages (:func:`audit.core.heap.reusing`, ``memory.heap_reuse_mb``); the free heap is
+    handed back when the training ends."""
+
+    def __init__(self):
+        self._scope = contextlib.ExitStack()
+
+    def on_train_start(self, trainer, pl_module):
+        self._scope.enter_context(reusing())
+
+    def on_train_end(self, trainer, pl_module):
+        self._scope.close()
+
+    def on_exception(self, trainer, pl_module, exception):
+        self._scope.close()
 
 
 class EpochLog(L.Callback):

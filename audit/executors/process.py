@@ -42,6 +42,7 @@ def _pool_worker(conn, init_blob: bytes) -> None:
     _die_with_parent()
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C is the driver's to handle: it ends the workers
     from audit.core.feature_store import open_array
+    from audit.core.heap import allow_reuse
 
     # run_class: the driver's AuditRun class, pickled by reference (this module never imports the runner)
     run_class, config, out_dir, cache_dir, threads, max_ram_mb, setup = pickle.loads(init_blob)
@@ -69,7 +70,8 @@ def _pool_worker(conn, init_blob: bytes) -> None:
         results: list[CellResult] = []
         try:
             features = {part: open_array(Path(path), max_ram_mb) for part, path in job.features.items()}
-            run_job(run, states[job.task_key], job, features.__getitem__, results.append)
+            with allow_reuse(config.memory.heap_reuse_mb):  # hot loops reuse heap blocks (audit.core.heap)
+                run_job(run, states[job.task_key], job, features.__getitem__, results.append)
             reply = ("done", job_id, results)
         except Exception as err:  # noqa: BLE001 - a broken group must not take the worker down
             done = {r.cell.id for r in results}

@@ -32,6 +32,7 @@ def _ray_group(init: tuple, state_ref: list, job: GroupJob, features: dict[str, 
     import ray
 
     from audit.core.feature_store import map_batches
+    from audit.core.heap import allow_reuse
 
     run_class, config, cache_dir, threads, max_ram_mb, setup = init
     if setup is not None and not _RAY_WORKER["setup"]:
@@ -56,7 +57,8 @@ def _ray_group(init: tuple, state_ref: list, job: GroupJob, features: dict[str, 
         del arrays
         results: list[CellResult] = []
         try:
-            run_job(run, state, job, tensors.__getitem__, results.append)
+            with allow_reuse(config.memory.heap_reuse_mb):
+                run_job(run, state, job, tensors.__getitem__, results.append)
         except Exception as err:  # noqa: BLE001
             done = {r.cell.id for r in results}
             results += [r for r in failed_results(run, job, f"worker failed: {type(err).__name__}: {err}")
