@@ -50,6 +50,15 @@ def test_write_batches_is_atomic(tmp_path):
     assert np.load(tmp_path / "f.npy").dtype == np.float64 and open_array(tmp_path / "f.npy", 1).shape == (10, 3)
 
 
+def test_written_feature_files_are_the_npy_of_the_rows_byte_for_byte(tmp_path):
+    x = torch.randn(37, 3, 4, 5)
+    write_batches(lambda a, b: x[a:b], 37, tmp_path / "f.npy", batch_size=8)  # a partial last batch
+    np.save(tmp_path / "ref.npy", x.numpy())
+    assert (tmp_path / "f.npy").read_bytes() == (tmp_path / "ref.npy").read_bytes()
+    half = x.half()
+    assert torch.equal(map_batches(lambda a, b: half[a:b], 37, tmp_path / "s", max_ram_mb=0, batch_size=8), half)
+
+
 def test_an_audit_with_every_feature_mapped_gives_the_reference_records(grid_reference, tmp_path):
     """memory.feature_ram_mb: 0 maps every feature array (edge and released) from disk: same results."""
     register()
