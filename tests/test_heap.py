@@ -32,7 +32,7 @@ def faults_per_round(rounds: int) -> list[int]:
     return out
 
 
-def test_large_blocks_stop_faulting_inside_a_loop_and_fault_after_it():
+def test_large_blocks_stop_faulting_inside_a_loop_and_the_heap_is_handed_back_after_it():
     outside = faults_per_round(4)
     if min(outside) < 1000:  # transparent huge pages on every mapping: nothing to save here
         pytest.skip(f"{outside} faults per 64 MB block without the setting")

@@ -36,6 +36,7 @@ import numpy as np
 import torch
 
 from audit.core.errors import reserve_file_space
+from audit.core.heap import trim
 from audit.core.paths import inside
 from audit.core.profile import resident_bytes
 from audit.core.store import atomic_write
@@ -213,10 +214,7 @@ def free_memory(full: bool = True) -> None:
     that is triggered by object counts, not bytes: on UTKFace a (cut point, defense) group's released
     views (880 MB at pool1) were still resident while the next cut's features were extracted."""
     gc.collect() if full else gc.collect(1)
-    try:
-        ctypes.CDLL(None).malloc_trim(0)
-    except (OSError, AttributeError):  # not glibc
-        pass
+    trim()
     release_pages()
     now = resident_bytes()
     if now is not None:

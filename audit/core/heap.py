@@ -45,7 +45,7 @@ def set_thresholds(mmap_bytes: int, trim_bytes: int) -> bool:
 
 def trim() -> None:
     """Hand the heap's free pages back to the system (glibc ``malloc_trim(0)``: the free top and the free
-    pages inside it); a no-op elsewhere."""
+    pages inside it); a no-op elsewhere. Also called by :func:`audit.core.feature_store.free_memory` between stages."""
     try:
         ctypes.CDLL(None).malloc_trim(0)
     except (OSError, AttributeError):  # not glibc
@@ -77,7 +77,8 @@ def reusing() -> Iterator[bool]:
     the loop's free blocks do not stay resident into the next stage. Nested uses are the outer one's."""
     limit = _LIMIT_MB[0] * MB
     took = limit > 0 and not _ACTIVE[0] and set_thresholds(limit, limit)
-    _ACTIVE[0] = _ACTIVE[0] or took
+    if took:
+        _ACTIVE[0] = True
     try:
         yield took
     finally:
