@@ -66,3 +66,45 @@ def test_the_nvml_probe_is_dropped_only_where_nvml_does_not_load(monkeypatch, nv
         training.skip_nvml_probe_without_nvml.cache_clear()
     assert (os.environ.get("PYTORCH_NVML_BASED_CUDA_CHECK") == "1") == nvml_loads
     assert torch.cuda.is_available() == before
+
+
+class _FormatSpy(ClassifierModule):
+    """Records the memory format of every training batch and of the first conv weight at each step."""
+
+    def __init__(self, net, k):
+        super().__init__(net, k)
+        self.seen: list[tuple[bool, bool]] = []
+
+    def training_step(self, batch, batch_idx):
+        x, _ = batch
+        weight = self.net[0].weight
+        self.seen.append((x.is_contiguous(memory_format=torch.channels_last),
+                          weight.is_contiguous(memory_format=torch.channels_last)))
+        return super().training_step(batch, batch_idx)
+
+
+def _conv_net() -> nn.Module:
+    torch.manual_seed(0)
+    return nn.Sequential(nn.Conv2d(4, 8, 3, padding=1), nn.ReLU(), nn.Conv2d(8, 8, 3, stride=2), nn.ReLU(),
+                         nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(8, 2))
+
+
+@pytest.mark.parametrize("channels_last", [False, True])
+def test_channels_last_trains_in_that_format_and_hands_back_contiguous_weights(channels_last):
+    """trainer.channels_last: every batch and conv weight in channels_last while training (none without
+    it); afterwards the weights are contiguous again and the trained net equals the contiguous training's
+    to float32 rounding (the same algorithm, another summation order)."""
+    gen = torch.Generator().manual_seed(0)
+    x, y = torch.randn(64, 4, 8, 8, generator=gen), torch.randint(0, 2, (64,), generator=gen)
+    x[y == 1, 0] += 1.0  # a planted signal the net learns
+    nets = {}
+    for cl in (False, channels_last):
+        module = _FormatSpy(_conv_net(), 2)
+        torch.manual_seed(1)
+        make_trainer(TrainerSettings(channels_last=cl), 2).fit(module, tensor_loader(x, y, batch_size=16, shuffle=True))
+        assert module.seen == [(cl, cl)] * 8  # 2 epochs x 4 batches
+        assert all(p.is_contiguous() for p in module.net.parameters())
+        nets[cl] = module.net
+    for a, b in zip(nets[False].parameters(), nets[channels_last].parameters()):
+        assert torch.allclose(a, b, atol=1e-5), (a - b).abs().max()
+    assert not torch.equal(nets[False][0].weight, _conv_net()[0].weight)  # it did train

@@ -269,6 +269,8 @@ class AuditConfig(Strict):
             mode="json",
             exclude={"cache_dir": True, "tracking": True, "memory": True, "decision": True, "trainer": {"progress_bar"}},
         )
+        if not data["trainer"]["channels_last"]:  # the default: folders made before this key still resume
+            data["trainer"].pop("channels_last")
         for task in data["tasks"]:  # unset display-only keys are left out, so earlier output folders still resume
             for key in ("model_label", "attacks"):
                 if task.get(key) is None:
