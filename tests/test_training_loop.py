@@ -108,3 +108,29 @@ def test_channels_last_trains_in_that_format_and_hands_back_contiguous_weights(c
     for a, b in zip(nets[False].parameters(), nets[channels_last].parameters()):
         assert torch.allclose(a, b, atol=1e-5), (a - b).abs().max()
     assert not torch.equal(nets[False][0].weight, _conv_net()[0].weight)  # it did train
+
+
+def test_rows_gathered_into_channels_last_equal_a_reordered_gather_and_train_the_same_net(monkeypatch):
+    """RowBatches.gather with a memory format returns t[index] in that format; a channels_last training
+    whose loaders gather straight into it gives bit-identical weights to one that reorders each batch."""
+    x = torch.randn(40, 3, 5, 6)
+    data = training.RowBatches(x, rows=torch.arange(10, 40))
+    data.memory_format = torch.channels_last
+    got = data.__getitems__([4, 0, 7])[0]
+    assert got.is_contiguous(memory_format=torch.channels_last) and torch.equal(got, x[[14, 10, 17]])
+
+    gen = torch.Generator().manual_seed(0)
+    x, y = torch.randn(64, 4, 8, 8, generator=gen), torch.randint(0, 2, (64,), generator=gen)
+    weights, formats = [], set()
+    gather = training.RowBatches.gather
+    monkeypatch.setattr(training.RowBatches, "gather",
+                        lambda self, t, index: formats.add(self.memory_format) or gather(self, t, index))
+    for direct in (True, False):
+        if not direct:
+            assert formats == {torch.channels_last}  # train and validation loaders gathered in it
+            monkeypatch.setattr(training.ChannelsLast, "gather_into", staticmethod(lambda loaders: None))
+        net = _conv_net()
+        training.fit_classifier(net, x, y, 2, settings=TrainerSettings(channels_last=True), epochs=2, seed=0,
+                                val=(x[:16], y[:16]), rows=torch.arange(16, 64))
+        weights.append(torch.cat([p.flatten() for p in net.parameters()]))
+    assert torch.equal(*weights)

@@ -122,6 +122,8 @@ class RowBatches(Dataset):
     a whole batch at once (``__getitems__``): one gather per tensor, where a per-row dataset and
     ``default_collate`` cost ~10 us a row. Selecting rows copies nothing: a memory-mapped split stays on disk."""
 
+    memory_format: torch.memory_format | None = None  # 4-D rows gathered in this format (:class:`ChannelsLast`)
+
     def __init__(self, *tensors: torch.Tensor, rows: torch.Tensor | None = None):
         self.tensors, self.rows = tensors, rows
 
@@ -133,9 +135,17 @@ class RowBatches(Dataset):
 
     def __getitems__(self, positions: list[int]) -> tuple[torch.Tensor, ...]:
         index = torch.as_tensor(positions) if self.rows is None else self.rows[positions]
-        batch = tuple(t[index] for t in self.tensors)
+        batch = tuple(self.gather(t, index) for t in self.tensors)
         streamed(*batch)  # memory-mapped features leave the RSS as read
         return batch
+
+    def gather(self, t: torch.Tensor, index: torch.Tensor) -> torch.Tensor:
+        """``t[index]``; a 4-D one written straight into ``memory_format`` when set (a 128-row UTKFace conv1
+        batch: 48 ms, where gathering and then reordering took 56 + 42 ms)."""
+        if self.memory_format is None or t.ndim != 4:
+            return t[index]
+        out = torch.empty((index.numel(), *t.shape[1:]), dtype=t.dtype, memory_format=self.memory_format)
+        return torch.index_select(t, 0, index, out=out)
 
 
 def gathered(batch: tuple[torch.Tensor, ...]) -> tuple[torch.Tensor, ...]:
@@ -326,6 +336,19 @@ class ChannelsLast(L.Callback):
         pl_module.to(memory_format=torch.channels_last)
         if isinstance(pl_module, EpochMeanModule):
             pl_module.batch_memory_format = torch.channels_last
+
+    def on_train_start(self, trainer, pl_module):
+        self.gather_into(trainer.train_dataloader)
+
+    def on_validation_start(self, trainer, pl_module):
+        self.gather_into(trainer.val_dataloaders)
+
+    @staticmethod
+    def gather_into(loaders) -> None:
+        """:class:`RowBatches` loaders gather their 4-D rows in channels_last (no second reordering copy)."""
+        for loader in loaders if isinstance(loaders, (list, tuple)) else [loaders]:
+            if isinstance(getattr(loader, "dataset", None), RowBatches):
+                loader.dataset.memory_format = torch.channels_last
 
     def teardown(self, trainer, pl_module, stage):
         pl_module.to(memory_format=torch.contiguous_format)
