@@ -156,3 +156,32 @@ def test_seed_spread_counts_the_pairs_the_gate_would_call_changed():
     apart = module.summary("t", "c", "a", [(0.5, 0.49, 0.51), (0.6, 0.59, 0.61)])
     assert apart["false_change_share"] == 1.0 and apart["ci_half_width"] == 0.01
     assert (apart["min"], apart["max"]) == (0.5, 0.6)
+
+
+def test_ab_settings_table_shows_ratios_and_records_outside_the_first_runs_interval(tmp_path):
+    """benchmarks/ab_settings.py: wall-time ratio against the first run, GNU time's figures, each attack's
+    seconds, and a record of a later run outside the first run's CI named."""
+    import json
+
+    module = _load("ab_settings")
+
+    def record(metric, value, ci):
+        return {"dataset": "d", "seed": 0, "cut_point": "conv1", "defense": "none", "defense_params": {},
+                "attack": "attribute", "target": "race", "metric": metric, "value": value, "ci95": ci}
+
+    runs = []
+    for name, (wall, values) in {"a": (100.0, (0.50, 0.70)), "b": (80.0, (0.50, 0.60))}.items():
+        run = tmp_path / name
+        (run / "out").mkdir(parents=True)
+        (run / "time").write_text(f"Command exited with non-zero status 0\n{wall} 2048 90.0 10.0 5000000\n")
+        report = {"results": [record("balanced_accuracy", values[0], [0.45, 0.55]),
+                              record("auroc", values[1], [0.65, 0.75])],
+                  "timings": {"attack_seconds": {"attribute": {"fit_seconds": wall / 2, "score_seconds": 1.0}}}}
+        (run / "out" / "report.json").write_text(json.dumps(report))
+        runs.append(run)
+    summary = module.summarise(["x=0", "x=1"], runs)
+    assert summary["rows"][1]["records"] == {"records": 2, "identical": 1, "inside_ci": 1,
+                                             "outside": ["conv1 none attribute race auroc: 0.7 -> 0.6"]}
+    text = module.markdown(summary)
+    assert "| x=1 | 80 s | 1.25x | 2,048 | 90 / 10 s | 5.0 M | 1 of 2 (1) | 40.0 + 1.0 s |" in text
+    assert "- x=1: outside the first's CI: conv1 none attribute race auroc: 0.7 -> 0.6" in text
