@@ -48,9 +48,13 @@ def records_table(records: list[dict]) -> str:
 
 
 def dfil_check(records: list[dict]) -> str:
-    """Per (cut, defense) with a dfil PSNR ceiling: each reconstruction attack's PSNR and whether it lies above."""
+    """Per (cut, defense) with a dfil PSNR ceiling: each reconstruction attack's PSNR and whether it lies above,
+    and the mean image's PSNR (the attacks' chance level: a biased estimate that reads no feature at all; when
+    it lies above the ceiling, the bound, which holds for unbiased reconstructions, cannot bind any attacker
+    that starts from the data's mean)."""
     ok = [r for r in records if r.get("status") == "ok"]
-    lines = ["| cut | defense | dFIL PSNR ceiling dB [CI] | attack PSNR dB [CI] | above the ceiling |", "|---|---|---|---|---|"]
+    lines = ["| cut | defense | dFIL PSNR ceiling dB [CI] | attack PSNR dB [CI] | above the ceiling | mean image dB |",
+             "|---|---|---|---|---|---|"]
     for c in (r for r in ok if r["attack"] == "dfil" and r["metric"] == "psnr_ceiling"):
         if not (c.get("extra") or {}).get("applicable", True):
             continue
@@ -58,8 +62,12 @@ def dfil_check(records: list[dict]) -> str:
                    and r["attack"] in RECONSTRUCTION and r["metric"] == "psnr"]
         shown = "; ".join(f"{r['attack']} {r['value']:.2f} [{r['ci95'][0]:.2f}, {r['ci95'][1]:.2f}]" for r in attacks)
         above = [r["attack"] for r in attacks if r["value"] > c["value"]]
+        means = sorted({round(r["chance"], 2) for r in attacks if r.get("chance") is not None})
+        mean = "-".join(f"{v:.2f}" for v in (means[:1] + means[-1:] if len(means) > 1 else means))
+        if means:
+            mean += " (above)" if means[0] > c["value"] else " (below)"
         lines.append(f"| {c['cut_point']} | {defense_label(c)} | {c['value']:.2f} [{c['ci95'][0]:.2f}, "
-                     f"{c['ci95'][1]:.2f}] | {shown or '-'} | {', '.join(above) or 'none'} |")
+                     f"{c['ci95'][1]:.2f}] | {shown or '-'} | {', '.join(above) or 'none'} | {mean or '-'} |")
     return "\n".join(lines)
 
 

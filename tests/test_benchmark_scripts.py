@@ -80,7 +80,8 @@ def test_defense_table_shows_figures_and_says_why_a_cell_has_none():
 
 def test_attack_table_flags_a_reconstruction_above_the_dfil_ceiling():
     """benchmarks/attack_table.py: the dFIL check lists every reconstruction attack of a (cut, defense) and
-    names the ones whose PSNR lies above the ceiling; a deterministic release (no bound) gets no row."""
+    names the ones whose PSNR lies above the ceiling, with the mean image's PSNR against it; a deterministic
+    release (no bound) gets no row."""
     module = _load("attack_table")
 
     def record(attack, metric, value, defense="noise", applicable=True):
@@ -94,9 +95,13 @@ def test_attack_table_flags_a_reconstruction_above_the_dfil_ceiling():
                record("inversion", "psnr", 20.0, "none")]
     rows = [line for line in module.dfil_check(records).splitlines() if line.startswith("| pool3")]
     assert rows == ["| pool3 | noise 10x | 18.00 [17.90, 18.10] | inversion 15.50 [15.40, 15.60]; "
-                    "inversion_rmle 19.20 [19.10, 19.30] | inversion_rmle |"]
+                    "inversion_rmle 19.20 [19.10, 19.30] | inversion_rmle | 13.80 (below) |"]
     table = module.records_table(records)
     assert "| pool3 | noise 10x | inversion_rmle | input · psnr | 19.20 [19.10, 19.30] | 13.80 | 3 + 1 |" in table
+    records[1]["chance"] = 18.5  # the range of the attacks' chance levels; "above" only when all lie above
+    assert "| inversion_rmle | 13.80-18.50 (below) |" in module.dfil_check(records)
+    records[2]["chance"] = 18.2
+    assert "| inversion_rmle | 18.20-18.50 (above) |" in module.dfil_check(records)
 
 
 def test_float16_comparison_flags_a_figure_outside_the_float32_interval(tmp_path):
