@@ -101,9 +101,11 @@ def test_channels_last_trains_in_that_format_and_hands_back_contiguous_weights(c
     for cl in (False, channels_last):
         module = _FormatSpy(_conv_net(), 2)
         torch.manual_seed(1)
-        make_trainer(TrainerSettings(channels_last=cl), 2).fit(module, tensor_loader(x, y, batch_size=16, shuffle=True))
+        loader = tensor_loader(x, y, batch_size=16, shuffle=True)
+        make_trainer(TrainerSettings(channels_last=cl), 2).fit(module, loader)
         assert module.seen == [(cl, cl)] * 8  # 2 epochs x 4 batches
         assert all(p.is_contiguous() for p in module.net.parameters())
+        assert loader.dataset.memory_format is None  # the loader gathers contiguous rows again
         nets[cl] = module.net
     for a, b in zip(nets[False].parameters(), nets[channels_last].parameters()):
         assert torch.allclose(a, b, atol=1e-5), (a - b).abs().max()
@@ -128,7 +130,7 @@ def test_rows_gathered_into_channels_last_equal_a_reordered_gather_and_train_the
     for direct in (True, False):
         if not direct:
             assert formats == {torch.channels_last}  # train and validation loaders gathered in it
-            monkeypatch.setattr(training.ChannelsLast, "gather_into", staticmethod(lambda loaders: None))
+            monkeypatch.setattr(training.ChannelsLast, "gather_into", lambda self, loaders: None)
         net = _conv_net()
         training.fit_classifier(net, x, y, 2, settings=TrainerSettings(channels_last=True), epochs=2, seed=0,
                                 val=(x[:16], y[:16]), rows=torch.arange(16, 64))

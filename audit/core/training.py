@@ -332,6 +332,9 @@ class ChannelsLast(L.Callback):
     conv1 features (128 x 64 x 64 x 64), one Adam step of the ``plain`` attribute head: 104 vs 193 ms
     (benchmarks/RESULTS.md "channels_last")."""
 
+    def __init__(self):
+        self.datasets: list[RowBatches] = []  # set to gather in channels_last; reset at teardown
+
     def setup(self, trainer, pl_module, stage):
         pl_module.to(memory_format=torch.channels_last)
         if isinstance(pl_module, EpochMeanModule):
@@ -343,14 +346,17 @@ class ChannelsLast(L.Callback):
     def on_validation_start(self, trainer, pl_module):
         self.gather_into(trainer.val_dataloaders)
 
-    @staticmethod
-    def gather_into(loaders) -> None:
+    def gather_into(self, loaders) -> None:
         """:class:`RowBatches` loaders gather their 4-D rows in channels_last (no second reordering copy)."""
         for loader in loaders if isinstance(loaders, (list, tuple)) else [loaders]:
             if isinstance(getattr(loader, "dataset", None), RowBatches):
                 loader.dataset.memory_format = torch.channels_last
+                self.datasets.append(loader.dataset)
 
     def teardown(self, trainer, pl_module, stage):
+        for dataset in self.datasets:  # a loader used again after the fit gathers as before
+            dataset.memory_format = None
+        self.datasets.clear()
         pl_module.to(memory_format=torch.contiguous_format)
         if isinstance(pl_module, EpochMeanModule):
             pl_module.batch_memory_format = None
