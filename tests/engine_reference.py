@@ -9,9 +9,19 @@ figures rose), and when statistics of features moved to float64 row chunks (issu
 scale and standardisation in the last float32 bits; 55 of 282 default figures moved, inversion PSNR by <=
 0.006 dB, one null-task balanced accuracy by 0.012). A change that is *meant* to change figures (a stronger
 attack, a new default parameter) regenerates them with this command, and its commit says so and why.
+
+Bit-exact figures hold on one kind of CPU only: torch, oneDNN and numpy pick their kernels by the CPU's
+instruction set, and another summation order moves a 2-epoch training's figures (2026-12-04: the tiny
+audit written on the earlier machine (an AMD EPYC without the AVX-512 BF16 extension) differed
+on this one (torch capability AVX512) in 18 of 36 figures, e.g. a classifier MI
+0.566 -> 0.541 nats, every one inside the reference's 95% CI). A file therefore says which CPU wrote it
+(:func:`cpu_signature`); the test compares exactly on that CPU; elsewhere
+at least 95% of the figures must lie inside the reference's 95% CIs (the default audit across the two CPUs: 5 of
+282 outside). Both files were rewritten on the AVX-512 machine on 2026-12-04.
 """
 from __future__ import annotations
 
+import hashlib
 import json
 import sys
 from pathlib import Path
@@ -43,6 +53,25 @@ def reference_rows(report: dict[str, Any]) -> list[dict[str, Any]]:
     return sorted(rows, key=lambda r: (r["cell_id"], str(r["target"]), str(r["metric"])))
 
 
+def cpu_signature() -> str:
+    """What decides the arithmetic of this machine's kernels: torch's CPU capability (e.g. ``AVX512``) and a
+    hash of the CPU's instruction-set flags (``/proc/cpuinfo``; ``unknown`` where it cannot be read)."""
+    import torch
+
+    try:
+        flags = next(line for line in Path("/proc/cpuinfo").read_text().splitlines() if line.startswith("flags"))
+        isa = " ".join(sorted(f for f in flags.split(":", 1)[1].split() if f.startswith(("avx", "amx", "fma", "sse", "f16c"))))
+        digest = hashlib.sha256(isa.encode()).hexdigest()[:8]
+    except (OSError, StopIteration):
+        digest = "unknown"
+    return f"{torch.backends.cpu.get_cpu_capability()}:{digest}"
+
+
+def load_reference(which: str) -> dict[str, Any]:
+    """``{"cpu": cpu_signature() of the machine that wrote it, "rows": [...]}`` of ``tiny`` or ``default``."""
+    return json.loads((DATA / f"engine_reference_{which}.json").read_text())
+
+
 def run_reference(which: str, out_dir: Path) -> list[dict[str, Any]]:
     """Run the ``tiny`` or the embedded ``default`` audit into ``out_dir`` with a fresh task-model cache
     beside it (a model cached by another test of the same task, trained with another thread count,
@@ -62,5 +91,5 @@ if __name__ == "__main__":  # pragma: no cover - writes the reference files
     which, target = sys.argv[1], Path(sys.argv[2])
     with tempfile.TemporaryDirectory() as tmp:
         rows = run_reference(which, Path(tmp) / "out")
-    target.write_text(json.dumps(rows, indent=1) + "\n")
+    target.write_text(json.dumps({"cpu": cpu_signature(), "rows": rows}, indent=1) + "\n")
     print(f"{len(rows)} records -> {target}")
