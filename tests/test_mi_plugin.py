@@ -110,6 +110,11 @@ def test_a_planted_mi_leaks_under_holm_over_many_cells_and_every_estimator_says_
     quiet = run_attack("mi", attack_context(*absent, "conv1"))
     assert all(s.extra["trained"] is True for s in leak + quiet)
     found = {v["cut_point"]: v for v in verdicts(records(leak, "planted") + records(quiet, "absent") + nulls)}
-    assert found["planted"]["verdict"] == "leaks" and found["planted"]["comparisons"] == 402, found["planted"]
+    # the absent attribute never leaks; it is one more comparison unless a member's zero-width CI at chance (the
+    # classifier estimator's critic scaled to 0: CPU-dependent, seen on an AVX-512 machine) makes it inconclusive
+    absent = found["absent"]
+    assert absent["verdict"] == "no_evidence" or (
+        absent["verdict"] == "inconclusive" and "zero-width 95% CI at chance" in absent["reason"]), absent
+    counted = 402 if absent["verdict"] == "no_evidence" else 401
+    assert found["planted"]["verdict"] == "leaks" and found["planted"]["comparisons"] == counted, found["planted"]
     assert found["planted"]["p_source"] == "permutation floor, refined"
-    assert found["absent"]["verdict"] == "no_evidence", found["absent"]
