@@ -286,7 +286,7 @@ class LearnedPriorInversion(Attack):
         p = self.params
         idx = eval_subset(len(ctx.test), p.n_eval, ctx.seed)
         x = ctx.test.x[idx].float()
-        x_rec = predict(self.decoder, ctx.test.z[idx].float()).clamp(*self.range)
+        x_rec = predict(self.decoder, ctx.test.z, rows=idx).clamp(*self.range)  # batches gathered one at a time
         extra = {"method": "learned_prior", "decoder": self.kind, "feature_matching": self.matching,
                  "epochs": p.epochs, "adv_weight": p.adv_weight, "feature_weight": p.feature_weight}
         if p.grid:
