@@ -157,7 +157,8 @@ class FisherLeakage(Attack):
         d, n = math.prod(x.shape[1:]), x.shape[0]
         peak = self.range[1] - self.range[0]
         extra: dict[str, Any] = {"method": "dfil", "threat_model": dict(self.threat_model), "input_elements": d,
-                                 "data_range": list(self.range), "applicable": self.noisy}
+                                 "data_range": list(self.range), "applicable": self.noisy,
+                                 "bound_for": "unbiased reconstructions; one using a prior (even the mean image) may pass it"}
         if self.noise is None:  # deterministic release: the edge is invertible in principle, no floor
             extra["reason"] = "deterministic release: infinite Fisher information, no lower bound on the MSE"
             bound, ceiling = {**extra, "unit": "unit^2", "direction": "lower"}, {**extra, "unit": "dB"}

@@ -84,6 +84,7 @@ def test_plugin_matches_the_closed_form_under_gaussian_noise(digits):
     assert dfil.extra["sigma"] == pytest.approx(sigma) and dfil.extra["noise_source"] == "defense facts"
     bound = exact[("input", "mse_bound")]
     assert bound.value == pytest.approx(1 / truth, rel=1e-4) and bound.extra["unit"] == "unit^2"
+    assert bound.extra["bound_for"].startswith("unbiased reconstructions")  # the report says the bound's scope
     ceiling = exact[("input", "psnr_ceiling")]
     assert ceiling.value == pytest.approx(10 * math.log10(truth), rel=1e-4)  # peak 1 (digits lie in [0, 1])
     hutchinson = scores_by_metric(run_attack("dfil", ctx, n_eval=64, probes=8))[("input", "dfil")]
