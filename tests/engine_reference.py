@@ -11,13 +11,12 @@ scale and standardisation in the last float32 bits; 55 of 282 default figures mo
 attack, a new default parameter) regenerates them with this command, and its commit says so and why.
 
 Bit-exact figures hold on one kind of CPU only: torch, oneDNN and numpy pick their kernels by the CPU's
-instruction set, and another summation order moves a 2-epoch training's figures (2026-12-04: the tiny
-audit written on the earlier machine (an AMD EPYC without the AVX-512 BF16 extension) differed
-on this one (torch capability AVX512) in 18 of 36 figures, e.g. a classifier MI
-0.566 -> 0.541 nats, every one inside the reference's 95% CI). A file therefore says which CPU wrote it
-(:func:`cpu_signature`); the test compares exactly on that CPU; elsewhere
-at least 95% of the figures must lie inside the reference's 95% CIs (the default audit across the two CPUs: 5 of
-282 outside). Both files were rewritten on the AVX-512 machine on 2026-12-04.
+instruction set, and another summation order moves a 2-epoch training's figures. On 2026-12-04 the tiny audit
+written on the earlier machine (an AMD EPYC without the AVX-512 BF16 extension) differed on this one (torch
+capability AVX512) in 18 of 36 figures, e.g. a classifier MI 0.566 -> 0.541 nats, every one inside the
+reference's 95% CI. A file therefore says which CPU wrote it (:func:`cpu_signature`): the test compares exactly
+on that CPU and elsewhere wants at least 95% of the figures inside the reference's 95% CIs (the default audit
+across the two CPUs: 5 of 282 outside). Both files were rewritten on the AVX-512 machine on 2026-12-04.
 """
 from __future__ import annotations
 

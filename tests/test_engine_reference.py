@@ -12,9 +12,8 @@ from tests.engine_reference import cpu_signature, load_reference, run_reference
 def assert_same_records(rows: list[dict], reference: list[dict], exact: bool = True) -> None:
     """Same cells and measurements; figures equal to 1e-6 (``exact``), else at least 95% of them inside the
     reference's 95% CIs (on another CPU a training's figures are another draw of its numerical noise: the
-    default audit's 282 figures on an AVX-512 machine against the reference of the
-    earlier machine, 2026-12-04: 193 moved,
-    5 outside their CIs)."""
+    default audit's 282 figures on an AVX-512 machine against the earlier machine's reference, 2026-12-04:
+    193 moved, 5 outside their CIs)."""
     assert [(r["cell_id"], r["target"], r["metric"]) for r in rows] == \
         [(r["cell_id"], r["target"], r["metric"]) for r in reference], "the cells or their measurements changed"
     outside = []

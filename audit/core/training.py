@@ -333,7 +333,7 @@ class ChannelsLast(L.Callback):
     (benchmarks/RESULTS.md "channels_last")."""
 
     def __init__(self):
-        self.datasets: list[RowBatches] = []  # set to gather in channels_last; reset at teardown
+        self.datasets: set[RowBatches] = set()  # set to gather in channels_last; reset at teardown
 
     def setup(self, trainer, pl_module, stage):
         pl_module.to(memory_format=torch.channels_last)
@@ -351,7 +351,7 @@ class ChannelsLast(L.Callback):
         for loader in loaders if isinstance(loaders, (list, tuple)) else [loaders]:
             if isinstance(getattr(loader, "dataset", None), RowBatches):
                 loader.dataset.memory_format = torch.channels_last
-                self.datasets.append(loader.dataset)
+                self.datasets.add(loader.dataset)  # validation starts every epoch: kept once
 
     def teardown(self, trainer, pl_module, stage):
         for dataset in self.datasets:  # a loader used again after the fit gathers as before
