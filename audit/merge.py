@@ -14,8 +14,9 @@ are equal: ``schema_version``, ``config``, ``tasks`` (but ``tasks[].task_model``
 whether this run trained the task model or loaded it from the cache), ``environment.seeds``,
 ``environment.packages`` and every record of ``results`` (same order, every
 key), leaving out what measures wall-clock time or where the run happened:
-``created``, the other ``environment`` keys (python, platform, device,
-executor, threads, shard, merged_from, partial, missing_cells, missing_shards) and, at any depth of a record, keys
+``created``, the other ``environment`` keys (python, platform, device, cpu, training_precision,
+executor, threads, shard, merged_from, partial, missing_cells, missing_shards; a merged report's cpu is the
+merging machine's) and, at any depth of a record, keys
 whose name ends in ``_ms``, ``_seconds`` or ``_peak_mb`` (``cost.edge_latency_ms``,
 ``cost.cloud_latency_ms`` and the stages' timings and peak memory today; plugins reporting wall times
 must name them so).

@@ -33,11 +33,14 @@ def package_versions() -> dict[str, str | None]:
 def environment(seeds: list[int], device: str) -> dict[str, Any]:
     import torch
 
+    from audit.core.cpu import cpu_summary
+
     return {
         "python": platform.python_version(),
         "platform": platform.platform(),
         "packages": package_versions(),
         "device": device,
+        "cpu": cpu_summary(),  # bit-identical figures need the same signature (and packages, threads)
         "torch_threads": torch.get_num_threads(),
         "seeds": list(seeds),
     }

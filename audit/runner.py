@@ -213,7 +213,7 @@ class AuditRun:
         free_memory(full=False)  # what the defense's fit and the release read of mapped features: out of the RSS
         inputs = pipeline.AttackInputs(
             aux, test, {name: data.num_classes(name) for name in [data.primary, *data.private]}, data.primary, split,
-            self.config.trainer, self.config.n_boot, scratch, max_ram)
+            self.config.trainer.for_attacks(), self.config.n_boot, scratch, max_ram)
         for cell in cells:
             start = time.perf_counter()
             timings = {k: round(v, 3) for k, v in group_timings.items()}
@@ -349,6 +349,9 @@ class AuditRun:
         records = [r for c in cells for r in (self.store.load(c.id) or [])]
         keys = dict.fromkeys(task_key(self.config.tasks[c.task], c.seed) for c in cells)
         env = environment(self.config.seeds, str(self.device))
+        trainer = self.config.trainer
+        env["training_precision"] = {"task_model_and_defenses": trainer.lightning_precision() or "32-true",
+                                     "attacks": trainer.for_attacks().lightning_precision() or "32-true"}
         if executor is not None:
             env["executor"] = executor.settings()
             env["torch_threads"] = executor.cell_threads()

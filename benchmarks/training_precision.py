@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import platform
 import statistics
 import time
 from contextlib import nullcontext
@@ -23,6 +22,7 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
+from audit.core.cpu import BF16_FLAGS, cpu_flags, cpu_model
 from audit.core.models import MODELS
 
 MODES = {  # name: (channels_last, bf16 autocast)
@@ -34,16 +34,7 @@ MODES = {  # name: (channels_last, bf16 autocast)
 
 
 def cpu_info() -> dict:
-    flags, name = set(), platform.processor()
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("flags") and not flags:
-                flags = set(line.split(":", 1)[1].split())
-            if line.startswith("model name"):
-                name = line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return {"cpu": name, "bf16_hardware": sorted(flags & {"avx512_bf16", "amx_bf16", "amx_tile"}),
+    return {"cpu": cpu_model(), "bf16_hardware": sorted(cpu_flags() & (BF16_FLAGS | {"amx_tile"})),
             "threads": torch.get_num_threads()}
 
 

@@ -20,11 +20,12 @@ across the two CPUs: 5 of 282 outside). Both files were rewritten on the AVX-512
 """
 from __future__ import annotations
 
-import hashlib
 import json
 import sys
 from pathlib import Path
 from typing import Any
+
+from audit.core.cpu import cpu_signature
 
 DATA = Path(__file__).resolve().parent / "data"
 
@@ -50,20 +51,6 @@ def reference_rows(report: dict[str, Any]) -> list[dict[str, Any]]:
             "chance", "n_eval")
     rows = [{k: r.get(k) for k in keep} for r in report["results"]]
     return sorted(rows, key=lambda r: (r["cell_id"], str(r["target"]), str(r["metric"])))
-
-
-def cpu_signature() -> str:
-    """What decides the arithmetic of this machine's kernels: torch's CPU capability (e.g. ``AVX512``) and a
-    hash of the CPU's instruction-set flags (``/proc/cpuinfo``; ``unknown`` where it cannot be read)."""
-    import torch
-
-    try:
-        flags = next(line for line in Path("/proc/cpuinfo").read_text().splitlines() if line.startswith("flags"))
-        isa = " ".join(sorted(f for f in flags.split(":", 1)[1].split() if f.startswith(("avx", "amx", "fma", "sse", "f16c"))))
-        digest = hashlib.sha256(isa.encode()).hexdigest()[:8]
-    except (OSError, StopIteration):
-        digest = "unknown"
-    return f"{torch.backends.cpu.get_cpu_capability()}:{digest}"
 
 
 def load_reference(which: str) -> dict[str, Any]:
