@@ -19,27 +19,25 @@ BF16_FLAGS = frozenset({"avx512_bf16", "amx_bf16"})  # x86 flags of bfloat16 ari
 
 
 @functools.cache
-def cpu_flags() -> frozenset[str]:
-    """The first CPU's flags in ``/proc/cpuinfo`` (empty where there is none, e.g. macOS)."""
+def _cpuinfo(key: str) -> str | None:
+    """The value of the first ``key`` line of ``/proc/cpuinfo`` (None where there is none, e.g. macOS)."""
     try:
         for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("flags"):
-                return frozenset(line.split(":", 1)[1].split())
-    except OSError:
-        pass
-    return frozenset()
-
-
-@functools.cache
-def cpu_model() -> str:
-    """The CPU's model name (``/proc/cpuinfo``), else what :func:`platform.processor` says."""
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
+            if line.startswith(key):
                 return line.split(":", 1)[1].strip()
     except OSError:
         pass
-    return platform.processor() or "unknown"
+    return None
+
+
+def cpu_flags() -> frozenset[str]:
+    """The first CPU's flags in ``/proc/cpuinfo`` (empty where there is none)."""
+    return frozenset((_cpuinfo("flags") or "").split())
+
+
+def cpu_model() -> str:
+    """The CPU's model name (``/proc/cpuinfo``), else what :func:`platform.processor` says."""
+    return _cpuinfo("model name") or platform.processor() or "unknown"
 
 
 def cpu_signature() -> str:
