@@ -350,8 +350,8 @@ class AuditRun:
         keys = dict.fromkeys(task_key(self.config.tasks[c.task], c.seed) for c in cells)
         env = environment(self.config.seeds, str(self.device))
         trainer = self.config.trainer
-        env["training_precision"] = {"task_model_and_defenses": trainer.lightning_precision() or "32-true",
-                                     "attacks": trainer.for_attacks().lightning_precision() or "32-true"}
+        env["training_precision"] = {"task_model_and_defenses": trainer.precision_used(),
+                                     "attacks": trainer.for_attacks().precision_used()}
         if executor is not None:
             env["executor"] = executor.settings()
             env["torch_threads"] = executor.cell_threads()

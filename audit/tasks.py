@@ -156,7 +156,7 @@ def prepare_task(config: AuditConfig, t: int, seed: int, cache_dir: Path, device
             "trained_at": datetime.now(timezone.utc).isoformat(timespec="seconds"),
             "seconds": round(time.perf_counter() - started, 2), "torch": torch.__version__,
             "torch_threads": torch.get_num_threads(), "device": device.type,
-            "precision": config.trainer.lightning_precision() or "32-true",
+            "precision": config.trainer.precision_used(),
         }
         with atomic_write(path) as tmp:
             torch.save(model.state_dict(), tmp)

@@ -67,6 +67,10 @@ class TrainerSettings(BaseModel):
             return self.precision
         return "bf16-mixed" if native_bfloat16(inference_device(self)) else None
 
+    def precision_used(self) -> str | int:
+        """What the trainings run in, as reports and cache records say it (``32-true`` when unset)."""
+        return self.lightning_precision() or "32-true"
+
 
 def _quiet_lightning() -> None:
     for name in ("lightning.pytorch", "lightning.fabric", "lightning"):
