@@ -174,3 +174,26 @@ def test_a_constant_predictor_is_flagged_degenerate_not_read_as_chance():
     informative = classification_scores("race", torch.softmax(torch.randn(300, 5, generator=gen), 1), y, 5,
                                         n_boot=50, seed=0)
     assert all(s.extra["predicted_classes"] == 5 and s.extra["degenerate"] is False for s in informative)
+
+
+def test_heads_tried_on_one_split_read_its_statistics_once(planted, monkeypatch):
+    """`auto` trains several heads on the same training rows and then refits on all aux rows: the per-channel
+    statistics are read twice (train rows, all rows), not once per head, and equal those of the rows used."""
+    import attacks.attribute as attribute
+    from attacks import ATTACKS
+    from audit.core.chunked import channel_stats
+
+    calls = []
+    monkeypatch.setattr(attribute, "channel_stats", lambda z, rows=None: calls.append(rows) or channel_stats(z, rows))
+    data, net = planted
+    ctx = attack_context(data, net, "conv1")
+    attack = ATTACKS.create("attribute", epochs=1, head="auto")
+    attack.fit(ctx)
+    heads = attack.models["secret"]["val_balanced_accuracy"]
+    assert len([h for h in heads if not h.startswith("mlp")]) == 2  # cnn and plain share the training rows' stats
+    assert len(calls) == 2 and calls[0].numel() < calls[1].numel() == len(ctx.aux)  # train rows, then all for the refit
+    z = ctx.aux.z.float()
+    mean, std = channel_stats(z, calls[1])
+    refitted = attack.predictors["secret"].__closure__  # the refitted net's Standardize holds the all-rows stats
+    standardize = next(c.cell_contents for c in refitted if hasattr(c.cell_contents, "modules"))[0]
+    assert torch.equal(standardize.mean, mean[0]) and torch.equal(standardize.std, std[0])
