@@ -6,31 +6,60 @@ each run against the first run's 95% CI. How RESULTS.md's "C heap" and "channels
     python benchmarks/ab_settings.py configs/utkface.yaml --set 'cut_points=[conv1]' --set 'defenses=[none]' \\
         --variant trainer.channels_last=false --variant trainer.channels_last=true --out /tmp/ab
 
-A ``--variant`` is one or more ``--set`` expressions separated by ``;`` (``-`` for none); ``--set`` applies
-to every run. Set ``SPLITAUDIT_CACHE`` to share a trained task model between the runs. Keep the machine
-otherwise idle (pause long jobs with ``kill -STOP``). Writes OUT/v1, OUT/v2, ... and OUT/ab.json.
+A ``--variant`` is one or more ``--set`` expressions separated by ``;`` (``-`` for none), optionally after
+``REV@``: that commit's code and its own copy of the config, checked out into a temporary git worktree and
+run with this checkout's Python (how RESULTS.md's "Side by side with 7e802f8" tables are made):
+
+    python benchmarks/ab_settings.py configs/utkface.yaml --set 'cut_points=[conv1]' \
+        --variant ee39af3@- --variant - --variant 'memory.heap_reuse_mb=1024' --variant 7e802f8@- --out /tmp/sbs
+
+``--set`` applies to every run. Set ``SPLITAUDIT_CACHE`` to share a trained task model between the runs. Keep
+the machine otherwise idle (pause long jobs with ``kill -STOP``). Writes OUT/v1, OUT/v2, ... and OUT/ab.json;
+``--tabulate`` only reads those folders again. A record is matched to the first run's by its cell (a
+defense whose parameters differ between the runs, e.g. a changed default, by its name when that is unique).
 """
 from __future__ import annotations
 
 import argparse
 import json
+import os
 import subprocess
 import sys
+from collections import Counter
 from pathlib import Path
 
 TIME_FORMAT = "%e %M %U %S %R"  # wall s, max RSS KiB, user s, system s, minor faults
 
 
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def split_variant(variant: str) -> tuple[str | None, list[str]]:
+    """``[REV@]set;set`` -> (REV or None, the ``--set`` expressions)."""
+    rev, _, sets = variant.rpartition("@") if "@" in variant.split(";")[0] else ("", "", variant)
+    return rev or None, [s for s in sets.split(";") if s.strip() and sets != "-"]
+
+
 def run_variant(config: str | None, sets: list[str], variant: str, out: Path) -> dict:
-    """One audit run under GNU time; returns its resource figures."""
-    extra = [s for s in variant.split(";") if s.strip() and variant != "-"]
+    """One audit run under GNU time (at commit REV in a temporary worktree for ``REV@...``); returns its
+    resource figures."""
+    rev, extra = split_variant(variant)
+    out = out.resolve()
     cmd = [sys.executable, "-m", "audit.cli", "run", *([config] if config else []), "--out", str(out / "out"), "--quiet"]
     for expression in [*sets, *extra]:
         cmd += ["--set", expression]
     out.mkdir(parents=True, exist_ok=True)
-    with open(out / "log", "w") as log:
-        done = subprocess.run(["/usr/bin/time", "-f", TIME_FORMAT, "-o", str(out / "time"), *cmd], stdout=log,
-                              stderr=subprocess.STDOUT)
+    tree = out / "tree" if rev else None
+    if tree is not None:
+        subprocess.run(["git", "-C", str(ROOT), "worktree", "add", "-q", "--detach", str(tree), rev], check=True)
+    try:
+        env = {**os.environ, "PYTHONPATH": str(tree)} if tree else None
+        with open(out / "log", "w") as log:
+            done = subprocess.run(["/usr/bin/time", "-f", TIME_FORMAT, "-o", str(out / "time"), *cmd], stdout=log,
+                                  stderr=subprocess.STDOUT, cwd=tree or None, env=env)
+    finally:
+        if tree is not None:
+            subprocess.run(["git", "-C", str(ROOT), "worktree", "remove", "--force", str(tree)], check=False)
     if done.returncode != 0:
         raise SystemExit(f"variant {variant!r} failed (exit {done.returncode}); see {out / 'log'}")
     return read_time(out / "time")
@@ -42,18 +71,26 @@ def read_time(path: Path) -> dict:
             "minor_faults": int(faults)}
 
 
-def record_key(r: dict) -> tuple:
-    return (r["dataset"], r["seed"], r["cut_point"], r["defense"], json.dumps(r.get("defense_params"), sort_keys=True),
-            r["attack"], r.get("target"), r["metric"])
+def record_key(r: dict, params: bool = True) -> tuple:
+    return (r["dataset"], r["seed"], r["cut_point"], r["defense"],
+            json.dumps(r.get("defense_params"), sort_keys=True) if params else None, r["attack"], r.get("target"),
+            r["metric"])
 
 
 def against_first(first: list[dict], other: list[dict]) -> dict:
     """How many of ``other``'s records are identical to / inside the 95% CI of the same record of ``first``;
-    the records outside, by key."""
+    the records outside, by key. A record with no match of the same defense parameters is matched by the
+    defense's name when each run has one record of that name at that place."""
     base = {record_key(r): r for r in first}
+    by_name = Counter(record_key(r, params=False) for r in first)
+    by_name_other = Counter(record_key(r, params=False) for r in other)
+    loose = {record_key(r, params=False): r for r in first}
     counts, outside = {"records": 0, "identical": 0, "inside_ci": 0}, []
     for r in other:
         a = base.get(record_key(r))
+        key = record_key(r, params=False)
+        if a is None and by_name[key] == 1 and by_name_other[key] == 1:
+            a = loose[key]
         if a is None or a.get("value") is None or r.get("value") is None:
             continue
         counts["records"] += 1
@@ -73,7 +110,8 @@ def summarise(variants: list[str], runs: list[Path]) -> dict:
     reports = [json.loads((run / "out" / "report.json").read_text()) for run in runs]
     rows = []
     for variant, run, report in zip(variants, runs, reports):
-        stages = {a: (v["fit_seconds"], v["score_seconds"]) for a, v in report["timings"]["attack_seconds"].items()}
+        stages = {a: (v["fit_seconds"], v["score_seconds"])  # none in reports of before 2026-12-02
+                  for a, v in report.get("timings", {}).get("attack_seconds", {}).items()}
         rows.append({"variant": variant, **read_time(run / "time"), "attacks": stages,
                      "records": against_first(reports[0]["results"], report["results"])})
     return {"rows": rows}
@@ -104,9 +142,10 @@ def main() -> None:
     parser.add_argument("--variant", dest="variants", action="append", required=True,
                         help="--set expressions separated by ';' ('-' for none); the first is the reference")
     parser.add_argument("--out", type=Path, required=True)
+    parser.add_argument("--tabulate", action="store_true", help="no runs: the table of the folders already in OUT")
     args = parser.parse_args()
     runs = [args.out / f"v{i}" for i in range(1, len(args.variants) + 1)]
-    for variant, run in zip(args.variants, runs):
+    for variant, run in zip(args.variants, [] if args.tabulate else runs):
         figures = run_variant(args.config, args.sets, variant, run)
         print(f"{variant}: {figures}", flush=True)
     summary = summarise(args.variants, runs)

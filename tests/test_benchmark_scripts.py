@@ -190,3 +190,22 @@ def test_ab_settings_table_shows_ratios_and_records_outside_the_first_runs_inter
     text = module.markdown(summary)
     assert "| x=1 | 80 s | 1.25x | 2,048 | 90 / 10 s | 5.0 M | 1 of 2 (1) | 40.0 + 1.0 s |" in text
     assert "- x=1: outside the first's CI: conv1 none attribute race auroc: 0.7 -> 0.6" in text
+
+
+def test_ab_settings_variants_name_a_commit_and_match_a_defense_whose_parameters_changed():
+    """``REV@sets`` runs a commit's code; a noise defense whose default parameters grew between two commits is
+    still compared with itself (matched by name when it is the only one of that name), two of one name are not."""
+    module = _load("ab_settings")
+    assert module.split_variant("7e802f8@-") == ("7e802f8", [])
+    assert module.split_variant("ee39af3@a.b=1;c=[x, y]") == ("ee39af3", ["a.b=1", "c=[x, y]"])
+    assert module.split_variant("-") == (None, []) and module.split_variant("a=1") == (None, ["a=1"])
+
+    def record(params, value, ci=(0.45, 0.55)):
+        return {"dataset": "d", "seed": 0, "cut_point": "conv1", "defense": "noise", "defense_params": params,
+                "attack": "attribute", "target": "race", "metric": "balanced_accuracy", "value": value, "ci95": ci}
+
+    old, new = [record({"scale": 10.0}, 0.5)], [record({"scale": 10.0, "finetune_epochs": 30}, 0.6)]
+    assert module.against_first(old, new)["outside"] == ["conv1 noise {\"scale\": 10.0, \"finetune_epochs\": 30} "
+                                                         "attribute race balanced_accuracy: 0.5 -> 0.6"]
+    two = [record({"scale": 1.0}, 0.5), record({"scale": 10.0}, 0.5)]
+    assert module.against_first(two, new)["records"] == 0  # ambiguous: not compared
