@@ -10,7 +10,7 @@ A ``--variant`` is one or more ``--set`` expressions separated by ``;`` (``-`` f
 ``REV@``: that commit's code and its own copy of the config, checked out into a temporary git worktree and
 run with this checkout's Python (how RESULTS.md's "Side by side with 7e802f8" tables are made):
 
-    python benchmarks/ab_settings.py configs/utkface.yaml --set 'cut_points=[conv1]' \
+    python benchmarks/ab_settings.py configs/utkface.yaml --set 'cut_points=[conv1]' \\
         --variant ee39af3@- --variant - --variant 'memory.heap_reuse_mb=1024' --variant 7e802f8@- --out /tmp/sbs
 
 ``--set`` applies to every run. Set ``SPLITAUDIT_CACHE`` to share a trained task model between the runs. Keep
@@ -140,7 +140,8 @@ def main() -> None:
     parser.add_argument("config", nargs="?", help="audit config (default: the embedded default)")
     parser.add_argument("--set", dest="sets", action="append", default=[], help="applied to every run")
     parser.add_argument("--variant", dest="variants", action="append", required=True,
-                        help="--set expressions separated by ';' ('-' for none); the first is the reference")
+                        help="[REV@]--set expressions separated by ';' ('-' for none; REV: a commit run in a temporary "
+                             "worktree); the first is the reference")
     parser.add_argument("--out", type=Path, required=True)
     parser.add_argument("--tabulate", action="store_true", help="no runs: the table of the folders already in OUT")
     args = parser.parse_args()
