@@ -1,5 +1,3 @@
-import sys
+from audit.cli import entry
 
-from audit.cli import main
-
-sys.exit(main())
+entry()

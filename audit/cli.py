@@ -96,5 +96,31 @@ def main(argv: list[str] | None = None) -> int:
         return 128 + signum
 
 
-if __name__ == "__main__":  # pragma: no cover
+def restart_with_huge_pages() -> None:
+    """Restart this program once, the same command line, with glibc backing large heap blocks by transparent
+    huge pages (:func:`audit.core.heap.huge_page_environment`; ``SPLITAUDIT_HUGE_PAGES=0`` opts out): glibc
+    reads its tunables only at start-up. Returns (no restart) when there is nothing to do or the restart fails."""
+    import os
+
+    from audit.core.heap import huge_page_environment
+
+    env = huge_page_environment(os.environ)
+    if env is None or not sys.executable or not getattr(sys, "orig_argv", None):
+        return
+    sys.stdout.flush()
+    sys.stderr.flush()
+    try:
+        os.execve(sys.executable, sys.orig_argv, env)
+    except OSError:  # pragma: no cover - e.g. the interpreter vanished; run as we are
+        return
+
+
+def entry() -> None:
+    """The ``splitaudit`` program (console script and ``python -m audit``): :func:`main` after
+    :func:`restart_with_huge_pages`. Call :func:`main` to run a command inside a Python process."""
+    restart_with_huge_pages()
     sys.exit(main())
+
+
+if __name__ == "__main__":  # pragma: no cover
+    entry()

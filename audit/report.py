@@ -34,6 +34,7 @@ def environment(seeds: list[int], device: str) -> dict[str, Any]:
     import torch
 
     from audit.core.cpu import cpu_summary
+    from audit.core.heap import huge_pages_in_use
 
     return {
         "python": platform.python_version(),
@@ -42,6 +43,7 @@ def environment(seeds: list[int], device: str) -> dict[str, Any]:
         "device": device,
         "cpu": cpu_summary(),  # bit-identical figures need the same signature (and packages, threads)
         "torch_threads": torch.get_num_threads(),
+        "huge_pages": huge_pages_in_use(),  # large C-heap blocks in transparent huge pages (audit.core.heap)
         "seeds": list(seeds),
     }
 

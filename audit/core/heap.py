@@ -86,3 +86,71 @@ def reusing() -> Iterator[bool]:
             _ACTIVE[0] = False
             set_thresholds(GLIBC_DEFAULT, GLIBC_DEFAULT)
             trim()
+
+
+# Transparent huge pages for the C heap's large blocks (glibc >= 2.35, Linux THP in "madvise" or "always").
+# With the tunable glibc.malloc.hugetlb=1, glibc marks its mmap-served blocks (and the heap it grows with
+# sbrk) MADV_HUGEPAGE: a 100 MB activation is then faulted in 2 MiB at a time instead of 4 KiB. One training
+# step of the cnn attribute head on a (128, 64, 64, 64) conv1 batch: ~1,000 -> ~650 ms and 274,000 -> 6,200
+# page faults, at the same peak memory (benchmarks/RESULTS.md, "Huge pages"). glibc reads tunables only when a
+# process starts, so the command line restarts itself once with the tunable set (:func:`huge_page_environment`).
+HUGE_PAGES_TUNABLE = "glibc.malloc.hugetlb"
+HUGE_PAGES_OPT_OUT = "SPLITAUDIT_HUGE_PAGES"  # "0": leave glibc as it is
+THP_MODE_FILE = "/sys/kernel/mm/transparent_hugepage/enabled"
+
+
+def thp_mode(path: str = THP_MODE_FILE) -> str | None:
+    """The kernel's transparent-huge-page mode ("always", "madvise", "never"); None where unknown (not Linux)."""
+    try:
+        text = open(path).read()
+    except OSError:
+        return None
+    chosen = [word[1:-1] for word in text.split() if word.startswith("[") and word.endswith("]")]
+    return chosen[0] if chosen else None
+
+
+def glibc_version() -> tuple[int, int] | None:
+    """(major, minor) of the C library when it is glibc, else None."""
+    import os
+
+    try:
+        name, _, number = (os.confstr("CS_GNU_LIBC_VERSION") or "").partition(" ")
+        major, minor = number.split(".")[:2]
+        return (int(major), int(minor)) if name == "glibc" else None
+    except (ValueError, OSError, AttributeError):
+        return None
+
+
+def huge_pages_tunable_set(environ) -> bool:
+    """Whether ``environ``'s GLIBC_TUNABLES names glibc.malloc.hugetlb (whatever its value)."""
+    entries = (environ.get("GLIBC_TUNABLES") or "").split(":")
+    return any(entry.partition("=")[0] == HUGE_PAGES_TUNABLE for entry in entries)
+
+
+def huge_page_environment(environ, *, mode: str | None = None, glibc: tuple[int, int] | None = None) -> dict | None:
+    """The environment to restart this process with so that glibc backs large blocks with huge pages:
+    ``environ`` plus ``glibc.malloc.hugetlb=1`` in GLIBC_TUNABLES. None when there is nothing to do: the
+    tunable is already there, ``SPLITAUDIT_HUGE_PAGES=0``, glibc older than 2.35 or absent, or the kernel's
+    THP mode is "never" or unknown. ``mode`` / ``glibc``: this machine's (:func:`thp_mode`,
+    :func:`glibc_version`) unless given."""
+    if environ.get(HUGE_PAGES_OPT_OUT, "1") == "0" or huge_pages_tunable_set(environ):
+        return None
+    mode = thp_mode() if mode is None else mode
+    glibc = glibc_version() if glibc is None else glibc
+    if mode not in ("always", "madvise") or glibc is None or glibc < (2, 35):
+        return None
+    tunables = [t for t in (environ.get("GLIBC_TUNABLES") or "").split(":") if t]
+    return {**environ, "GLIBC_TUNABLES": ":".join(tunables + [f"{HUGE_PAGES_TUNABLE}=1"])}
+
+
+def huge_pages_in_use(environ=None) -> bool:
+    """Whether this process's large C-heap blocks are backed by huge pages: it started with
+    glibc.malloc.hugetlb=1 on glibc >= 2.35, and the kernel's THP mode allows it (the report's
+    ``environment.huge_pages``)."""
+    import os
+
+    environ = os.environ if environ is None else environ
+    entries = dict(e.partition("=")[::2] for e in (environ.get("GLIBC_TUNABLES") or "").split(":") if e)
+    glibc = glibc_version()
+    return (entries.get(HUGE_PAGES_TUNABLE) == "1" and glibc is not None and glibc >= (2, 35)
+            and thp_mode() in ("always", "madvise"))

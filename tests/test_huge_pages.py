@@ -1,0 +1,54 @@
+"""Transparent huge pages for the C heap (audit.core.heap): when the program restarts itself, and with what."""
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from audit.core.heap import glibc_version, huge_page_environment, huge_pages_in_use, thp_mode
+
+ROOT = Path(__file__).resolve().parents[1]
+MACHINE_CAN = thp_mode() in ("always", "madvise") and (glibc_version() or (0, 0)) >= (2, 35)
+
+
+def test_the_tunable_is_added_to_what_the_environment_already_asks_of_glibc():
+    env = huge_page_environment({"GLIBC_TUNABLES": "glibc.malloc.check=0", "A": "b"}, mode="madvise", glibc=(2, 36))
+    assert env == {"GLIBC_TUNABLES": "glibc.malloc.check=0:glibc.malloc.hugetlb=1", "A": "b"}
+    assert huge_page_environment({}, mode="always", glibc=(2, 35)) == {"GLIBC_TUNABLES": "glibc.malloc.hugetlb=1"}
+
+
+@pytest.mark.parametrize("environ, mode, glibc", [
+    ({"GLIBC_TUNABLES": "glibc.malloc.hugetlb=0"}, "madvise", (2, 36)),  # the user chose: kept
+    ({"SPLITAUDIT_HUGE_PAGES": "0"}, "madvise", (2, 36)),  # opted out
+    ({}, "never", (2, 36)),  # the kernel gives no huge pages
+    ({}, "madvise", (2, 34)),  # glibc without the tunable
+])
+def test_no_restart_when_there_is_nothing_to_gain_or_the_user_chose(environ, mode, glibc):
+    assert huge_page_environment(environ, mode=mode, glibc=glibc) is None
+
+
+def test_the_report_says_whether_huge_pages_are_in_use():
+    assert not huge_pages_in_use({})
+    assert not huge_pages_in_use({"GLIBC_TUNABLES": "glibc.malloc.hugetlb=0"})
+    assert huge_pages_in_use({"GLIBC_TUNABLES": "glibc.malloc.hugetlb=1"}) == MACHINE_CAN
+
+
+def _program(extra_env: dict) -> list[str]:
+    """The lines a `splitaudit list` program prints of its GLIBC_TUNABLES, once per start of the process."""
+    env = {k: v for k, v in os.environ.items() if k not in ("GLIBC_TUNABLES", "SPLITAUDIT_HUGE_PAGES")}
+    env.update(extra_env, PYTHONPATH=os.pathsep.join([str(ROOT), os.environ.get("PYTHONPATH", "")]))
+    code = ("import os, sys; print('started', os.environ.get('GLIBC_TUNABLES'), file=sys.stderr); "
+            "from audit.cli import entry; entry()")
+    done = subprocess.run([sys.executable, "-c", code, "list"], env=env, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr
+    assert "  small_cnn " in done.stdout
+    return [line for line in done.stderr.splitlines() if line.startswith("started")]
+
+
+@pytest.mark.skipif(not MACHINE_CAN, reason="needs glibc >= 2.35 and transparent huge pages (madvise or always)")
+def test_the_program_restarts_once_with_huge_pages_and_not_when_opted_out():
+    assert _program({}) == ["started None", "started glibc.malloc.hugetlb=1"]
+    assert _program({"SPLITAUDIT_HUGE_PAGES": "0"}) == ["started None"]
