@@ -104,9 +104,20 @@ def test_shuffled_rows_of_a_mapped_split_stay_within_the_release_budget(tmp_path
     assert most <= 24 << 20, most / 2**20
 
 
-def test_an_in_place_write_into_mapped_features_survives_a_release(mapped):
+@pytest.mark.parametrize("scan", ["pagemap", "smaps"])
+def test_an_in_place_write_into_mapped_features_survives_a_release(mapped, tmp_path, scan, monkeypatch):
+    """The written mapping is found (PAGEMAP_SCAN on Linux 6.7+, else /proc/self/smaps), not a clean one,
+    and left alone by the release."""
+    if scan == "smaps":
+        monkeypatch.setattr(feature_store, "_has_copied_pages", lambda lo, hi: None)
     z, m = mapped
+    clean = open_array(tmp_path / "z.npy", max_ram_mb=0)  # the same file, read only
     m[3, 1, 2, 2] = 1234.5  # copy on write: the file is untouched
+    assert float(clean.sum()) == pytest.approx(float(z.double().sum()), rel=1e-4)
+    if feature_store.Path("/proc/self/smaps").exists():
+        written = {lo for lo, hi in feature_store._MAPPINGS.items() if lo <= m.data_ptr() < hi}
+        assert len(written) == 1 and len(feature_store._MAPPINGS) >= 2
+        assert feature_store._copied_on_write(set(feature_store._MAPPINGS)) == written
     release_pages()
     assert float(m[3, 1, 2, 2]) == 1234.5
     assert float(m[4, 0, 0, 0]) == float(z[4, 0, 0, 0])

@@ -150,6 +150,62 @@ def _anonymous_kb(starts: set[int]) -> dict[int, int]:
     return out
 
 
+# PAGEMAP_SCAN (Linux 6.7+): which pages of an address range are present and not file-backed, i.e. copied on
+# write into a private file mapping. It walks only the range, where reading /proc/self/smaps walks every
+# mapping of the process (33 ms of the 58 ms a release took at UTKFace conv1, ~250 releases per attribute fit).
+PAGEMAP_SCAN = 0xC0606610  # _IOWR('f', 16, struct pm_scan_arg), 96 bytes
+PAGE_IS_FILE, PAGE_IS_PRESENT = 1 << 2, 1 << 3
+
+
+class _PageRegion(ctypes.Structure):
+    _fields_ = [("start", ctypes.c_uint64), ("end", ctypes.c_uint64), ("categories", ctypes.c_uint64)]
+
+
+class _PmScanArg(ctypes.Structure):
+    _fields_ = [(name, ctypes.c_uint64) for name in (
+        "size", "flags", "start", "end", "walk_end", "vec", "vec_len", "max_pages",
+        "category_inverted", "category_mask", "category_anyof_mask", "return_mask")]
+
+
+_PAGEMAP: list = []  # [file descriptor of /proc/self/pagemap, or None where PAGEMAP_SCAN is missing]
+
+
+def _has_copied_pages(lo: int, hi: int) -> bool | None:
+    """Whether [lo, hi) holds a present page that is not the file's (PAGEMAP_SCAN); None where the kernel
+    cannot tell (no /proc/self/pagemap or no PAGEMAP_SCAN: callers read /proc/self/smaps instead)."""
+    if not _PAGEMAP:
+        try:
+            _PAGEMAP.append(os.open("/proc/self/pagemap", os.O_RDONLY))
+        except OSError:
+            _PAGEMAP.append(None)
+    fd = _PAGEMAP[0]
+    if fd is None:
+        return None
+    import fcntl
+
+    region = _PageRegion()
+    arg = _PmScanArg(size=ctypes.sizeof(_PmScanArg), start=lo, end=hi, vec=ctypes.addressof(region), vec_len=1,
+                     max_pages=1, category_inverted=PAGE_IS_FILE, category_mask=PAGE_IS_FILE | PAGE_IS_PRESENT,
+                     return_mask=PAGE_IS_FILE | PAGE_IS_PRESENT)
+    try:
+        found = fcntl.ioctl(fd, PAGEMAP_SCAN, arg)  # the number of regions written into vec
+    except OSError:
+        _PAGEMAP[0] = None
+        return None
+    return found > 0
+
+
+def _copied_on_write(starts: set[int]) -> set[int]:
+    """The mappings among the tracked ``starts`` (start addresses) with pages copied on write: a plugin wrote
+    into its features there, and ``MADV_DONTNEED`` would discard those writes. Without PAGEMAP_SCAN, the
+    ``Anonymous`` kB of /proc/self/smaps decide (a mapping it does not list counts as written)."""
+    found = {lo: _has_copied_pages(lo, _MAPPINGS.get(lo, lo)) for lo in starts}
+    if any(copied is None for copied in found.values()):
+        anonymous = _anonymous_kb(starts)
+        return {lo for lo in starts if anonymous.get(lo) != 0}
+    return {lo for lo, copied in found.items() if copied}
+
+
 RELEASE_EVERY = 256 * MB  # growth of the file-backed RSS between two calls of release_pages by the streaming loops
 _file_rss_after_release = [0]  # bytes of file-backed RSS after the last release
 _streamed = [0]  # bytes read since the last release (where the RSS cannot be read)
@@ -182,9 +238,9 @@ def release_pages(*tensors: torch.Tensor | None) -> int:
         madvise = ctypes.CDLL(None, use_errno=True).madvise
     except (OSError, AttributeError):
         return 0
-    advised, anonymous = 0, _anonymous_kb({lo for lo, _ in ranges})
+    advised, written = 0, _copied_on_write({lo for lo, _ in ranges})
     for lo, hi in ranges:
-        if anonymous.get(lo) == 0 and madvise(ctypes.c_void_p(lo), ctypes.c_size_t(hi - lo), MADV_DONTNEED) == 0:
+        if lo not in written and madvise(ctypes.c_void_p(lo), ctypes.c_size_t(hi - lo), MADV_DONTNEED) == 0:
             advised += hi - lo
     _file_rss_after_release[0] = file_rss() or 0
     return advised
