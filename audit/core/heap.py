@@ -18,6 +18,7 @@ freed before it, so the heap grows for several steps before it settles).
 from __future__ import annotations
 
 import ctypes
+import os
 from contextlib import contextmanager
 from typing import Iterator
 
@@ -102,7 +103,8 @@ THP_MODE_FILE = "/sys/kernel/mm/transparent_hugepage/enabled"
 def thp_mode(path: str = THP_MODE_FILE) -> str | None:
     """The kernel's transparent-huge-page mode ("always", "madvise", "never"); None where unknown (not Linux)."""
     try:
-        text = open(path).read()
+        with open(path) as fh:
+            text = fh.read()
     except OSError:
         return None
     chosen = [word[1:-1] for word in text.split() if word.startswith("[") and word.endswith("]")]
@@ -111,8 +113,6 @@ def thp_mode(path: str = THP_MODE_FILE) -> str | None:
 
 def glibc_version() -> tuple[int, int] | None:
     """(major, minor) of the C library when it is glibc, else None."""
-    import os
-
     try:
         name, _, number = (os.confstr("CS_GNU_LIBC_VERSION") or "").partition(" ")
         major, minor = number.split(".")[:2]
@@ -121,10 +121,9 @@ def glibc_version() -> tuple[int, int] | None:
         return None
 
 
-def huge_pages_tunable_set(environ) -> bool:
-    """Whether ``environ``'s GLIBC_TUNABLES names glibc.malloc.hugetlb (whatever its value)."""
-    entries = (environ.get("GLIBC_TUNABLES") or "").split(":")
-    return any(entry.partition("=")[0] == HUGE_PAGES_TUNABLE for entry in entries)
+def glibc_tunables(environ) -> dict[str, str]:
+    """``environ``'s GLIBC_TUNABLES as {name: value}."""
+    return dict(entry.partition("=")[::2] for entry in (environ.get("GLIBC_TUNABLES") or "").split(":") if entry)
 
 
 def huge_page_environment(environ, *, mode: str | None = None, glibc: tuple[int, int] | None = None) -> dict | None:
@@ -133,7 +132,7 @@ def huge_page_environment(environ, *, mode: str | None = None, glibc: tuple[int,
     tunable is already there, ``SPLITAUDIT_HUGE_PAGES=0``, glibc older than 2.35 or absent, or the kernel's
     THP mode is "never" or unknown. ``mode`` / ``glibc``: this machine's (:func:`thp_mode`,
     :func:`glibc_version`) unless given."""
-    if environ.get(HUGE_PAGES_OPT_OUT, "1") == "0" or huge_pages_tunable_set(environ):
+    if environ.get(HUGE_PAGES_OPT_OUT, "1") == "0" or HUGE_PAGES_TUNABLE in glibc_tunables(environ):
         return None
     mode = thp_mode() if mode is None else mode
     glibc = glibc_version() if glibc is None else glibc
@@ -147,10 +146,7 @@ def huge_pages_in_use(environ=None) -> bool:
     """Whether this process's large C-heap blocks are backed by huge pages: it started with
     glibc.malloc.hugetlb=1 on glibc >= 2.35, and the kernel's THP mode allows it (the report's
     ``environment.huge_pages``)."""
-    import os
-
     environ = os.environ if environ is None else environ
-    entries = dict(e.partition("=")[::2] for e in (environ.get("GLIBC_TUNABLES") or "").split(":") if e)
     glibc = glibc_version()
-    return (entries.get(HUGE_PAGES_TUNABLE) == "1" and glibc is not None and glibc >= (2, 35)
+    return (glibc_tunables(environ).get(HUGE_PAGES_TUNABLE) == "1" and glibc is not None and glibc >= (2, 35)
             and thp_mode() in ("always", "madvise"))
