@@ -73,7 +73,11 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    return run_command(build_parser().parse_args(argv))
+
+
+def run_command(args: argparse.Namespace) -> int:
+    """Run the parsed command; errors become one ``splitaudit: ...`` line and an exit code (see the module)."""
     setup_logging(getattr(args, "quiet", False), getattr(args, "verbose", False))
     try:
         return int(args.handler(args) or 0)
@@ -116,10 +120,13 @@ def restart_with_huge_pages() -> None:
 
 
 def entry() -> None:
-    """The ``splitaudit`` program (console script and ``python -m audit``): :func:`main` after
-    :func:`restart_with_huge_pages`. Call :func:`main` to run a command inside a Python process."""
-    restart_with_huge_pages()
-    sys.exit(main())
+    """The ``splitaudit`` program (console script and ``python -m audit``): a command that trains
+    (``huge_pages`` among its parser defaults: ``run``) first goes through :func:`restart_with_huge_pages`.
+    Call :func:`main` to run a command inside a Python process."""
+    args = build_parser().parse_args()
+    if getattr(args, "huge_pages", False):
+        restart_with_huge_pages()
+    sys.exit(run_command(args))
 
 
 if __name__ == "__main__":  # pragma: no cover

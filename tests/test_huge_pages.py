@@ -36,19 +36,28 @@ def test_the_report_says_whether_huge_pages_are_in_use():
     assert huge_pages_in_use({"GLIBC_TUNABLES": "glibc.malloc.hugetlb=1"}) == MACHINE_CAN
 
 
-def _program(extra_env: dict) -> list[str]:
-    """The lines a `splitaudit list` program prints of its GLIBC_TUNABLES, once per start of the process."""
+def _program(extra_env: dict, *command: str) -> tuple[subprocess.CompletedProcess, list[str]]:
+    """A `splitaudit COMMAND` program; the lines it prints of its GLIBC_TUNABLES, once per start of the process."""
     env = {k: v for k, v in os.environ.items() if k not in ("GLIBC_TUNABLES", "SPLITAUDIT_HUGE_PAGES")}
     env.update(extra_env, PYTHONPATH=os.pathsep.join([str(ROOT), os.environ.get("PYTHONPATH", "")]))
     code = ("import os, sys; print('started', os.environ.get('GLIBC_TUNABLES'), file=sys.stderr); "
             "from audit.cli import entry; entry()")
-    done = subprocess.run([sys.executable, "-c", code, "list"], env=env, capture_output=True, text=True, timeout=300)
-    assert done.returncode == 0, done.stderr
-    assert "  small_cnn " in done.stdout
-    return [line for line in done.stderr.splitlines() if line.startswith("started")]
+    done = subprocess.run([sys.executable, "-c", code, *command], env=env, capture_output=True, text=True, timeout=300)
+    return done, [line for line in done.stderr.splitlines() if line.startswith("started")]
 
 
 @pytest.mark.skipif(not MACHINE_CAN, reason="needs glibc >= 2.35 and transparent huge pages (madvise or always)")
-def test_the_program_restarts_once_with_huge_pages_and_not_when_opted_out():
-    assert _program({}) == ["started None", "started glibc.malloc.hugetlb=1"]
-    assert _program({"SPLITAUDIT_HUGE_PAGES": "0"}) == ["started None"]
+def test_run_restarts_once_with_huge_pages_and_not_when_opted_out(tmp_path):
+    missing = str(tmp_path / "missing.yaml")  # parsed, restarted, then refused: no audit needed to see the restart
+    done, starts = _program({}, "run", missing)
+    assert starts == ["started None", "started glibc.malloc.hugetlb=1"]
+    assert done.returncode == 2 and "missing.yaml" in done.stderr
+    done, starts = _program({"SPLITAUDIT_HUGE_PAGES": "0"}, "run", missing)
+    assert starts == ["started None"] and done.returncode == 2
+
+
+def test_commands_that_train_nothing_start_once():
+    done, starts = _program({}, "list")
+    assert done.returncode == 0, done.stderr
+    assert "  small_cnn " in done.stdout
+    assert starts == ["started None"]

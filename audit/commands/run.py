@@ -25,7 +25,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("-q", "--quiet", action="store_true", help="only warnings and errors (no progress output)")
     p.add_argument("-v", "--verbose", action="store_true", help="debug output (tracebacks of failed cells)")
     add_execution_arguments(p)
-    p.set_defaults(handler=main)
+    p.set_defaults(handler=main, huge_pages=True)  # trains: restarted with huge pages (audit.cli.entry)
 
 
 def add_execution_arguments(p: argparse.ArgumentParser) -> None:
