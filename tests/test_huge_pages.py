@@ -8,10 +8,10 @@ from pathlib import Path
 
 import pytest
 
-from audit.core.heap import glibc_version, huge_page_environment, huge_pages_in_use, thp_mode
+from audit.core.heap import huge_page_environment, huge_pages_in_use, huge_pages_possible
 
 ROOT = Path(__file__).resolve().parents[1]
-MACHINE_CAN = thp_mode() in ("always", "madvise") and (glibc_version() or (0, 0)) >= (2, 35)
+MACHINE_CAN = huge_pages_possible()
 
 
 def test_the_tunable_is_added_to_what_the_environment_already_asks_of_glibc():

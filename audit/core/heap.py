@@ -126,17 +126,22 @@ def glibc_tunables(environ) -> dict[str, str]:
     return dict(entry.partition("=")[::2] for entry in (environ.get("GLIBC_TUNABLES") or "").split(":") if entry)
 
 
+def huge_pages_possible(mode: str | None = None, glibc: tuple[int, int] | None = None) -> bool:
+    """Whether glibc has the tunable (>= 2.35) and the kernel's THP mode is "madvise" or "always"; ``mode`` /
+    ``glibc``: this machine's (:func:`thp_mode`, :func:`glibc_version`) unless given."""
+    mode = thp_mode() if mode is None else mode
+    glibc = glibc_version() if glibc is None else glibc
+    return mode in ("always", "madvise") and glibc is not None and glibc >= (2, 35)
+
+
 def huge_page_environment(environ, *, mode: str | None = None, glibc: tuple[int, int] | None = None) -> dict | None:
     """The environment to restart this process with so that glibc backs large blocks with huge pages:
     ``environ`` plus ``glibc.malloc.hugetlb=1`` in GLIBC_TUNABLES. None when there is nothing to do: the
     tunable is already there, ``SPLITAUDIT_HUGE_PAGES=0``, glibc older than 2.35 or absent, or the kernel's
-    THP mode is "never" or unknown. ``mode`` / ``glibc``: this machine's (:func:`thp_mode`,
-    :func:`glibc_version`) unless given."""
+    THP mode is "never" or unknown (:func:`huge_pages_possible`)."""
     if environ.get(HUGE_PAGES_OPT_OUT, "1") == "0" or HUGE_PAGES_TUNABLE in glibc_tunables(environ):
         return None
-    mode = thp_mode() if mode is None else mode
-    glibc = glibc_version() if glibc is None else glibc
-    if mode not in ("always", "madvise") or glibc is None or glibc < (2, 35):
+    if not huge_pages_possible(mode, glibc):
         return None
     tunables = [t for t in (environ.get("GLIBC_TUNABLES") or "").split(":") if t]
     return {**environ, "GLIBC_TUNABLES": ":".join(tunables + [f"{HUGE_PAGES_TUNABLE}=1"])}
@@ -147,6 +152,4 @@ def huge_pages_in_use(environ=None) -> bool:
     glibc.malloc.hugetlb=1 on glibc >= 2.35, and the kernel's THP mode allows it (the report's
     ``environment.huge_pages``)."""
     environ = os.environ if environ is None else environ
-    glibc = glibc_version()
-    return (glibc_tunables(environ).get(HUGE_PAGES_TUNABLE) == "1" and glibc is not None and glibc >= (2, 35)
-            and thp_mode() in ("always", "madvise"))
+    return glibc_tunables(environ).get(HUGE_PAGES_TUNABLE) == "1" and huge_pages_possible()
