@@ -117,7 +117,7 @@ def test_an_in_place_write_into_mapped_features_survives_a_release(mapped, tmp_p
     if feature_store.Path("/proc/self/smaps").exists():
         written = {lo for lo, hi in feature_store._MAPPINGS.items() if lo <= m.data_ptr() < hi}
         assert len(written) == 1 and len(feature_store._MAPPINGS) >= 2
-        assert feature_store._copied_on_write(set(feature_store._MAPPINGS)) == written
+        assert feature_store._copied_on_write(list(feature_store._MAPPINGS.items())) == written
     release_pages()
     assert float(m[3, 1, 2, 2]) == 1234.5
     assert float(m[4, 0, 0, 0]) == float(z[4, 0, 0, 0])

@@ -195,14 +195,14 @@ def _has_copied_pages(lo: int, hi: int) -> bool | None:
     return found > 0
 
 
-def _copied_on_write(starts: set[int]) -> set[int]:
-    """The mappings among the tracked ``starts`` (start addresses) with pages copied on write: a plugin wrote
-    into its features there, and ``MADV_DONTNEED`` would discard those writes. Without PAGEMAP_SCAN, the
-    ``Anonymous`` kB of /proc/self/smaps decide (a mapping it does not list counts as written)."""
-    found = {lo: _has_copied_pages(lo, _MAPPINGS.get(lo, lo)) for lo in starts}
+def _copied_on_write(ranges: list[tuple[int, int]]) -> set[int]:
+    """The start addresses of the mappings among ``ranges`` ((start, end) pairs) with pages copied on write: a
+    plugin wrote into its features there, and ``MADV_DONTNEED`` would discard those writes. Without PAGEMAP_SCAN,
+    the ``Anonymous`` kB of /proc/self/smaps decide (a mapping it does not list counts as written)."""
+    found = {lo: _has_copied_pages(lo, hi) for lo, hi in ranges}
     if any(copied is None for copied in found.values()):
-        anonymous = _anonymous_kb(starts)
-        return {lo for lo in starts if anonymous.get(lo) != 0}
+        anonymous = _anonymous_kb(set(found))
+        return {lo for lo in found if anonymous.get(lo) != 0}
     return {lo for lo, copied in found.items() if copied}
 
 
@@ -238,7 +238,7 @@ def release_pages(*tensors: torch.Tensor | None) -> int:
         madvise = ctypes.CDLL(None, use_errno=True).madvise
     except (OSError, AttributeError):
         return 0
-    advised, written = 0, _copied_on_write({lo for lo, _ in ranges})
+    advised, written = 0, _copied_on_write(ranges)
     for lo, hi in ranges:
         if lo not in written and madvise(ctypes.c_void_p(lo), ctypes.c_size_t(hi - lo), MADV_DONTNEED) == 0:
             advised += hi - lo
