@@ -2,8 +2,8 @@
 
 ``attribute`` (Lightning, trained on the attacker's auxiliary split with a
 class-balanced loss; the epoch is chosen on a held-out part of that split):
-- ``cnn`` head for spatial features (N, C, H, W): strided 3x3 convs down to
-  8x8 or less, then a conv, 2x2 average pooling and a linear layer;
+- ``cnn`` head for spatial features (N, C, H, W): inputs above ``cnn_max_side`` (32 px) average-pooled
+  2x2 first, then strided 3x3 convs down to 8x8 or less, a conv, 2x2 average pooling and a linear layer;
 - ``plain`` head for spatial features: three stride-2 convs, global average pooling,
   a linear layer (no batch norm or dropout; issue 19's reference attacker);
 - ``mlp`` head on the flattened feature;
@@ -43,9 +43,16 @@ from audit.core.training import fit_classifier, predict
 Predictor = Callable[[torch.Tensor], torch.Tensor]  # released features (N, ...) -> class probabilities (N, K)
 
 
-def cnn_head(shape: tuple[int, ...], k: int, width: int) -> nn.Module:
+def cnn_head(shape: tuple[int, ...], k: int, width: int, max_side: int | None = None) -> nn.Module:
+    """Strided 3x3 convs (``width`` channels, batch norm, ReLU) down to 8x8 or less, a 3x3 conv, 2x2 average
+    pooling, dropout, a linear layer; input (N, C, H, W) -> logits (N, k). With ``max_side`` the input is first
+    average-pooled 2x2 while its smaller side exceeds ``max_side`` pixels (UTKFace conv1, 64x64: one pool, a
+    fit ~2.8x cheaper; benchmarks/RESULTS.md "A pooled cnn head")."""
     channels, size = shape[0], min(shape[1], shape[2])
     layers: list[nn.Module] = []
+    while max_side is not None and size > max_side:
+        layers.append(nn.AvgPool2d(2))
+        size //= 2
     while size > 8:
         layers += [nn.Conv2d(channels, width, 3, stride=2, padding=1), nn.BatchNorm2d(width), nn.ReLU()]
         channels, size = width, (size + 1) // 2
@@ -166,6 +173,8 @@ class AttributeAttack(_AttributeBase):
         widths: list[int] | None = Field(
             None, min_length=1, description="hidden widths tried with each head, the best on validation kept; "
                                             "default [width]")
+        cnn_max_side: int | None = Field(32, ge=8, description="the cnn head average-pools its input 2x2 while its "
+                                                             "side exceeds this (px); None: never")
         patience: int | None = Field(None, ge=1, description="stop after this many epochs without a better validation "
                                                              "balanced accuracy (None: run every epoch; patience 4 "
                                                              "stopped the slow-starting plain head too early)")
@@ -238,7 +247,8 @@ class AttributeAttack(_AttributeBase):
         self.train_samples = int(rows.numel() * (2 if self.mirrored is not None else 1))
         standardize = Standardize(z_train, spatial=name != "mlp", rows=train_rows, stats=stats)
         shape = standardize(z[:1]).shape[1:]
-        builders = {"cnn": lambda: cnn_head(tuple(shape), k, width), "plain": lambda: plain_head(tuple(shape), k, width),
+        builders = {"cnn": lambda: cnn_head(tuple(shape), k, width, p.cnn_max_side),
+                    "plain": lambda: plain_head(tuple(shape), k, width),
                     "mlp": lambda: mlp_head(shape.numel(), k, width)}
         head = builders[name]()
         net = nn.Sequential(standardize, head)

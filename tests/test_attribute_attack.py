@@ -197,3 +197,37 @@ def test_heads_tried_on_one_split_read_its_statistics_once(planted, monkeypatch)
     refitted = attack.predictors["secret"].__closure__  # the refitted net's Standardize holds the all-rows stats
     standardize = next(c.cell_contents for c in refitted if hasattr(c.cell_contents, "modules"))[0]
     assert torch.equal(standardize.mean, mean[0]) and torch.equal(standardize.std, std[0])
+
+
+@pytest.mark.parametrize("side, max_side, pools", [(64, 32, 1), (64, 16, 2), (32, 32, 0), (64, None, 0), (33, 32, 1)])
+def test_cnn_head_pools_its_input_down_to_max_side(side, max_side, pools):
+    from torch import nn
+
+    from attacks.attribute import cnn_head
+
+    head = cnn_head((3, side, side), 5, 8, max_side)
+    assert sum(isinstance(m, nn.AvgPool2d) for m in head) == pools
+    assert head(torch.randn(2, 3, side, side)).shape == (2, 5)
+
+
+def test_pooled_cnn_head_finds_a_planted_low_frequency_attribute():
+    """64x64 features whose class moves the mean of one channel over a 16x16 patch (by one noise SD per class step):
+    the head that pools to 32x32 first learns it about as well as the full-resolution one (0.981 vs 0.995 here)."""
+    from torchmetrics.functional.classification import multiclass_accuracy
+
+    from attacks.attribute import Standardize, cnn_head
+    from audit.core.training import TrainerSettings, fit_classifier, predict
+
+    gen = torch.Generator().manual_seed(0)
+    n, k = 600, 3
+    s = torch.randint(0, k, (n,), generator=gen)
+    z = torch.randn(n, 2, 64, 64, generator=gen)
+    z[:, 0, 8:24, 8:24] += 1.0 * s[:, None, None].float()
+    accuracy = {}
+    for max_side in (32, None):
+        torch.manual_seed(0)
+        net = torch.nn.Sequential(Standardize(z[:400], spatial=True), cnn_head((2, 64, 64), k, 16, max_side))
+        fit_classifier(net, z[:400], s[:400], k, settings=TrainerSettings(), epochs=8, batch_size=32, seed=0)
+        accuracy[max_side] = float(multiclass_accuracy(predict(net, z[400:]), s[400:], num_classes=k, average="macro"))
+    assert accuracy[32] > 0.9, accuracy  # chance 1/3
+    assert accuracy[32] >= accuracy[None] - 0.05, accuracy
