@@ -46,8 +46,8 @@ Predictor = Callable[[torch.Tensor], torch.Tensor]  # released features (N, ...)
 def cnn_head(shape: tuple[int, ...], k: int, width: int, max_side: int | None = None) -> nn.Module:
     """Strided 3x3 convs (``width`` channels, batch norm, ReLU) down to 8x8 or less, a 3x3 conv, 2x2 average
     pooling, dropout, a linear layer; input (N, C, H, W) -> logits (N, k). With ``max_side`` the input is first
-    average-pooled 2x2 while its smaller side exceeds ``max_side`` pixels (UTKFace conv1, 64x64: one pool, a
-    fit ~2.8x cheaper; benchmarks/RESULTS.md "A pooled cnn head")."""
+    average-pooled 2x2 while its smaller side exceeds ``max_side`` pixels (UTKFace conv1, 64x64: one pool; this
+    head's fit 2.8x, the whole `auto` attack's ~2x faster; benchmarks/RESULTS.md "A pooled cnn head")."""
     channels, size = shape[0], min(shape[1], shape[2])
     layers: list[nn.Module] = []
     while max_side is not None and size > max_side:
