@@ -9,7 +9,8 @@ it is; offset k > 0 shifts every cell's stage seeds (the defense's fit and draws
 validation split, initial weights and batch order) by 7919 k, while the task model and the data splits
 keep the audit seed (so a cached task model is reused). A ``--variant`` is ``--set`` expressions separated
 by ``;`` (``-`` for none). Prints, per record with a balanced accuracy, its value at each offset, the mean
-and the attack's fit seconds; ``--tabulate`` only reads OUT again.
+(``-`` where a variant has no such record), each attack's fit seconds and each run's wall time and max RSS;
+``--tabulate`` only reads OUT again.
 """
 from __future__ import annotations
 
@@ -48,9 +49,14 @@ def run(config: str, sets: list[str], offset: int, out: Path) -> None:
 def table(variants: list[str], offsets: list[int], root: Path) -> str:
     rows: dict[tuple, dict[str, list]] = {}
     fits: dict[str, list[float]] = {}
+    runs: dict[str, list[str]] = {}  # wall seconds and max RSS (KiB) of each run, from GNU time
     for i, variant in enumerate(variants, 1):
         for offset in offsets:
-            report = json.loads((root / f"v{i}" / f"seed{offset}" / "out" / "report.json").read_text())
+            folder = root / f"v{i}" / f"seed{offset}"
+            if (folder / "time").exists():
+                wall, rss = (folder / "time").read_text().split()[-2:]
+                runs.setdefault(variant, []).append(f"{float(wall):.0f} s / {int(rss):,} KiB")
+            report = json.loads((folder / "out" / "report.json").read_text())
             for attack, t in report.get("timings", {}).get("attack_seconds", {}).items():
                 fits.setdefault(f"{variant} {attack}", []).append(t["fit_seconds"])
             for r in report["results"]:
@@ -59,10 +65,11 @@ def table(variants: list[str], offsets: list[int], root: Path) -> str:
                     rows.setdefault(key, {}).setdefault(variant, []).append(r["value"])
     lines = ["| cut | defense | attack | target | " + " | ".join(variants) + " |", "|" + "---|" * (4 + len(variants))]
     for key, by_variant in rows.items():
-        cells = [" / ".join(f"{v:.3f}" for v in values) + f" (mean {statistics.mean(values):.3f})"
-                 for values in (by_variant.get(v, []) for v in variants) if values]
+        cells = [" / ".join(f"{v:.3f}" for v in values) + f" (mean {statistics.mean(values):.3f})" if values else "-"
+                 for values in (by_variant.get(v, []) for v in variants)]
         lines.append("| " + " | ".join([*key, *cells]) + " |")
     lines += [f"- fit seconds, {name}: " + " / ".join(f"{s:.0f}" for s in values) for name, values in fits.items()]
+    lines += [f"- run (wall / max RSS), {name}: " + "; ".join(values) for name, values in runs.items()]
     return "\n".join(lines)
 
 
