@@ -15,7 +15,8 @@ point, defense) out (seeds averaged), each with its verdict per attack family
 The best admissible pair: the highest primary accuracy, then the least edge FLOPs, then the
 fewest bytes. A row whose defended accuracy lies below the test split's majority-class rate (any
 seed) is flagged ``cloud_failed``: the figure says the cloud was not trained well enough on the
-release, not what the defense costs (``audit.pipeline.utility_flags``).
+release, not what the defense costs (``audit.pipeline.utility_flags``); one whose cloud answers the
+label prior (``defenses.noise.LabelPrior``: the fine-tuned cloud did not beat it on validation) says so.
 """
 from __future__ import annotations
 
@@ -122,13 +123,17 @@ class Row:
     families: dict[str, dict[str, Any]] = field(default_factory=dict)  # family -> verdict entry
     majority_accuracy: float | None = None  # the test split's majority-class rate
     cloud_failed: bool = False  # some seed's defended accuracy lies below the majority-class rate
+    cloud_prior: bool = False  # some seed's cloud answers the label prior (defenses.noise.LabelPrior)
 
     def cloud_failure_text(self) -> str:
-        """'cloud failed to train (accuracy < majority-class rate 0.764)' for a flagged row, else ''."""
-        if not self.cloud_failed:
-            return ""
-        rate = "" if self.majority_accuracy is None else f" {self.majority_accuracy:.3f}"
-        return f"cloud failed to train (accuracy < majority-class rate{rate})"
+        """'cloud failed to train (accuracy < majority-class rate 0.764)' for a flagged row, 'cloud answers
+        the label prior (...)' for a row whose fine-tuned cloud lost to it on validation, else ''."""
+        if self.cloud_failed:
+            rate = "" if self.majority_accuracy is None else f" {self.majority_accuracy:.3f}"
+            return f"cloud failed to train (accuracy < majority-class rate{rate})"
+        if self.cloud_prior:
+            return "cloud answers the label prior (the fine-tuned cloud did not beat it on validation)"
+        return ""
 
     @property
     def task(self) -> str:
@@ -170,7 +175,7 @@ class Row:
                 why.append("accuracy drop unknown")
             elif drop > decision.max_accuracy_drop:
                 why.append(f"accuracy drop {drop:.3f} ({self.task_accuracy:.3f} -> {self.primary_accuracy:.3f}) "
-                           f"> {decision.max_accuracy_drop:g}" + (f"; {self.cloud_failure_text()}" if self.cloud_failed else ""))
+                           f"> {decision.max_accuracy_drop:g}" + (f"; {note}" if (note := self.cloud_failure_text()) else ""))
         if decision.max_bytes_sent is not None:
             if self.bytes_sent is None:
                 why.append("bytes sent unknown")
@@ -209,7 +214,8 @@ def decision_rows(report: dict[str, Any], decision: Decision | None = None) -> l
             _mean([c.get("edge_flops_fraction") for c in cost]), _mean([c.get("bytes_sent") for c in cost]),
             _mean([u.get("primary_accuracy") for u in utility]), _mean([u.get("task_accuracy") for u in utility]),
             sorted({r["seed"] for r in recs}), majority_accuracy=_mean([u.get("majority_accuracy") for u in utility]),
-            cloud_failed=any(u.get("cloud_failed_to_train") for u in utility))
+            cloud_failed=any(u.get("cloud_failed_to_train") for u in utility),
+            cloud_prior=any(u.get("cloud_kept") == "label_prior" for u in utility))
     for v in verdicts(ok, (decision or decision_of(report)).settings()):
         row = rows.get((v["dataset"], v["model"], v["cut_point"], v["defense_label"]))
         if row is not None:

@@ -123,11 +123,13 @@ def majority_rate(y: torch.Tensor) -> float:
     return float(torch.bincount(y).max()) / y.numel() if y.numel() else math.nan
 
 
-def utility_flags(primary_accuracy: float, majority_accuracy: float) -> dict[str, Any]:
+def utility_flags(primary_accuracy: float, majority_accuracy: float, label_prior: bool = False) -> dict[str, Any]:
     """``cloud_failed_to_train``: the defended pipeline is less accurate than predicting the majority class
     for every input, which any cloud trained on what it receives can match: its utility says how badly
-    the cloud was fine-tuned, not what the defense costs; ``cloud_failure`` says so in words."""
-    failed = bool(primary_accuracy < majority_accuracy - 1e-6)  # a float32 mean: 0.51 reads 0.50999999
+    the cloud was fine-tuned, not what the defense costs; ``cloud_failure`` says so in words. Never for a
+    cloud that answers the training labels' prior (``label_prior``): the constant it answers is the
+    training split's majority class, which may not be the test split's (balanced labels)."""
+    failed = not label_prior and bool(primary_accuracy < majority_accuracy - 1e-6)  # float32 means: 0.51 reads 0.50999999
     why = (f"primary accuracy {primary_accuracy:.3f} < majority-class rate {majority_accuracy:.3f}: "
            f"the cloud failed to train on the defended release") if failed else None
     return {"majority_accuracy": majority_accuracy, "cloud_failed_to_train": failed, "cloud_failure": why}
@@ -149,7 +151,7 @@ def measure_utility(defense: Defense, split: SplitPoint, test: Part, task_accura
         "primary_accuracy_ci95": list(mean_ci(correct, seed=seed)),
         "task_accuracy": task_accuracy,
         "n_eval": len(test),
-        **utility_flags(accuracy, majority_rate(test.y)),
+        **utility_flags(accuracy, majority_rate(test.y), label_prior=training.get("cloud_kept") == "label_prior"),
         **training,
     }
 

@@ -129,7 +129,7 @@ class LearnedNoise(Defense):
         self.after_scales(sample)
         if p.finetune_epochs > 0:
             # only the cloud has trainable weights
-            _, self.cloud_training = finetune_on_noise(
+            cloud, self.cloud_training = finetune_on_noise(
                 cloud, inputs, ctx.train.y, ctx.num_classes, self.noise, pre=pre, settings=ctx.settings,
                 max_epochs=p.finetune_epochs, batch_size=p.batch_size, lr=p.finetune_lr, seed=ctx.seed,
                 patience=p.patience, val_fraction=p.val_fraction, title=ctx.title(f"{self.name} cloud fine-tuning"))

@@ -71,7 +71,7 @@ def row_text(row) -> str:
     drop = f" ({row.change_text()})" if row.change_text() else ""
     sent = "n/a" if row.bytes_sent is None else f"{row.bytes_sent:,.0f} B"
     fams = ", ".join(f"{f} {v['verdict']}" for f, v in row.families.items())
-    flag = f" [{row.cloud_failure_text()}]" if row.cloud_failed else ""
+    flag = f" [{row.cloud_failure_text()}]" if row.cloud_failure_text() else ""
     return f"cut={row.cut_point} defense={row.defense}: edge FLOPs {frac}, {sent}, accuracy {acc}{drop}{flag}; {fams}"
 
 

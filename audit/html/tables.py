@@ -128,6 +128,7 @@ def verdict(record: Record) -> str:
 
 
 CLOUD_FAILED = "⚠ below the majority-class rate: the cloud failed to train"
+LABEL_PRIOR = "(the cloud answers the label prior: fine-tuning did not beat it on validation)"
 
 
 def summary(task: Task, labels: dict, leaking: set[int] | None = None) -> dict[str, Any]:
@@ -245,7 +246,8 @@ def cost_rows(task: Task, labels: dict) -> list[dict[str, Any]]:
                 rows.append({
                     "cut": cut, "defense": labels[dkey], "seed": seed,
                     "accuracy": fmt_ci(utility.get("primary_accuracy"), utility.get("primary_accuracy_ci95"))
-                    + (f" {CLOUD_FAILED}" if utility.get("cloud_failed_to_train") else ""),
+                    + (f" {CLOUD_FAILED}" if utility.get("cloud_failed_to_train") else "")
+                    + (f" {LABEL_PRIOR}" if utility.get("cloud_kept") == "label_prior" else ""),
                     "edge_flops": human_count(cost.get("edge_flops"), "FLOP"),
                     "fraction": "n/a" if frac is None else f"{100 * frac:.1f}%",
                     "bytes": human_count(cost.get("bytes_sent"), "B"),
