@@ -19,7 +19,7 @@ from audit.decision import decision_rows
 from audit.html.tables import CLOUD_FAILED, decision_table
 from audit.pipeline import fit_defense, majority_rate, measure_utility, utility_flags
 from defenses import SplitPoint
-from defenses.noise import AddNoise, LabelPrior, Shrink, TrainOnly
+from defenses.noise import AddNoise, LabelPrior, TrainOnly
 
 SETTINGS = TrainerSettings(accelerator="cpu")
 
@@ -73,9 +73,8 @@ def test_the_old_fine_tuning_falls_below_the_majority_rate_and_is_flagged(task):
 
 @pytest.mark.parametrize("scale", [10.0, 100.0])
 def test_the_noise_defense_reaches_the_majority_rate(task, scale):
-    """16 elements under noise 10x carry almost nothing of the label: six epochs of fine-tuning behind
-    the variance-matched shrinkage left the cloud at 0.708 / 0.717 on validation (the label prior 0.733;
-    the test split's majority rate 0.798); the label prior wins on validation and is kept."""
+    """16 elements under noise 10x carry almost nothing of the label: after six epochs of fine-tuning the
+    cloud is less accurate on validation than the label prior, which is kept."""
     split, parts, accuracy = task
     defense = fit_defense("noise", {"scale": scale, "finetune_epochs": 6}, split, parts["train"], 2, SETTINGS, seed=3)
     u = measure_utility(defense, split, parts["test"], accuracy, seed=0)
@@ -98,19 +97,6 @@ def test_the_label_prior_is_the_training_frequencies():
     prior = LabelPrior(torch.tensor([0, 0, 0, 2]), 3)
     out = prior(torch.zeros(5, 7, 2))
     assert out.shape == (5, 3) and out.softmax(1)[0].tolist() == pytest.approx([0.75, 0.0, 0.25], abs=1e-6)
-
-
-def test_the_shrinkage_keeps_the_clean_feature_variance():
-    """mean + k (z + noise - mean), k = sqrt(var / (var + sigma^2)): per-element variance var again
-    (the least-squares k = var / (var + sigma^2) gives var / (1 + scale^2): 1/101 of it at 10x)."""
-    g = torch.Generator().manual_seed(0)
-    z = 3.0 + 2.0 * torch.randn(4000, 64, generator=g)
-    for scale in (1.0, 10.0, 100.0):
-        sigma = scale * 2.0
-        shrink = Shrink(z.mean(0), 4.0, sigma)
-        out = shrink(z + sigma * torch.randn(z.shape, generator=g))
-        assert float(out.var()) == pytest.approx(4.0, rel=0.03)
-        assert float(out.mean()) == pytest.approx(3.0, abs=0.05)
 
 
 def test_fit_to_convergence_stops_early_and_keeps_the_best_weights():
