@@ -215,7 +215,7 @@ def decision_rows(report: dict[str, Any], decision: Decision | None = None) -> l
             _mean([u.get("primary_accuracy") for u in utility]), _mean([u.get("task_accuracy") for u in utility]),
             sorted({r["seed"] for r in recs}), majority_accuracy=_mean([u.get("majority_accuracy") for u in utility]),
             cloud_failed=any(u.get("cloud_failed_to_train") for u in utility),
-            cloud_prior=any(u.get("cloud_kept") == "label_prior" for u in utility))
+            cloud_prior=any(u.get("cloud_label_prior") for u in utility))
     for v in verdicts(ok, (decision or decision_of(report)).settings()):
         row = rows.get((v["dataset"], v["model"], v["cut_point"], v["defense_label"]))
         if row is not None:

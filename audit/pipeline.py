@@ -128,11 +128,13 @@ def utility_flags(primary_accuracy: float, majority_accuracy: float, label_prior
     for every input, which any cloud trained on what it receives can match: its utility says how badly
     the cloud was fine-tuned, not what the defense costs; ``cloud_failure`` says so in words. Never for a
     cloud that answers the training labels' prior (``label_prior``): the constant it answers is the
-    training split's majority class, which may not be the test split's (balanced labels)."""
+    training split's majority class, which may not be the test split's (balanced labels);
+    ``cloud_label_prior`` says whether the cloud answers it."""
     failed = not label_prior and bool(primary_accuracy < majority_accuracy - 1e-6)  # float32 means: 0.51 reads 0.50999999
     why = (f"primary accuracy {primary_accuracy:.3f} < majority-class rate {majority_accuracy:.3f}: "
            f"the cloud failed to train on the defended release") if failed else None
-    return {"majority_accuracy": majority_accuracy, "cloud_failed_to_train": failed, "cloud_failure": why}
+    return {"majority_accuracy": majority_accuracy, "cloud_failed_to_train": failed, "cloud_failure": why,
+            "cloud_label_prior": label_prior}
 
 
 def measure_utility(defense: Defense, split: SplitPoint, test: Part, task_accuracy: float, seed: int,

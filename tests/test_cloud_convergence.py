@@ -48,8 +48,10 @@ def test_majority_rate_and_the_flag():
     assert majority_rate(torch.tensor([0, 0, 0, 1])) == 0.75
     assert utility_flags(0.70, 0.75)["cloud_failed_to_train"] is True
     assert "0.700 < majority-class rate 0.750" in utility_flags(0.70, 0.75)["cloud_failure"]
-    assert utility_flags(0.75, 0.75) == {"majority_accuracy": 0.75, "cloud_failed_to_train": False, "cloud_failure": None}
-    assert not utility_flags(0.70, 0.75, label_prior=True)["cloud_failed_to_train"]  # the training split's majority
+    assert utility_flags(0.75, 0.75) == {"majority_accuracy": 0.75, "cloud_failed_to_train": False, "cloud_failure": None,
+                                         "cloud_label_prior": False}
+    prior = utility_flags(0.70, 0.75, label_prior=True)
+    assert not prior["cloud_failed_to_train"] and prior["cloud_label_prior"]  # the training split's majority
     at_majority = float(torch.tensor([1.0] * 51 + [0.0] * 49).mean())  # 0.50999999 in float32, as measure_utility's
     assert not utility_flags(at_majority, 0.51)["cloud_failed_to_train"]
 
@@ -81,7 +83,7 @@ def test_the_noise_defense_reaches_the_majority_rate(task, scale):
     assert u["primary_accuracy"] >= u["majority_accuracy"] and not u["cloud_failed_to_train"]
     assert u["cloud_validated"] and u["cloud_n_val"] == 120 and u["cloud_max_epochs"] == 6
     assert u["cloud_val_loss"] <= u["cloud_val_loss_initial"]  # the kept weights are never worse on validation
-    assert u["cloud_kept"] == "label_prior" and isinstance(defense.cloud, LabelPrior)
+    assert u["cloud_kept"] == "label_prior" and u["cloud_label_prior"] and isinstance(defense.cloud, LabelPrior)
     assert u["cloud_val_accuracy_label_prior"] > u["cloud_val_accuracy"]
 
 
@@ -89,7 +91,7 @@ def test_a_release_that_carries_the_task_keeps_the_fine_tuned_cloud(task):
     split, parts, accuracy = task
     defense = fit_defense("noise", {"scale": 1.0, "finetune_epochs": 6}, split, parts["train"], 2, SETTINGS, seed=3)
     u = measure_utility(defense, split, parts["test"], accuracy, seed=0)
-    assert u["cloud_kept"] == "fine_tuned" and not isinstance(defense.cloud, LabelPrior)
+    assert u["cloud_kept"] == "fine_tuned" and not u["cloud_label_prior"] and not isinstance(defense.cloud, LabelPrior)
     assert u["primary_accuracy"] > u["majority_accuracy"] + 0.04  # measured 0.863 vs 0.798
 
 
@@ -135,7 +137,7 @@ def test_the_decision_table_shows_the_flag():
 def test_a_cloud_that_answers_the_label_prior_says_so():
     rec = {"dataset": "adult", "model": "mlp", "cut_point": "fc1", "defense": "noise", "defense_params": {"scale": 100.0},
            "utility": {"primary_accuracy": 0.764, "task_accuracy": 0.85, "majority_accuracy": 0.764,
-                       "cloud_failed_to_train": False, "cloud_kept": "label_prior"},
+                       "cloud_failed_to_train": False, "cloud_label_prior": True, "cloud_kept": "label_prior"},
            "cost": {"edge_flops_fraction": 0.5, "bytes_sent": 64}, "attack": "attribute", "target": "sex",
            "metric": "balanced_accuracy", "value": 0.5, "ci95": [0.47, 0.53], "chance": 0.5, "advantage": 0.0,
            "seed": 0, "n_eval": 500, "status": "ok", "extra": {}, "cell_id": "a"}

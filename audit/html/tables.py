@@ -247,7 +247,7 @@ def cost_rows(task: Task, labels: dict) -> list[dict[str, Any]]:
                     "cut": cut, "defense": labels[dkey], "seed": seed,
                     "accuracy": fmt_ci(utility.get("primary_accuracy"), utility.get("primary_accuracy_ci95"))
                     + (f" {CLOUD_FAILED}" if utility.get("cloud_failed_to_train") else "")
-                    + (f" {LABEL_PRIOR}" if utility.get("cloud_kept") == "label_prior" else ""),
+                    + (f" {LABEL_PRIOR}" if utility.get("cloud_label_prior") else ""),
                     "edge_flops": human_count(cost.get("edge_flops"), "FLOP"),
                     "fraction": "n/a" if frac is None else f"{100 * frac:.1f}%",
                     "bytes": human_count(cost.get("bytes_sent"), "B"),
