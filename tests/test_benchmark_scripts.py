@@ -150,6 +150,11 @@ def test_ray_projection_replays_the_runners_schedule():
     # --cells-per-job 1: each of the 30-s group's two cells (14.5 s) after a fit of its own (1 s)
     split = module.project(report([30.0, 2.0, 2.0, 2.0], 36.0), [8], startup=0.0, cells_per_job=1)
     assert split[0]["projected_wall_s"] == 15.5 + 0.0  # the longest job, nothing else left ("other" 0)
+    # a run on two workers: its wall time (groups side by side) holds no serial "other" to add
+    two = report([10.0] * 4, 21.0)
+    two["environment"]["executor"] = {"name": "local", "workers": 2, "threads": 1}
+    rows = module.project(two, [1, 2, 4], startup=0.0)
+    assert [r["projected_wall_s"] for r in rows] == [40.0, 20.0, 10.0] and rows[0]["other_s"] == 0.0
 
 
 def test_seed_spread_counts_the_pairs_the_gate_would_call_changed():
