@@ -31,15 +31,20 @@ def eta_text(seconds: float) -> str:
     return f"{h}:{m:02d}:{s:02d}" if h else f"{m}:{s:02d}"
 
 
-def time_left(since_first: float, done_here: int, remaining: int) -> float | None:
-    """Wall time left if the remaining cells finish at the rate this session's cells did after its first
-    one (``since_first`` seconds ago; the task training, defense fits and feature extraction between
-    cells included); None before the second cell. The wait for the first cell (task training, worker
-    start-up) is not a rate: counted in, it put the default audit's first estimate at 52 minutes for a
-    run of 97 seconds."""
-    if done_here < 2:
+BATCH_SECONDS = 1.0  # cells that end this close to the session's first one came with it (one group's commit)
+
+
+def time_left(since_first: float, done_since: int, remaining: int) -> float | None:
+    """Wall time left if the remaining cells finish at the rate of the ``done_since`` cells this session
+    finished after its first batch (``since_first`` seconds ago; the task training, defense fits and
+    feature extraction between cells included); None before one has. The wait for the first batch (task
+    training, worker start-up) is not a rate: counted in, it put the default audit's first estimate at
+    52 minutes for a run of 97 seconds. Nor are the cells of the first batch: a worker commits a group's
+    cells together, and counting its second cell put configs/utkface_defenses.yaml at "~0:00 left" with
+    54 of 56 cells to go."""
+    if done_since < 1 or since_first <= 0:
         return None
-    return since_first / (done_here - 1) * remaining
+    return since_first / done_since * remaining
 
 
 def in_notebook() -> bool:
@@ -62,6 +67,7 @@ class Progress(RunCallback):
         self.total, self.done = len(cells), len(cells) - len(pending)
         self.done_here, self.start = 0, time.perf_counter()
         self.first_done = self.start  # when this session's first cell finished
+        self.first_batch = 0  # cells that finished with it
         skipped = f", {self.done} already done in {run.out_dir}" if self.done else ""
         log.info("audit %r: %d cells%s", run.config.name, len(cells), skipped)
         show = self.bar_wanted if self.bar_wanted is not None else (sys.stderr.isatty() or in_notebook())
@@ -81,8 +87,10 @@ class Progress(RunCallback):
         line = f"[{self.done:>{width}}/{self.total}] {run.cell_name(cell)}: {summarize(records)} ({seconds:.1f}s"
         now = time.perf_counter()
         if self.done_here == 1:
-            self.first_done = now
-        left = time_left(now - self.first_done, self.done_here, self.total - self.done)
+            self.first_done, self.first_batch = now, 1
+        elif self.first_batch == self.done_here - 1 and now - self.first_done < BATCH_SECONDS:
+            self.first_batch += 1  # committed with the first
+        left = time_left(now - self.first_done, self.done_here - self.first_batch, self.total - self.done)
         if self.bar is not None:
             log.info("%s)", line)
             self.bar.update(1)

@@ -8,7 +8,7 @@ from audit.progress import Progress, eta_text, time_left
 
 
 def test_time_left_and_its_format():
-    assert time_left(30.0, 3, 9) == pytest.approx(135.0)  # 2 cells in the 30 s after the first one
+    assert time_left(30.0, 2, 9) == pytest.approx(135.0)  # 2 cells in the 30 s after the first batch
     assert time_left(0.0, 1, 9) is None and time_left(5.0, 0, 9) is None
     assert eta_text(65.4) == "1:05" and eta_text(3725) == "1:02:05" and eta_text(-1) == "0:00"
 
@@ -47,6 +47,22 @@ def test_lines_say_the_time_left(logger, capsys, monkeypatch):
     assert err[2].endswith("(9.5s, ~0:10 left)")  # 10 s for the cell after the first, 1 to go
     assert err[3].endswith("(19.0s)")
     assert err[4] == "audit 't' finished: 4 cells (3 run now) in 1:01"
+
+
+def test_cells_committed_together_are_no_rate(logger, capsys, monkeypatch):
+    """A worker commits a group's cells at once: the second cell of the first group, 0.01 s after the
+    first, once read as a rate of 100 cells a second ("~0:00 left" with 54 of 56 cells to go)."""
+    clock = iter([0.0, 500.0, 500.01, 800.0, 800.01, 900.0])
+    monkeypatch.setattr("audit.progress.time.perf_counter", lambda: next(clock))
+    p, run = Progress(bar=False), fake_run()
+    p.on_plan(run, list(range(8)), list(range(8)))
+    for cell in range(4):
+        p.on_cell_end(run, cell, records(0.5), 1.0)
+    p.on_finish(run, {})
+    err = capsys.readouterr().err.splitlines()
+    assert err[1].endswith("(1.0s)") and err[2].endswith("(1.0s)")  # the first group's two cells: no rate yet
+    assert err[3].endswith("(1.0s, ~25:00 left)")  # 1 cell in the 300 s after the first batch, 5 to go
+    assert err[4].endswith("(1.0s, ~10:00 left)")  # 2 cells in 300.01 s, 4 to go
 
 
 def test_bar_counts_cells_and_quiet_silences_everything(logger, capsys):
