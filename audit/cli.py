@@ -103,7 +103,9 @@ def run_command(args: argparse.Namespace) -> int:
 def restart_with_huge_pages() -> None:
     """Restart this program once, the same command line, with glibc backing large heap blocks by transparent
     huge pages (:func:`audit.core.heap.huge_page_environment`; ``SPLITAUDIT_HUGE_PAGES=0`` opts out): glibc
-    reads its tunables only at start-up. Returns (no restart) when there is nothing to do or the restart fails."""
+    reads its tunables only at start-up. Returns (no restart) when there is nothing to do or the restart fails.
+    Called by ``run`` once its config is read, where the audit's inputs are large enough to gain
+    (:func:`audit.core.heap.huge_pages_pay_off`), and only in a process started as the program (``as_program``)."""
     import os
 
     from audit.core.heap import huge_page_environment
@@ -120,12 +122,10 @@ def restart_with_huge_pages() -> None:
 
 
 def entry() -> None:
-    """The ``splitaudit`` program (console script and ``python -m audit``): a command that trains
-    (``huge_pages`` among its parser defaults: ``run``) first goes through :func:`restart_with_huge_pages`.
-    Call :func:`main` to run a command inside a Python process."""
+    """The ``splitaudit`` program (console script and ``python -m audit``); ``as_program`` lets ``run`` restart
+    it (:func:`restart_with_huge_pages`). Call :func:`main` to run a command inside a Python process."""
     args = build_parser().parse_args()
-    if getattr(args, "huge_pages", False):
-        restart_with_huge_pages()
+    args.as_program = True
     sys.exit(run_command(args))
 
 

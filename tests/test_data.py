@@ -65,7 +65,7 @@ def test_utkface_folder_of_same_naming(tmp_path, _private_cache):
         data = ds.load(_private_cache)
     messages = " | ".join(str(w.message) for w in caught)
     assert "61_1_20170109142408075.jpg.chip.jpg" in messages and "30_5_0" in messages and "40_0_2" in messages
-    assert data.x.shape == (3, 3, 16, 16)
+    assert data.x.shape == (3, 3, 16, 16) and type(ds).input_numel(ds.params) == data.x[0].numel()
     order = sorted(n for n in names if n.count("_") == 3 and not n.startswith(("61_", "30_")))
     by_name = dict(zip(order, range(3)))
     i = by_name["70_1_3_20170109150557335.jpg.chip.jpg"]
@@ -127,3 +127,13 @@ def test_mnist_from_local_files(tmp_path):
             np.array([0, 0, 8, 1], dtype=np.uint8).tobytes() + np.array([n], dtype=">i4").tobytes() + labels.tobytes())
     data = DATASETS.create("mnist", root=tmp_path).load(None)
     assert data.x.shape == (n, 1, 28, 28) and data.labels["digit"].tolist() == labels.tolist()
+    assert DATASETS.get("mnist").input_numel(DATASETS.get("mnist").Params(root=tmp_path)) == data.x[0].numel()
+
+
+@pytest.mark.parametrize("name, params", [("synthetic", {"n": 40, "image_size": 8, "channels": 3}), ("digits", {})])
+def test_input_numel_is_what_loading_gives(name, params):
+    """What a dataset says of its input size before loading (huge pages are decided on it) is what it loads;
+    a plugin that cannot know says None."""
+    ds = DATASETS.create(name, **params)
+    assert type(ds).input_numel(ds.params) == ds.load(None).x[0].numel()
+    assert DATASETS.get("csv").input_numel(None) is None

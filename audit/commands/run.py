@@ -25,7 +25,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("-q", "--quiet", action="store_true", help="only warnings and errors (no progress output)")
     p.add_argument("-v", "--verbose", action="store_true", help="debug output (tracebacks of failed cells)")
     add_execution_arguments(p)
-    p.set_defaults(handler=main, huge_pages=True)  # trains: restarted with huge pages (audit.cli.entry)
+    p.set_defaults(handler=main)
 
 
 def add_execution_arguments(p: argparse.ArgumentParser) -> None:
@@ -91,6 +91,16 @@ def stop_message(err: BaseException, out: str) -> str:
     return f"{cause + '; ' if cause else ''}{kept} finished cell(s) kept in {out}; rerun the same command to resume"
 
 
+def huge_pages_pay_off_for(config) -> bool:
+    """Whether the audit's inputs are large enough for huge pages to speed it up (the dataset plugins'
+    ``input_numel``, :func:`audit.core.heap.huge_pages_pay_off`)."""
+    from audit.core.data import DATASETS
+    from audit.core.heap import huge_pages_pay_off
+
+    return huge_pages_pay_off([DATASETS.get(task.dataset.name).input_numel(config.plugin_params("tasks", i, "dataset"))
+                               for i, task in enumerate(config.tasks)])
+
+
 def main(args: argparse.Namespace) -> int:
     from audit.api import Audit
     from audit.cli import EXIT_FAILED, EXIT_OK
@@ -99,6 +109,10 @@ def main(args: argparse.Namespace) -> int:
     from audit.plan import parse_shard
 
     config = load_config(args.config, args.overrides)
+    if getattr(args, "as_program", False) and huge_pages_pay_off_for(config):
+        from audit.cli import restart_with_huge_pages
+
+        restart_with_huge_pages()  # only returns when there is nothing to do (or it failed)
     shard = parse_shard(args.shard) if args.shard else None
     executor = executor_from_args(args)
     if args.wandb is not None:

@@ -189,6 +189,14 @@ class Dataset:
     class Params(PluginParams):
         pass
 
+    @classmethod
+    def input_numel(cls, params: PluginParams) -> int | None:
+        """Elements of one input sample as the validated ``params`` alone say (UTKFace at image_size 64:
+        3 x 64 x 64), read before any data is: whether a run's C heap gets huge pages
+        (:func:`audit.core.heap.huge_pages_pay_off`). None where only loading tells (tables, saved
+        features, user data)."""
+        return None
+
     def __init__(self, params: PluginParams):
         self.params = params
 

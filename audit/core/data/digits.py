@@ -23,6 +23,10 @@ class Digits(Dataset):
         primary: DigitLabel = "digit"
         private: list[DigitLabel] = Field(default_factory=lambda: ["ink"])
 
+    @classmethod
+    def input_numel(cls, params: PluginParams) -> int:
+        return 8 * 8
+
     def load(self, cache_dir: Path) -> LoadedData:
         from sklearn.datasets import load_digits
 

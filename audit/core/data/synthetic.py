@@ -66,6 +66,10 @@ class Synthetic(Dataset):
         noise: float = Field(1.0, gt=0, description="per-pixel noise std")
         generator_seed: int = Field(0, description="seed of the patterns and the samples (fixed truth)")
 
+    @classmethod
+    def input_numel(cls, params: "Synthetic.Params") -> int:
+        return params.channels * params.image_size ** 2
+
     def load(self, cache_dir: Path) -> LoadedData:
         p = self.params
         t, pat = planted_patterns(p.primary_classes, p.private_classes, p.channels, p.image_size, p.generator_seed)

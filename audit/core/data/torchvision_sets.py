@@ -54,6 +54,10 @@ class CIFAR10(Dataset):
         primary: Literal["class", "animal", "brightness"] = "animal"
         private: list[Literal["class", "animal", "brightness"]] = Field(default_factory=lambda: ["class"])
 
+    @classmethod
+    def input_numel(cls, params: PluginParams) -> int:
+        return 3 * 32 * 32
+
     def load(self, cache_dir: Path) -> LoadedData:
         from torchvision.datasets import CIFAR10 as TV
 
@@ -81,6 +85,10 @@ class MNIST(Dataset):
         primary: Literal["digit", "parity", "large", "ink"] = "digit"
         private: list[Literal["digit", "parity", "large", "ink"]] = Field(default_factory=lambda: ["ink"])
 
+    @classmethod
+    def input_numel(cls, params: PluginParams) -> int:
+        return 28 * 28
+
     def load(self, cache_dir: Path) -> LoadedData:
         from torchvision.datasets import MNIST as TV
 
@@ -102,6 +110,10 @@ class CelebA(Dataset):
         private: list[str] = Field(default_factory=lambda: ["Male"])
         image_size: int = Field(64, ge=8)
         max_samples: int | None = Field(20000, ge=10)
+
+    @classmethod
+    def input_numel(cls, params: "CelebA.Params") -> int:
+        return 3 * params.image_size ** 2
 
     def load(self, cache_dir: Path) -> LoadedData:
         from torchvision.datasets import CelebA as TV

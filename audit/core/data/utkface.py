@@ -94,6 +94,10 @@ class UTKFace(Dataset):
             4096 * 4096, ge=1, description="skip images with more pixels than this (read from the header)"
         )
 
+    @classmethod
+    def input_numel(cls, params: "UTKFace.Params") -> int:
+        return 3 * params.image_size ** 2
+
     def _files(self) -> list[tuple[Path, tuple[int, int, int]]]:
         root = self.params.root.expanduser()
         if not root.is_dir():
