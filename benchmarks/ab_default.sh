@@ -14,12 +14,14 @@ python="$root/.venv/bin/python"
 work=$(mktemp -d)
 trap 'for w in "$work"/wt-*; do [ -d "$w" ] && git -C "$root" worktree remove --force "$w"; done; rm -rf "$work"' EXIT
 first=""
+i=0
 for spec in "$@"; do
+  i=$((i + 1))
   rev=${spec%%:*}; workers=${spec#*:}; [ "$workers" = "$spec" ] && workers=1
   sha=$(git -C "$root" rev-parse --short "$rev")
   tree="$work/wt-$sha"
   [ -d "$tree" ] || git -C "$root" worktree add -q --detach "$tree" "$sha"
-  run="$work/run-$sha-w$workers"; mkdir -p "$run"
+  run="$work/run-$i-$sha-w$workers"; mkdir -p "$run"  # a fresh folder per run: a repeated spec is run again, not resumed
   (cd "$tree" && SPLITAUDIT_CACHE="$run/cache" PYTHONPATH="$tree" /usr/bin/time -f "%e %M %U" -o "$run/time" \
      "$python" -m audit.cli run --out "$run/out" --workers "$workers" --quiet)
   read -r wall rss user < "$run/time"
