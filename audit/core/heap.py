@@ -98,7 +98,7 @@ def reusing() -> Iterator[bool]:
 HUGE_PAGES_TUNABLE = "glibc.malloc.hugetlb"
 # The restart pays off for large inputs only: configs/utkface.yaml (3 x 64 x 64 = 12,288 elements) ran 1.11x
 # faster with huge pages; the embedded default (16 x 16 synthetic images, 8 x 8 digits) ran 1.11-1.15x slower
-# with them (96 s against 85 s, every stage a little slower and the import of torch 1.5 s longer).
+# with them (96 s against 85 s, every stage a little slower, importing torch and lightning 1.5 s longer).
 HUGE_PAGES_MIN_INPUT = 4096
 HUGE_PAGES_OPT_OUT = "SPLITAUDIT_HUGE_PAGES"  # "0": leave glibc as it is
 THP_MODE_FILE = "/sys/kernel/mm/transparent_hugepage/enabled"
