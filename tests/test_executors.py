@@ -100,6 +100,23 @@ def test_shards_merged_equal_the_single_run(grid_reference, tmp_path, capsys):
     assert "holds another audit" in capsys.readouterr().err and "seeds" in capsys.readouterr().err + "seeds"
 
 
+def test_workers_lines_reach_the_drivers_log(tmp_path, caplog):
+    """A defense's fine-tuning in a worker says where it is, epoch by epoch, in the driver's log (a UTKFace
+    conv1 learned_noise group fits for ~17 minutes; its lines were lost in the worker); --quiet drops them."""
+    import logging
+
+    cfg = build_config({**TINY, "cut_points": ["fc1"], "attacks": {"test_probe": {}},
+                        "defenses": [{"name": "noise", "scale": 1.0, "finetune_epochs": 2}]})
+    with caplog.at_level(logging.INFO, logger="splitaudit"):
+        Audit(cfg).run(tmp_path / "a", callbacks=[], executor=ProcessExecutor(2, threads=1, worker_setup=register))
+    epochs = [r.getMessage() for r in caplog.records if "noise cloud fine-tuning at fc1 (seed 0): epoch" in r.getMessage()]
+    assert len(epochs) >= 1 and all(r.process == os.getpid() for r in caplog.records)
+    caplog.clear()
+    with caplog.at_level(logging.WARNING, logger="splitaudit"):
+        Audit(cfg).run(tmp_path / "b", callbacks=[], executor=ProcessExecutor(2, threads=1, worker_setup=register))
+    assert not [r for r in caplog.records if "epoch" in r.getMessage()]
+
+
 def test_a_worker_killed_by_the_os_fails_only_its_group(tmp_path, monkeypatch):
     monkeypatch.setenv(DRIVER_PID_ENV, str(os.getpid()))
     cfg = build_config({**GRID, "cut_points": ["fc1"], "defenses": ["none", "test_kill_worker"],

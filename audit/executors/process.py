@@ -37,6 +37,21 @@ def _die_with_parent() -> None:
             pass
 
 
+class _PipeLog(logging.Handler):
+    """In a worker: the ``splitaudit`` logger's lines (a defense's fine-tuning epoch by epoch, warnings) go to
+    the driver through the worker's pipe, which logs them where the run's own lines go."""
+
+    def __init__(self, conn, level: int):
+        super().__init__(level)
+        self.conn = conn
+
+    def emit(self, record: logging.LogRecord) -> None:
+        try:
+            self.conn.send_bytes(pickle.dumps(("log", record.levelno, record.getMessage())))
+        except Exception:  # noqa: BLE001 - a lost line must not fail the cell (a closed pipe, an odd argument)
+            pass
+
+
 def _pool_worker(conn, init_blob: bytes) -> None:
     """Body of a local worker process: receive task states and groups, send back finished cells."""
     _die_with_parent()
@@ -45,7 +60,10 @@ def _pool_worker(conn, init_blob: bytes) -> None:
     from audit.core.heap import allow_reuse
 
     # run_class: the driver's AuditRun class, pickled by reference (this module never imports the runner)
-    run_class, config, out_dir, cache_dir, threads, max_ram_mb, setup = pickle.loads(init_blob)
+    run_class, config, out_dir, cache_dir, threads, max_ram_mb, setup, log_level = pickle.loads(init_blob)
+    log.addHandler(_PipeLog(conn, log_level))
+    log.setLevel(log_level)
+    log.propagate = False
     if setup is not None:
         setup()
     if threads:
@@ -133,7 +151,7 @@ class ProcessExecutor(Executor):
         super().open(run, on_result)
         try:
             self._init_blob = pickle.dumps((type(run), run.config, run.out_dir, run.cache_dir, self.cell_threads(),
-                                            run.features.max_ram_mb, self.worker_setup))
+                                            run.features.max_ram_mb, self.worker_setup, log.getEffectiveLevel()))
         except (pickle.PicklingError, AttributeError, TypeError) as err:
             raise AuditInputError(f"the audit cannot be sent to worker processes ({err}); run with --workers 1") from None
         self._ctx = worker_context()
@@ -183,10 +201,14 @@ class ProcessExecutor(Executor):
                 for w in busy:
                     if w.conn in ready:
                         try:
-                            _, job_id, results = pickle.loads(w.conn.recv_bytes())
+                            message = pickle.loads(w.conn.recv_bytes())
                         except (EOFError, OSError):
                             self._worker_died(w)
                             continue
+                        if message[0] == "log":  # a line the worker logged (_PipeLog)
+                            log.log(message[1], "%s", message[2])
+                            continue
+                        _, job_id, results = message
                         w.job = None
                         for r in results:
                             self._results.put(r)
