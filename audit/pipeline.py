@@ -86,12 +86,13 @@ def all_finite(z: torch.Tensor, batch: int = 256) -> bool:
 
 
 def fit_defense(name: str, params: dict[str, Any] | PluginParams, split: SplitPoint, train: Part,
-                num_classes: int, settings: TrainerSettings, seed: int, audit_seed: int | None = None) -> Defense:
+                num_classes: int, settings: TrainerSettings, seed: int, audit_seed: int | None = None,
+                task: str = "") -> Defense:
     """The defense ``name`` with ``params`` (a dict, or parameters validated before: the config's),
-    fitted at ``split`` on the task-train split (seeded with ``seed``)."""
+    fitted at ``split`` on the task-train split (seeded with ``seed``); ``task`` names it in progress lines."""
     L.seed_everything(seed, verbose=False)
     defense = _create(DEFENSES, name, params)
-    defense.fit(FitContext(split, train, num_classes, settings, seed, audit_seed=audit_seed))
+    defense.fit(FitContext(split, train, num_classes, settings, seed, audit_seed=audit_seed, task=task))
     return defense
 
 

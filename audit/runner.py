@@ -132,10 +132,14 @@ class AuditRun:
         self._started: float | None = None  # perf_counter() when run() began (the report's wall time)
 
     # ----------------------------------------------------------------- naming
-    def cell_name(self, cell: Cell) -> str:
+    def task_name(self, cell: Cell) -> str:
+        """``utkface/small_cnn``: the cell's task and model as reports name them."""
         task = self.config.tasks[cell.task]
+        return f"{task.display_name}/{task.model_name}"
+
+    def cell_name(self, cell: Cell) -> str:
         return (
-            f"{task.display_name}/{task.model_name} seed={cell.seed} cut={cell.cut_point} "
+            f"{self.task_name(cell)} seed={cell.seed} cut={cell.cut_point} "
             f"defense={self.config.defenses[cell.defense].title()} attack={cell.attack}"
         )
 
@@ -192,7 +196,8 @@ class AuditRun:
             with timed(group_timings, "defense_fit_seconds"):
                 defense = pipeline.fit_defense(
                     spec.name, self.config.defense_params(d), split, data.part("train"), data.num_classes(data.primary),
-                    self.config.trainer, self.stage_seeds(cells[0], state.seed_key)["defense"], audit_seed=seed)
+                    self.config.trainer, self.stage_seeds(cells[0], state.seed_key)["defense"], audit_seed=seed,
+                    task=self.task_name(cells[0]))
             with timed(group_timings, "release_seconds"):
                 aux, test = pipeline.release_views(
                     defense, split, data, attacker_splits(self.config.tasks[cells[0].task]),

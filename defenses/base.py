@@ -50,7 +50,8 @@ class SplitPoint:
 class FitContext:
     """What a defense may use to fit: the split model, the task-train split, training settings.
     ``seed``: this fit's own seed (derived from the audit seed and the cell); ``audit_seed``: the
-    seed the report names, when known."""
+    seed the report names, when known; ``task``: the task's name in progress lines (``digits/small_cnn``),
+    when known."""
 
     split: SplitPoint
     train: Part
@@ -58,12 +59,14 @@ class FitContext:
     settings: TrainerSettings
     seed: int
     audit_seed: int | None = None
+    task: str = ""
 
     def title(self, what: str) -> str:
-        """``what`` at this cut point and seed, for progress lines: 'siamese fine-tuning at pool3 (seed 0)'
-        with the audit's seed, else 'siamese fine-tuning at pool3 (fit seed 459726022)'."""
+        """``what`` at this cut point and seed, for progress lines: 'utkface/small_cnn siamese fine-tuning at
+        pool3 (seed 0)' with the task and the audit's seed, else 'siamese fine-tuning at pool3 (fit seed
+        459726022)'."""
         seed = f"seed {self.audit_seed}" if self.audit_seed is not None else f"fit seed {self.seed}"
-        return f"{what} at {self.split.cut_point} ({seed})"
+        return f"{self.task + ' ' if self.task else ''}{what} at {self.split.cut_point} ({seed})"
 
 
 class Defense:

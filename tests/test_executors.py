@@ -109,7 +109,8 @@ def test_workers_lines_reach_the_drivers_log(tmp_path, caplog):
                         "defenses": [{"name": "noise", "scale": 1.0, "finetune_epochs": 2}]})
     with caplog.at_level(logging.INFO, logger="splitaudit"):
         Audit(cfg).run(tmp_path / "a", callbacks=[], executor=ProcessExecutor(2, threads=1, worker_setup=register))
-    epochs = [r.getMessage() for r in caplog.records if "noise cloud fine-tuning at fc1 (seed 0): epoch" in r.getMessage()]
+    line = "synthetic/small_cnn noise cloud fine-tuning at fc1 (seed 0): epoch"
+    epochs = [r.getMessage() for r in caplog.records if line in r.getMessage()]
     assert len(epochs) >= 1 and all(r.process == os.getpid() for r in caplog.records)
     caplog.clear()
     with caplog.at_level(logging.WARNING, logger="splitaudit"):
