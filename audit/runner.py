@@ -132,14 +132,9 @@ class AuditRun:
         self._started: float | None = None  # perf_counter() when run() began (the report's wall time)
 
     # ----------------------------------------------------------------- naming
-    def task_name(self, cell: Cell) -> str:
-        """``utkface/small_cnn``: the cell's task and model as reports name them."""
-        task = self.config.tasks[cell.task]
-        return f"{task.display_name}/{task.model_name}"
-
     def cell_name(self, cell: Cell) -> str:
         return (
-            f"{self.task_name(cell)} seed={cell.seed} cut={cell.cut_point} "
+            f"{self.config.tasks[cell.task].title} seed={cell.seed} cut={cell.cut_point} "
             f"defense={self.config.defenses[cell.defense].title()} attack={cell.attack}"
         )
 
@@ -197,7 +192,7 @@ class AuditRun:
                 defense = pipeline.fit_defense(
                     spec.name, self.config.defense_params(d), split, data.part("train"), data.num_classes(data.primary),
                     self.config.trainer, self.stage_seeds(cells[0], state.seed_key)["defense"], audit_seed=seed,
-                    task=self.task_name(cells[0]))
+                    task=self.config.tasks[cells[0].task].title)
             with timed(group_timings, "release_seconds"):
                 aux, test = pipeline.release_views(
                     defense, split, data, attacker_splits(self.config.tasks[cells[0].task]),

@@ -126,7 +126,7 @@ def prepare_task(config: AuditConfig, t: int, seed: int, cache_dir: Path, device
     path = cache_dir / "task_models" / f"{key}.pt"
     train = data.part("train")
     if task.training.epochs == 0:
-        log.info("%s/%s seed=%d: model audited as given (training.epochs: 0)", task.display_name, task.model_name, seed)
+        log.info("%s seed=%d: model audited as given (training.epochs: 0)", task.title, seed)
         provenance = {"source": "given"}
     elif path.exists():
         try:
@@ -136,12 +136,12 @@ def prepare_task(config: AuditConfig, t: int, seed: int, cache_dir: Path, device
                 f"cached task model {path} cannot be loaded safely ({type(err).__name__}: "
                 f"{str(err).splitlines()[0] if str(err) else ''}); delete it to retrain"
             ) from None
-        log.info("%s/%s seed=%d: task model from cache %s", task.display_name, task.model_name, seed, path)
+        log.info("%s seed=%d: task model from cache %s", task.title, seed, path)
         provenance = {"source": "cache", "path": str(path), **training_record(path)}
     else:
         log.info(
-            "%s/%s seed=%d: training the task model (%d samples, %d epochs)",
-            task.display_name, task.model_name, seed, len(train), task.training.epochs,
+            "%s seed=%d: training the task model (%d samples, %d epochs)",
+            task.title, seed, len(train), task.training.epochs,
         )
         tr = task.training
         started = time.perf_counter()
@@ -149,7 +149,7 @@ def prepare_task(config: AuditConfig, t: int, seed: int, cache_dir: Path, device
             model, train.x, train.y, data.num_classes(data.primary), settings=config.trainer,
             epochs=tr.epochs, batch_size=tr.batch_size, lr=tr.lr, weight_decay=tr.weight_decay,
             seed=stage_seed(seed, key, "task"), hflip=tr.hflip,
-            log_epochs=f"{task.display_name}/{task.model_name} seed={seed} task training",
+            log_epochs=f"{task.title} seed={seed} task training",
         )
         # how it was trained: a cached model's accuracy depends on the torch version and thread count
         record = {
@@ -176,8 +176,8 @@ def prepare_task(config: AuditConfig, t: int, seed: int, cache_dir: Path, device
         "stage_seeds": {"init": stage_seed(seed, key, "init"), "task": stage_seed(seed, key, "task")},
         "task_model": provenance,
     }
-    log.info("%s/%s seed=%d: primary accuracy %.3f on %d test samples",
-             task.display_name, task.model_name, seed, summary["primary_accuracy"], len(test))
+    log.info("%s seed=%d: primary accuracy %.3f on %d test samples",
+             task.title, seed, summary["primary_accuracy"], len(test))
     add_seconds(timings, "task_model_seconds", started)
     return TaskState(key, data, model, full_flops, summary, features)
 

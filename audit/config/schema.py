@@ -144,6 +144,11 @@ class TaskConfig(Strict):
         """The model's name in reports ("none" for a features dataset audited without a model)."""
         return self.model_label or (self.model.name if self.model is not None else "none")
 
+    @property
+    def title(self) -> str:
+        """``utkface/small_cnn``: the task and its model as progress lines name them."""
+        return f"{self.display_name}/{self.model_name}"
+
 
 class WandbSettings(Strict):
     """``tracking.wandb``: where and how the audit's W&B run is recorded (see audit.tracking)."""
