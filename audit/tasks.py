@@ -58,10 +58,12 @@ def training_record(path: Path) -> dict[str, Any]:
 
 def task_key(task: TaskConfig, seed: int) -> str:
     """Identity of a trained task model: dataset (a data file by its contents, and the plugin's
-    ``data_version``), model, training, splits and seed."""
+    ``data_version``), model (a weights file by its contents), training, splits and seed."""
     what = task.model_dump(mode="json", exclude={"label", "cut_points", "attacks", "attacker_data"})
     dataset = DATASETS.get(task.dataset.name)
     what["dataset"] = dataset.key_params(what["dataset"])
+    if task.model is not None:  # e.g. a weights file by its contents
+        what["model"] = MODELS.get(task.model.name).key_params(what["model"])
     data_version = dataset.data_version
     return stable_hash(CACHE_VERSION, what, seed, *([data_version] if data_version else []))
 

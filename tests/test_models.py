@@ -52,3 +52,27 @@ def test_weights_file_is_loaded_with_weights_only(tmp_path):
     torch.save({"state_dict": object()}, evil)  # arbitrary object: refused by weights_only
     with pytest.raises(AuditInputError, match="weights_only"):
         MODELS.create("resnet18", weights=evil).build((3, 64, 64), 3)
+
+
+@pytest.mark.parametrize("name", [n for n in MODELS.list() if "weights" in MODELS.get(n).Params.model_fields])
+def test_a_weights_file_enters_the_task_key_by_its_contents(name, tmp_path):
+    """An edited weights file at the same path must not get the task model and cells cached for the old
+    weights (nor their seeds); a moved copy keeps its key. The key once held the path: a config's weights
+    in a fresh temporary folder drew other seeds on every run."""
+    from audit.config import build_config
+    from audit.tasks import task_key
+
+    def key(path):
+        model = {"name": name, "weights": str(path), **({"arch": "resnet18"} if name == "torchvision" else {})}
+        config = build_config({"dataset": {"name": "synthetic", "n": 60}, "model": model, "cut_points": ["x"],
+                               "defenses": ["none"], "attacks": ["attribute"]})
+        return task_key(config.tasks[0], 0)
+
+    first, moved = tmp_path / "a.pt", tmp_path / "elsewhere" / "b.pt"
+    torch.save({"w": torch.zeros(3)}, first)
+    moved.parent.mkdir()
+    moved.write_bytes(first.read_bytes())
+    original = key(first)
+    assert key(moved) == original
+    torch.save({"w": torch.ones(3)}, first)
+    assert key(first) != original

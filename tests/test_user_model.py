@@ -73,7 +73,7 @@ dataset: {{name: faces, private: [secret], primary: label, input_key: image}}
 model: {{name: tiny_net, weights: {weights}}}
 cut_points: [body, head.1]
 training: {{epochs: 0}}
-defenses: [none, {{name: noise, scale: 0.5, finetune_epochs: 0}}]
+defenses: [none, {{name: noise, scale: 4.0, finetune_epochs: 0}}]
 attacks: {{attribute_linear: {{cs: 3}}}}
 n_boot: 100
 """
@@ -122,7 +122,7 @@ def test_user_module_through_api_and_entry_points_gives_the_same_records(user_pa
     api = Audit(
         model=net, cut_points=["body", "head.1"],
         data=TorchData(pkg.Faces(), private=["secret"], primary="label", input_key="image"),
-        defenses=["none", {"name": "noise", "scale": 0.5, "finetune_epochs": 0}],
+        defenses=["none", {"name": "noise", "scale": 4.0, "finetune_epochs": 0}],
         attacks={"attribute_linear": {"cs": 3}}, n_boot=100, name="user", model_name="tiny_net", data_name="faces",
     ).run(tmp_path / "api", callbacks=[])
     config_path = weights.parent / "user.yaml"
@@ -142,7 +142,9 @@ def test_user_module_through_api_and_entry_points_gives_the_same_records(user_pa
             assert a["utility"] == y["utility"]
         # the attack's seeds (the linear probe's validation split; the noise draws) follow the task's spec
         # (python object vs entry point): two independent estimates of one figure, whose 95% CIs must
-        # overlap (a point inside the other's CI is too strict: it failed at 0.593 vs [.., 0.590])
+        # overlap (a point inside the other's CI is too strict: it failed at 0.593 vs [.., 0.590]). The CI
+        # covers the evaluation rows, not the noise draws: at scale 0.5 the figure at head.1 ranged over
+        # 0.53-0.74 with the seeds (which, while the key held the weights' temporary path, changed per run)
         assert a["ci95"][0] <= y["ci95"][1] and y["ci95"][0] <= a["ci95"][1], (a["metric"], a["ci95"], y["ci95"])
     planted = [r for r in api["results"] if r["defense"] == "none" and r["metric"] == "balanced_accuracy"]
     assert min(r["ci95"][0] for r in planted) > 0.6  # the user's secret is found at both cuts

@@ -8,7 +8,7 @@ from typing import Any, ClassVar
 import torch
 
 from audit.core.errors import AuditInputError
-from audit.core.feature_store import file_digest
+from audit.core.file_keys import keyed_by_contents
 from audit.core.registry import PluginParams
 
 SPLIT_NAMES = ("train", "aux", "test")
@@ -147,23 +147,6 @@ def audit_data(name: str, loaded: LoadedData, fractions: dict[str, float], seed:
     return AuditData(name, loaded.fitted(splits["train"]), splits, info)
 
 
-_DIGESTS: dict[tuple[str, int, int], str] = {}
-
-
-def cached_file_digest(path: Path) -> str | None:
-    """:func:`audit.core.feature_store.file_digest` of a file, or None when it cannot be read; remembered
-    per (resolved path, size, modification time), so a file is read once per change."""
-    try:
-        path = path.expanduser().resolve()
-        stat = path.stat()
-        key = (str(path), stat.st_size, stat.st_mtime_ns)
-        if key not in _DIGESTS:
-            _DIGESTS[key] = file_digest(path)
-        return _DIGESTS[key]
-    except OSError:
-        return None
-
-
 class Dataset:
     """Base class of dataset plugins: ``load(context)`` returns a :class:`LoadedData`."""
 
@@ -176,15 +159,9 @@ class Dataset:
 
     @classmethod
     def key_params(cls, params: dict[str, Any]) -> dict[str, Any]:
-        """The parameters (JSON) as they enter the task key: a ``key_files`` file by the SHA-256 of its
-        bytes, so an edited file never gets a model or cells cached for its old contents, and a moved or
-        renamed copy keeps its key and seeds (an unreadable file keeps its path: loading it will say why)."""
-        out = dict(params)
-        for name in cls.key_files:
-            digest = cached_file_digest(Path(out[name])) if out.get(name) else None
-            if digest is not None:
-                out[name] = {"sha256": digest}
-        return out
+        """The parameters (JSON) as they enter the task key: ``key_files`` by their contents
+        (:func:`audit.core.file_keys.keyed_by_contents`)."""
+        return keyed_by_contents(params, cls.key_files)
 
     class Params(PluginParams):
         pass

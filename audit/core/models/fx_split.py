@@ -263,6 +263,8 @@ class ModuleModel(ModelFactory):
     Register a subclass through the ``splitaudit.models`` entry-point group to use it from YAML.
     """
 
+    key_files = ("weights",)
+
     class Params(PluginParams):
         weights: Path | None = Field(None, description="state_dict file (weights_only load); none = as constructed")
 

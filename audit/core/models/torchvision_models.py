@@ -62,6 +62,8 @@ def _adapt_input_conv(conv: nn.Conv2d, channels: int) -> nn.Conv2d:
 class ResNet18(ModelFactory):
     """torchvision ResNet-18; cut at conv1, pool1, layer1..layer4, avgpool."""
 
+    key_files = ("weights",)
+
     class Params(_TorchvisionParams):
         pass
 
@@ -85,6 +87,8 @@ class ResNet18(ModelFactory):
 @register_model("vgg11")
 class VGG11(ModelFactory):
     """torchvision VGG-11; cut at each conv (with its ReLU), each pool, avgpool, fc1, fc2."""
+
+    key_files = ("weights",)
 
     class Params(_TorchvisionParams):
         pass

@@ -1,0 +1,37 @@
+"""Files in a task's identity by their contents: a data file or a weights file enters the task key (and so
+the cached task model, the committed cells and every stage seed) as the SHA-256 of its bytes, not its path.
+An edited file never gets a model or cells cached for its old contents; a moved or renamed copy keeps its
+key and seeds."""
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from audit.core.feature_store import file_digest
+
+_DIGESTS: dict[tuple[str, int, int], str] = {}
+
+
+def cached_file_digest(path: Path) -> str | None:
+    """:func:`audit.core.feature_store.file_digest` of a file, or None when it cannot be read; remembered
+    per (resolved path, size, modification time), so a file is read once per change."""
+    try:
+        path = path.expanduser().resolve()
+        stat = path.stat()
+        key = (str(path), stat.st_size, stat.st_mtime_ns)
+        if key not in _DIGESTS:
+            _DIGESTS[key] = file_digest(path)
+        return _DIGESTS[key]
+    except OSError:
+        return None
+
+
+def keyed_by_contents(params: dict[str, Any], names: tuple[str, ...]) -> dict[str, Any]:
+    """``params`` (a plugin's parameters as JSON) with each file parameter in ``names`` replaced by
+    ``{"sha256": digest}``; an unset or unreadable file keeps its value (loading it will say why)."""
+    out = dict(params)
+    for name in names:
+        digest = cached_file_digest(Path(out[name])) if out.get(name) else None
+        if digest is not None:
+            out[name] = {"sha256": digest}
+    return out
