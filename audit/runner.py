@@ -184,7 +184,8 @@ class AuditRun:
         compute = features or (lambda part: predict(edge, data.part(part).x, device=self.device))
         split = SplitPoint(cut, state.model, edge, cloud, compute_features=compute)
         scratch, max_ram = self.features.scratch(), self.features.max_ram_mb
-        where = f"{spec.title()} at {cut} (seed {seed})"
+        task = self.config.tasks[cells[0].task].title
+        where = f"{task} {spec.title()} at {cut} (seed {seed})"  # 'utkface/small_cnn noise at conv1 (seed 0)'
         group_timings: dict[str, float] = {}
         free_memory(full=rss_grew())  # what the previous group left in reference cycles (its released views)
         try:
@@ -192,7 +193,7 @@ class AuditRun:
                 defense = pipeline.fit_defense(
                     spec.name, self.config.defense_params(d), split, data.part("train"), data.num_classes(data.primary),
                     self.config.trainer, self.stage_seeds(cells[0], state.seed_key)["defense"], audit_seed=seed,
-                    task=self.config.tasks[cells[0].task].title)
+                    task=task)
             with timed(group_timings, "release_seconds"):
                 aux, test = pipeline.release_views(
                     defense, split, data, attacker_splits(self.config.tasks[cells[0].task]),

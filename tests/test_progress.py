@@ -170,3 +170,20 @@ def test_slow_release_and_prediction_loops_log_their_progress(monkeypatch, caplo
     assert [line.split(" (")[0] for line in lines] == [
         "he at pool3: test: 4/10 samples", "he at pool3: test: 8/10 samples", "he at pool3: test: 10/10 samples",
         "mapped: 4/10 samples", "mapped: 8/10 samples", "mapped: 10/10 samples"], lines
+
+
+def test_a_runs_release_and_utility_lines_name_the_task(monkeypatch, caplog, tmp_path):
+    """The default has three tasks with a conv1: a slow release's or utility prediction's lines say which
+    ('synthetic/small_cnn noise at fc1 (seed 0): release of the test split: 40/40 samples')."""
+    from audit import Audit, build_config
+    from audit.core.feature_store import SlowLoop
+    from tests.conftest import TINY
+
+    monkeypatch.setattr(SlowLoop, "after", 0.0)
+    cfg = build_config({**TINY, "cut_points": ["fc1"], "attacks": {"attribute_linear": {"cs": 2}},
+                        "defenses": [{"name": "noise", "scale": 1.0, "finetune_epochs": 0}]})
+    with caplog.at_level(logging.INFO, logger="splitaudit"):
+        Audit(cfg).run(tmp_path, callbacks=[])
+    where = "synthetic/small_cnn noise(finetune_epochs=0,scale=1.0) at fc1 (seed 0): "
+    lines = {r.getMessage().split(":")[-2].strip() for r in caplog.records if r.getMessage().startswith(where)}
+    assert {"release of the aux split", "release of the test split", "prediction on the test split"} <= lines, lines
