@@ -134,7 +134,7 @@ def ray_local():
     ray = pytest.importorskip("ray")
     root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
     path = os.pathsep.join(p for p in [root, os.environ.get("PYTHONPATH", "")] if p)
-    ray.init(num_cpus=2, include_dashboard=False, logging_level="ERROR", log_to_driver=False,
+    ray.init(num_cpus=2, include_dashboard=False, logging_level="ERROR", log_to_driver=True,
              runtime_env={"env_vars": {"PYTHONPATH": path, "SPLITAUDIT_CACHE": os.environ["SPLITAUDIT_CACHE"]}})
     yield ray
     ray.shutdown()
@@ -151,6 +151,36 @@ def test_ray_executor_gives_the_reference_records(grid_reference, ray_local, tmp
         value, pid, _ = probe_file(tmp_path, r)
         assert value == repr(r["value"]) and pid != os.getpid() and r["extra"]["threads"] == 1
     assert report["environment"]["executor"]["name"] == "ray"
+
+
+def test_ray_workers_lines_reach_the_drivers_output(ray_local, tmp_path, capfd, monkeypatch):
+    """A defense's fine-tuning in a Ray task says where it is, epoch by epoch, in the driver's output (Ray
+    forwards the worker's stderr, prefixed with the task and pid); at WARNING (--quiet) the lines stay out."""
+    import time
+
+    # Ray holds back a line like one another worker printed in the last 5 s (numbers aside) and later says
+    # '[repeated Nx across cluster]': the other tests' fine-tuning lines would hide these
+    monkeypatch.setattr("ray._private.ray_logging.RAY_DEDUP_LOGS", False)
+
+    def output_after(quiet: bool, seed: int, wait: float) -> tuple[str, str]:
+        """Run at ``seed`` (``quiet``: warnings only); the driver's stderr until the last epoch's line came (at
+        most ``wait`` s after the run: Ray's log monitor forwards asynchronously), and that line."""
+        cfg = build_config({**TINY, "seeds": [seed], "cut_points": ["fc1"], "attacks": {"test_probe": {}},
+                            "defenses": [{"name": "noise", "scale": 1.0, "finetune_epochs": 2}]})
+        line = f"synthetic/small_cnn noise cloud fine-tuning at fc1 (seed {seed}): epoch 2/2"
+        Audit(cfg, quiet=quiet).run(tmp_path / str(seed), callbacks=[],
+                                    executor=RayExecutor(threads=1, worker_setup=register))
+        text, deadline = "", time.monotonic() + wait
+        while line not in text and time.monotonic() < deadline:
+            time.sleep(0.5)
+            text += capfd.readouterr().err
+        return text, line
+
+    shown, line = output_after(False, 0, wait=20)
+    assert line in shown, shown[-2000:]
+    assert "_ray_group pid=" in shown.split(line)[0].splitlines()[-1]  # the worker's line, as Ray forwards it
+    quiet, line = output_after(True, 1, wait=5)
+    assert line not in quiet
 
 
 @pytest.mark.slow

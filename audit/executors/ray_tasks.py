@@ -4,6 +4,7 @@ from __future__ import annotations
 import collections
 import logging
 import shutil
+import sys
 import tempfile
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Callable
@@ -34,9 +35,17 @@ def _ray_group(init: tuple, state_ref: list, job: GroupJob, features: dict[str, 
     from audit.core.feature_store import map_batches
     from audit.core.heap import allow_reuse
 
-    run_class, config, cache_dir, threads, max_ram_mb, setup = init
-    if setup is not None and not _RAY_WORKER["setup"]:
-        setup()
+    run_class, config, cache_dir, threads, max_ram_mb, setup, log_level = init
+    # the worker's lines (a defense's fine-tuning epoch by epoch, warnings) on its stderr, at this run's level:
+    # Ray shows them in the driver's output, prefixed '(_ray_group pid=...)', when the driver has log_to_driver
+    log.setLevel(log_level)
+    if not _RAY_WORKER["setup"]:
+        handler = logging.StreamHandler(sys.stderr)
+        handler.setFormatter(logging.Formatter("%(message)s"))
+        log.addHandler(handler)
+        log.propagate = False
+        if setup is not None:
+            setup()
         _RAY_WORKER["setup"] = True
     if threads:
         torch.set_num_threads(threads)
@@ -122,7 +131,7 @@ class RayExecutor(Executor):
             num_cpus=self.cpus_per_task, num_gpus=self.gpus_per_task(run), max_retries=self.max_retries,
         )
         self._init = (type(run), run.config, str(run.cache_dir), self.cell_threads(), run.features.max_ram_mb,
-                      self.worker_setup)
+                      self.worker_setup, log.getEffectiveLevel())
         self._states: dict[str, Any] = {}
         self._features: dict[tuple[str, str], dict[str, Any]] = {}
         self._inflight: dict[Any, GroupJob] = {}
