@@ -52,7 +52,7 @@ def training_record(path: Path) -> dict[str, Any]:
         log.warning("training record %s unreadable (%s); the report will not say how the task model was trained",
                     record, err)
         return {}
-    keep = ("trained_at", "seconds", "torch", "torch_threads", "device")
+    keep = ("trained_at", "seconds", "torch", "torch_threads", "device", "data_fingerprint")
     return {k: data[k] for k in keep if k in data} if isinstance(data, dict) else {}
 
 
@@ -108,6 +108,7 @@ def prepare_task(config: AuditConfig, t: int, seed: int, cache_dir: Path, device
     dataset = given.get("dataset") or DATASETS.from_params(
         task.dataset.name, config.plugin_params("tasks", t, "dataset"))
     loaded = dataset.load(cache_dir)
+    fingerprint = loaded.fingerprint()
     # a dataset may bring its own split (a LightningDataModule's train/val/test, a dump's)
     data = audit_data(task.display_name, loaded, task.splits.model_dump(), seed)
     loaded, splits = data.loaded, data.splits
@@ -117,7 +118,7 @@ def prepare_task(config: AuditConfig, t: int, seed: int, cache_dir: Path, device
     attacker = {"attacker_data": task.attacker_data,
                 "n_attacker": sum(len(splits[p]) for p in attacker_splits(task))}
     if task.model is None:  # saved features audited without a model (audit/core/data/feature_dump.py)
-        summary = {**model_free_summary(task, seed, key, data), **attacker}
+        summary = {**model_free_summary(task, seed, key, data), **attacker, "data_fingerprint": fingerprint}
         return TaskState(key, data, None, None, summary, features)
     factory = given.get("model") or MODELS.from_params(task.model.name, config.plugin_params("tasks", t, "model"))
     with torch.random.fork_rng(devices=[]):  # the initial weights depend on the seed only
@@ -140,6 +141,13 @@ def prepare_task(config: AuditConfig, t: int, seed: int, cache_dir: Path, device
             ) from None
         log.info("%s seed=%d: task model from cache %s", task.title, seed, path)
         provenance = {"source": "cache", "path": str(path), **training_record(path)}
+        trained_on = provenance.get("data_fingerprint")
+        if trained_on not in (None, fingerprint):
+            raise AuditInputError(
+                f"cached task model {path} was trained on other data than {task.title} loads now (data "
+                f"fingerprint {trained_on}, now {fingerprint}): the data changed under the same parameters (e.g. "
+                "images added to or removed from dataset.root; a dataset that draws random transforms as it loads changes "
+                "on every load: make its loading deterministic); delete the file to retrain, or restore the data")
     else:
         log.info(
             "%s seed=%d: training the task model (%d samples, %d epochs)",
@@ -158,7 +166,7 @@ def prepare_task(config: AuditConfig, t: int, seed: int, cache_dir: Path, device
             "trained_at": datetime.now(timezone.utc).isoformat(timespec="seconds"),
             "seconds": round(time.perf_counter() - started, 2), "torch": torch.__version__,
             "torch_threads": torch.get_num_threads(), "device": device.type,
-            "precision": config.trainer.precision_used(),
+            "precision": config.trainer.precision_used(), "data_fingerprint": fingerprint,
         }
         with atomic_write(path) as tmp:
             torch.save(model.state_dict(), tmp)
@@ -176,7 +184,7 @@ def prepare_task(config: AuditConfig, t: int, seed: int, cache_dir: Path, device
         "primary_accuracy": float(correct.mean()), "primary_accuracy_ci95": list(mean_ci(correct, seed=seed)),
         "full_flops": full_flops, "cut_points": task.cut_points, "task_key": key,
         "stage_seeds": {"init": stage_seed(seed, key, "init"), "task": stage_seed(seed, key, "task")},
-        "task_model": provenance,
+        "task_model": provenance, "data_fingerprint": fingerprint,
     }
     log.info("%s seed=%d: primary accuracy %.3f on %d test samples",
              task.title, seed, summary["primary_accuracy"], len(test))

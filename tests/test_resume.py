@@ -258,3 +258,42 @@ def test_one_run_at_a_time_per_folder_and_the_lock_dies_with_its_process(tmp_pat
     holder.send_signal(signal.SIGKILL)
     holder.wait()
     ResultStore(out, "h", {}).close()  # no stale lock after a SIGKILL
+
+
+def _faces(folder: Path, n: int, start: int = 0) -> None:
+    """``n`` tiny UTKFace-named JPEGs (ages, genders and races cycling) in ``folder``."""
+    from PIL import Image
+
+    folder.mkdir(exist_ok=True)
+    for i in range(start, start + n):
+        color = (37 * i % 256, 91 * i % 256, 53 * i % 256)
+        Image.new("RGB", (12, 12), color).save(folder / f"{20 + i % 50}_{i % 2}_{i % 3}_20170109{i:09d}.jpg.chip.jpg",
+                                               format="JPEG")
+
+
+def test_data_changed_under_the_same_parameters_is_refused_not_mixed_in(tmp_path):
+    """A folder dataset is keyed by its parameters (the path), not its files: images added to it leave the task
+    key as it was. The cached task model and the committed cells then belong to other data: a clear error,
+    nothing overwritten, instead of an audit mixing the two."""
+    root = tmp_path / "faces"
+    _faces(root, 60)
+    config = build_config({"name": "faces", "seeds": [0], "n_boot": 50,
+                           "dataset": {"name": "utkface", "root": str(root), "image_size": 8, "private": ["race"]},
+                           "model": {"name": "small_cnn", "widths": [4], "fc": [8]}, "training": {"epochs": 1},
+                           "cut_points": ["conv1"], "defenses": ["none"], "attacks": {"test_probe": {}}})
+    out = tmp_path / "out"
+    report = Audit(config).run(out, callbacks=[])
+    cell = report["results"][0]["cell_id"]
+    summary = json.loads(next((out / "tasks").glob("*.json")).read_text())
+    assert len(summary["data_fingerprint"]) == 16 and summary["task_model"]["data_fingerprint"] == summary["data_fingerprint"]
+
+    _faces(root, 4, start=60)  # the folder grows: same parameters, same task key
+    (out / "cells" / f"{cell}.json").unlink()  # one cell left to compute on resume
+    with pytest.raises(AuditInputError, match="cached task model .* was trained on other data"):
+        Audit(config).run(out, callbacks=[])
+    model = Path(summary["task_model"]["path"])
+    model.unlink()  # retrained on the new data: now the committed cells are the old data's
+    with pytest.raises(AuditInputError, match="holds cells of .* computed on other data"):
+        Audit(config).run(out, callbacks=[])
+    assert json.loads(next((out / "tasks").glob("*.json")).read_text()) == summary  # nothing overwritten
+    assert Audit(config).run(tmp_path / "new", callbacks=[])["tasks"][0]["n"]["test"] == 16  # 64 faces audited

@@ -307,6 +307,15 @@ class ResultStore:
         return sorted(p.stem for p in (self.out_dir / "cells").glob("*.json"))
 
     def put_task(self, key: str, info: dict[str, Any]) -> None:
+        """Record a prepared task's summary. A resumed run whose data changed under the same parameters (the
+        summaries' ``data_fingerprint`` differ) is refused: its committed cells saw the old data."""
+        before = (self.task(key) or {}).get("data_fingerprint")
+        if before is not None and info.get("data_fingerprint") not in (None, before):
+            raise AuditInputError(
+                f"{self.out_dir} holds cells of {info.get('dataset')}/{info.get('model')} (seed {info.get('seed')}) "
+                f"computed on other data than it loads now (data fingerprint {before}, now "
+                f"{info['data_fingerprint']}): the data changed under the same parameters; pass another --out "
+                "to audit the new data, or restore the old data to finish this audit")
         write_json_atomic(self.out_dir / "tasks" / f"{key}.json", info)
 
     def task(self, key: str) -> dict[str, Any] | None:

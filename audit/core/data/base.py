@@ -1,6 +1,7 @@
 """What every dataset yields: inputs, a primary label, private labels, and seeded splits."""
 from __future__ import annotations
 
+import hashlib
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, ClassVar
@@ -33,6 +34,22 @@ class LoadedData:
     private: list[str]
     meta: dict[str, Any] = field(default_factory=dict)
     splits: dict[str, torch.Tensor] | None = None
+
+    def fingerprint(self, rows: int = 512) -> str:
+        """SHA-256 (hex, 16 characters) of what was loaded: the inputs' shape and dtype, every label, the
+        given splits and ``rows`` evenly spaced input rows (not all of them: UTKFace's are 337 MB). Two loads
+        of the same parameters that differ here saw other data (images added to a folder, a file replaced)."""
+        h = hashlib.sha256(repr((tuple(self.x.shape), str(self.x.dtype), self.primary, self.private)).encode())
+        for name in sorted(self.labels):
+            h.update(name.encode())
+            h.update(self.labels[name].to(torch.int64).contiguous().numpy().tobytes())
+        for name in sorted(self.splits or {}):
+            h.update(name.encode())
+            h.update(self.splits[name].to(torch.int64).contiguous().numpy().tobytes())
+        n = self.x.shape[0]
+        picked = torch.linspace(0, n - 1, min(rows, n)).round().long().unique()
+        h.update(self.x[picked].contiguous().view(torch.uint8).numpy().tobytes())
+        return h.hexdigest()[:16]
 
     def fitted(self, train: torch.Tensor) -> "LoadedData":
         """The data ready for an audit once the train split's rows (``train``, int64 indices) are known;
