@@ -140,10 +140,20 @@ def ray_local():
     ray.shutdown()
 
 
-@pytest.mark.parametrize("cells_per_job", [None, 1])
-def test_ray_executor_gives_the_reference_records(grid_reference, ray_local, tmp_path, cells_per_job):
+class ObjectStoreRay(RayExecutor):
+    """Ships the features through the object store, as on a cluster of several nodes (one-node instances
+    pass the driver's files)."""
+
+    def open(self, run, on_result):
+        super().open(run, on_result)
+        assert self._one_node  # the test instance: this machine alone
+        self._one_node = False
+
+
+@pytest.mark.parametrize("cells_per_job, executor_class", [(None, RayExecutor), (1, RayExecutor), (None, ObjectStoreRay)])
+def test_ray_executor_gives_the_reference_records(grid_reference, ray_local, tmp_path, cells_per_job, executor_class):
     _, reference = grid_reference
-    executor = RayExecutor(threads=1, worker_setup=register, cells_per_job=cells_per_job)
+    executor = executor_class(threads=1, worker_setup=register, cells_per_job=cells_per_job)
     report = Audit(build_config(GRID)).run(tmp_path, callbacks=[], executor=executor)
     assert report_values(report) == report_values(reference)
     probes = [r for r in report["results"] if r["attack"] == "test_probe"]

@@ -12,6 +12,7 @@ from typing import TYPE_CHECKING, Any, Callable
 import torch
 
 from audit.core.errors import AuditInputError
+from audit.core.feature_store import map_batches, open_array
 from audit.executors.base import CellResult, Executor, GroupJob, failed_results, run_job
 
 if TYPE_CHECKING:  # pragma: no cover
@@ -23,16 +24,15 @@ _RAY_WORKER: dict[str, Any] = {"runs": {}, "states": collections.OrderedDict(), 
 
 
 def _ray_group(init: tuple, state_ref: list, job: GroupJob, features: dict[str, Any]) -> list[CellResult]:
-    """Body of a Ray task: run one group; artifacts come back as bytes (no shared filesystem needed).
+    """Body of a Ray task: run one group; artifacts come back as bytes (no shared filesystem needed on a cluster).
 
     ``state_ref`` is the (task, seed)'s object ref wrapped in a list so that Ray
     does not fetch it for every task: a worker process fetches each task state
-    once and keeps the last two. ``features`` maps each split to the object ref of its
-    edge features (a numpy array).
+    once and keeps the last two. ``features`` maps each split to its edge features: the driver's
+    file on a one-node instance, else the object ref of a numpy array (:func:`_features`).
     """
     import ray
 
-    from audit.core.feature_store import map_batches
     from audit.core.heap import allow_reuse
 
     run_class, config, cache_dir, threads, max_ram_mb, setup, log_level = init
@@ -59,11 +59,7 @@ def _ray_group(init: tuple, state_ref: list, job: GroupJob, features: dict[str, 
     scratch = Path(tempfile.mkdtemp(prefix="splitaudit-ray-"))
     try:
         run = run_class(config, scratch, cache_dir=cache_dir)  # artifacts and scratch files under it
-        # private, writable copies of the object store's read-only arrays (memory-mapped from scratch when large)
-        arrays = dict(zip(features, ray.get(list(features.values()))))
-        tensors = {part: map_batches(lambda a, b, arr=arr: torch.from_numpy(arr[a:b].copy()), arr.shape[0],
-                                     scratch / "scratch", max_ram_mb) for part, arr in arrays.items()}
-        del arrays
+        tensors = {part: _features(shipped, scratch / "scratch", max_ram_mb) for part, shipped in features.items()}
         results: list[CellResult] = []
         try:
             with allow_reuse(config.memory.heap_reuse_mb):
@@ -79,6 +75,19 @@ def _ray_group(init: tuple, state_ref: list, job: GroupJob, features: dict[str, 
         return results
     finally:
         shutil.rmtree(scratch, ignore_errors=True)
+
+
+def _features(shipped: Any, scratch: Path, max_ram_mb: float) -> torch.Tensor:
+    """A split's edge features in a Ray task. ``shipped``: the driver's ``.npy`` file (a one-node instance:
+    opened as local workers open it, memory-mapped copy-on-write when large), or an object ref (a cluster:
+    a private, writable copy of the object store's read-only array, memory-mapped from scratch when large;
+    the object's pages leave the worker once copied)."""
+    if isinstance(shipped, str):
+        return open_array(Path(shipped), max_ram_mb)
+    import ray
+
+    array = ray.get(shipped)
+    return map_batches(lambda a, b: torch.from_numpy(array[a:b].copy()), array.shape[0], scratch, max_ram_mb)
 
 
 def _first_line(err: BaseException) -> str:
@@ -127,6 +136,11 @@ class RayExecutor(Executor):
                          log_to_driver=True)
             except (ConnectionError, ValueError, RuntimeError) as err:
                 raise AuditInputError(f"cannot connect to the Ray cluster at {self.address or 'auto'}: {err}") from None
+        # a Ray instance of this machine alone: features travel as file paths, not through the object store (two
+        # UTKFace conv1 tasks each touched the cut's 6.7 GB there while copying it, 7.65 and 7.00 GB per worker,
+        # and Ray's memory monitor killed one on a 24 GB machine)
+        here = ray.get_runtime_context().get_node_id()
+        self._one_node = all(n["NodeID"] == here for n in ray.nodes() if n.get("Alive"))
         self._remote = ray.remote(_ray_group).options(
             num_cpus=self.cpus_per_task, num_gpus=self.gpus_per_task(run), max_retries=self.max_retries,
         )
@@ -142,6 +156,9 @@ class RayExecutor(Executor):
     def add_features(self, key, cut, paths):
         import numpy as np
 
+        if self._one_node:  # the tasks run here: they open the files (no copy of a cut's 6.7 GB in the object store)
+            self._features[(key, cut)] = dict(paths)
+            return
         self._features[(key, cut)] = {part: self.ray.put(np.load(path, mmap_mode="r", allow_pickle=False))
                                       for part, path in paths.items()}
 
