@@ -30,7 +30,7 @@ from audit.core.profile import timed
 from audit.core.registry import PluginParams, Registry
 from audit.core.seeds import stage_seed
 from audit.core.stats import mean_ci
-from audit.core.training import TrainerSettings, eval_batch_size
+from audit.core.training import TrainerSettings, activation_batch_size, eval_batch_size
 from defenses import DEFENSES, Defense, FitContext, SplitPoint
 from defenses.base import RELEASE_BATCH
 
@@ -57,10 +57,20 @@ def release_all(
     UTKFace conv1 held 1.5 GB of features, draws and output); with ``scratch_dir`` a result larger
     than ``max_ram_mb`` is memory-mapped from a scratch file there instead of held in RAM.
     With ``title`` a slow release (e.g. encryption) logs its progress."""
-    if batch_size is None:
-        batch_size = RELEASE_BATCH if defense.mixes_rows else eval_batch_size(features, cap=RELEASE_BATCH)
+    batch_size = batch_size or release_batch_size(defense, x, features, RELEASE_BATCH)
     return map_batches(lambda a, b: defense.release(x[a:b], streamed_rows(features, a, b)), x.shape[0], scratch_dir,
                        max_ram_mb, batch_size, title)
+
+
+def release_batch_size(defense: Defense, x: torch.Tensor, features: torch.Tensor | Rows, cap: int) -> int:
+    """Rows per release (or prediction) call: ``cap`` for a defense that mixes rows; for one that runs its own
+    edge on the inputs, as many as keep that edge's largest activation within 64 MB
+    (:func:`audit.core.training.activation_batch_size`); else as many as fit 64 MB of features."""
+    if defense.mixes_rows:
+        return cap
+    if defense.runs_edge:
+        return activation_batch_size(defense.edge, x, cap=cap)
+    return eval_batch_size(features, cap=cap)
 
 
 def streamed_rows(features: torch.Tensor | Rows, start: int, stop: int) -> torch.Tensor:
@@ -73,9 +83,9 @@ def streamed_rows(features: torch.Tensor | Rows, start: int, stop: int) -> torch
 def predict_all(defense: Defense, x: torch.Tensor, features: torch.Tensor, batch_size: int | None = None,
                 title: str | None = None) -> torch.Tensor:
     """``defense.predict`` (primary logits through the defended pipeline) over a whole split, in batches
-    (default: 512 rows, fewer for large features, :func:`audit.core.training.eval_batch_size`); with
-    ``title`` a slow one (e.g. encrypted inference) logs its progress."""
-    batch_size = batch_size or eval_batch_size(features)
+    (default: 512 rows, fewer for large features or a large edge of the defense's own,
+    :func:`release_batch_size`); with ``title`` a slow one (e.g. encrypted inference) logs its progress."""
+    batch_size = batch_size or release_batch_size(defense, x, features, 512)
     return map_batches(lambda a, b: defense.predict(x[a:b], streamed_rows(features, a, b)), x.shape[0], None,
                        math.inf, batch_size, title)
 

@@ -80,6 +80,9 @@ class Defense:
     # True when a release call combines its rows (DataMix's groups): the audit then always calls release on
     # RELEASE_BATCH rows; otherwise on at most 64 MB of features at a time (64 rows of UTKFace conv1)
     mixes_rows: ClassVar[bool] = False
+    # True when release(x, features) runs an edge of its own on ``x`` (fine-tuned by the defense) and ignores
+    # ``features``: the audit then sizes release batches by that edge's largest activation, not the features
+    runs_edge: ClassVar[bool] = False
 
     class Params(PluginParams):
         pass

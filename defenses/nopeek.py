@@ -47,6 +47,8 @@ def distance_correlation(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
 class NoPeek(Defense):
     """Edge fine-tuned with a distance-correlation penalty dCor(input, feature) plus the task loss."""
 
+    runs_edge = True  # its fine-tuned edge, on the inputs
+
     class Params(Defense.Params):
         weight: float = Field(
             0.25, ge=0, description="weight of dCor(x, z) against the task loss (too large: the feature collapses)")

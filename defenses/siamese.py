@@ -53,6 +53,8 @@ def contrastive_loss(z: torch.Tensor, y: torch.Tensor, margin: float) -> torch.T
 class Siamese(Defense):
     """Edge fine-tuned with a contrastive loss (similar iff same primary label) plus the task loss; optional PCA + noise."""
 
+    runs_edge = True  # its fine-tuned edge, on the inputs
+
     class Params(Defense.Params, ConvergenceParams):
         margin: float = Field(1.0, gt=0, le=2, description="contrastive margin on distances of L2-normalised features (0..2)")
         # weight 10 / 5 epochs: measured on UTKFace at fc1 (race 0.395 -> 0.339, gender +1.7 points);

@@ -181,3 +181,28 @@ def test_release_calls_are_bytes_bounded_unless_the_defense_mixes_rows(monkeypat
         assert type(d).mixes_rows
         from audit.pipeline import RELEASE_BATCH
         assert RELEASE_BATCH == rows_per_call
+
+
+def test_a_defense_running_its_own_edge_is_released_in_batches_sized_by_the_edges_activations(monkeypatch):
+    """siamese / nopeek release their fine-tuned edge on the inputs: a batch is sized by that edge's largest
+    activation (here the conv's 8 x 8 x 8 floats = 2 KiB a row, so 5 rows in a 10 KiB budget), not by its small
+    output (32 floats a row: 80 rows would fit). At UTKFace pool2, 512-row calls held 5.2 GB."""
+    from torch import nn
+
+    from audit.core import training
+    from audit.pipeline import predict_all, release_all
+    from defenses import DEFENSES
+
+    monkeypatch.setattr(training, "EVAL_BATCH_BYTES", 5 * 8 * 8 * 8 * 4)
+    d = DEFENSES.create("nopeek")
+    assert type(d).runs_edge
+    d.edge = nn.Sequential(nn.Conv2d(1, 8, 3, padding=1), nn.AvgPool2d(4))
+    d.cloud = nn.Sequential(nn.Flatten(), nn.Linear(32, 2))
+    x = torch.randn(23, 1, 8, 8)
+    calls = []
+    monkeypatch.setattr(d, "release", lambda x, f=None, _r=type(d).release: calls.append(len(x)) or _r(d, x, f))
+    released = release_all(d, x, torch.zeros(23, 8, 2, 2))
+    assert calls == [5, 5, 5, 5, 3]
+    with torch.no_grad():
+        assert torch.allclose(released, d.edge(x), atol=1e-6)
+    assert predict_all(d, x, torch.zeros(23, 8, 2, 2)).shape == (23, 2) and calls[5:] == [5, 5, 5, 5, 3]

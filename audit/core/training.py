@@ -139,6 +139,30 @@ def eval_batch_size(x: torch.Tensor, cap: int = 512) -> int:
     return min(cap, block_rows(x, 4, EVAL_BATCH_BYTES))
 
 
+def activation_batch_size(module: nn.Module, x: torch.Tensor, cap: int = 512) -> int:
+    """Rows per evaluation batch of ``module`` on inputs ``x`` (N, ...), sized by the largest output of any of
+    its submodules on one row (float32 bytes), not by its input or output: ``cap``, or fewer when ``cap`` rows
+    of that activation would exceed ``EVAL_BATCH_BYTES``. A fine-tuned UTKFace edge to pool2 released in
+    512-row batches (sized by its small output) held 5.2 GB: its conv1 and conv2 outputs are 1 MB per image."""
+    largest = 0
+
+    def hook(_module: nn.Module, _inputs: Any, out: Any) -> None:
+        nonlocal largest
+        if isinstance(out, torch.Tensor):
+            largest = max(largest, out.numel())
+
+    handles = [m.register_forward_hook(hook) for m in module.modules()]
+    was_training = module.training
+    try:
+        with torch.no_grad():
+            module.eval()(x[:1])
+    finally:
+        module.train(was_training)
+        for handle in handles:
+            handle.remove()
+    return max(1, min(cap, EVAL_BATCH_BYTES // max(1, 4 * largest)))
+
+
 class RowBatches(Dataset):
     """The rows of ``tensors`` (all, or only ``rows``: an index tensor) for a DataLoader that asks for
     a whole batch at once (``__getitems__``): one gather per tensor, where a per-row dataset and
