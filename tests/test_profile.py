@@ -26,6 +26,8 @@ def test_report_says_where_the_time_went(tmp_path):
     assert 0 < staged <= timings["wall_seconds"] + 0.5
     assert timings["attack_seconds"]["attribute"]["fit_seconds"] > 0
     assert timings["peak_rss_mb"]["driver"] > 100  # torch alone is more than that
+    largest = max(v for r in report["results"] for k, v in r["timings"].items() if k.endswith("_peak_mb"))
+    assert timings["peak_rss_mb"]["groups"] == round(largest, 1) <= timings["peak_rss_mb"]["driver"] + 1
     stages = {"defense_fit", "release", "utility_cost", "attack_fit", "attack_score"}
     for r in report["results"]:
         assert set(r["timings"]) == {f"{s}_seconds" for s in stages} | {f"{s}_peak_mb" for s in stages}

@@ -115,13 +115,10 @@ def timed(into: dict[str, float], key: str) -> Iterator[None]:
             into[peak_key(key)] = max(into.get(peak_key(key), 0.0), peak)
 
 
-def peak_rss_mb() -> dict[str, float]:
-    """Peak resident memory (MB) of this process and of its finished child processes (workers)."""
+def peak_rss_mb() -> float:
+    """Peak resident memory (MB) of this process (its exact high-water mark)."""
     scale = 1 / 2**20 if sys.platform == "darwin" else 1 / 2**10  # ru_maxrss: bytes on macOS, KB on Linux
-    return {
-        "driver": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * scale, 1),
-        "workers": round(resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss * scale, 1),
-    }
+    return round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * scale, 1)
 
 
 def report_timings(records: list[dict[str, Any]], driver: dict[str, float] | None = None,
@@ -162,8 +159,14 @@ def report_timings(records: list[dict[str, Any]], driver: dict[str, float] | Non
         "attack_seconds": {name: {k: int(v) if k == "cells" else round(v, 1 if k.endswith("_mb") else 2)
                                   for k, v in a.items()}
                            for name, a in sorted(attacks.items())},
-        "peak_rss_mb": peak_rss_mb(),
+        # the driver's high-water mark, and the largest peak of any group or attack stage in the process that
+        # ran it (a worker, a Ray task, or the driver). Not the finished children's ru_maxrss: a worker server
+        # forked from the driver reported the driver's figure, and Ray's tasks are not its children
+        "peak_rss_mb": {"driver": peak_rss_mb()},
     }
+    stage_peaks = [v for r in records for k, v in (r.get("timings") or {}).items() if k.endswith("_peak_mb")]
+    if stage_peaks:
+        out["peak_rss_mb"]["groups"] = round(max(stage_peaks), 1)
     if peaks:
         out["group_peak_mb"] = {k: round(v, 1) for k, v in peaks.items()}
     if any(k.endswith("_peak_mb") for k in driver):

@@ -101,8 +101,8 @@ def _peak_rss(timings: dict[str, Any] | None) -> str:
     peak = (timings or {}).get("peak_rss_mb") or {}
     if not peak:
         return ""
-    workers = f", workers {peak['workers'] / 1024:.2f} GB" if peak.get("workers") else ""
-    return f"driver {peak.get('driver', 0) / 1024:.2f} GB{workers}"
+    groups = f", largest group stage {peak['groups'] / 1024:.2f} GB" if peak.get("groups") else ""
+    return f"driver {peak.get('driver', 0) / 1024:.2f} GB{groups}"
 
 
 def render_html(report: dict[str, Any], out_dir: str | Path, figures: list | None = None) -> str:
