@@ -83,6 +83,9 @@ def _features(shipped: Any, scratch: Path, max_ram_mb: float) -> torch.Tensor:
     a private, writable copy of the object store's read-only array, memory-mapped from scratch when large;
     the object's pages leave the worker once copied)."""
     if isinstance(shipped, str):
+        if not Path(shipped).is_file():
+            raise AuditInputError(f"feature file {shipped} is missing on this Ray node: the driver took the Ray "
+                                  "instance for this one machine, whose tasks read the driver's feature files")
         return open_array(Path(shipped), max_ram_mb)
     import ray
 
@@ -139,8 +142,10 @@ class RayExecutor(Executor):
         # a Ray instance of this machine alone: features travel as file paths, not through the object store (two
         # UTKFace conv1 tasks each touched the cut's 6.7 GB there while copying it, 7.65 and 7.00 GB per worker,
         # and Ray's memory monitor killed one on a 24 GB machine)
-        here = ray.get_runtime_context().get_node_id()
-        self._one_node = all(n["NodeID"] == here for n in ray.nodes() if n.get("Alive"))
+        # (this process on that node, by address too: a Ray Client driver elsewhere sees the cluster's own node id)
+        here, address = ray.get_runtime_context().get_node_id(), ray.util.get_node_ip_address()
+        self._one_node = all(n["NodeID"] == here and n.get("NodeManagerAddress") == address
+                             for n in ray.nodes() if n.get("Alive"))
         self._remote = ray.remote(_ray_group).options(
             num_cpus=self.cpus_per_task, num_gpus=self.gpus_per_task(run), max_retries=self.max_retries,
         )
