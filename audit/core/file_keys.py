@@ -5,7 +5,7 @@ key and seeds."""
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 
 from audit.core.feature_store import file_digest
 
@@ -35,3 +35,16 @@ def keyed_by_contents(params: dict[str, Any], names: tuple[str, ...]) -> dict[st
         if digest is not None:
             out[name] = {"sha256": digest}
     return out
+
+
+class KeyedByFiles:
+    """Base of the dataset and model plugin classes: ``key_files`` names the parameters holding a file whose
+    contents, not its path, identify the data or the weights in the task key."""
+
+    key_files: ClassVar[tuple[str, ...]] = ()
+
+    @classmethod
+    def key_params(cls, params: dict[str, Any]) -> dict[str, Any]:
+        """The parameters (JSON) as they enter the task key: ``key_files`` by their contents
+        (:func:`keyed_by_contents`)."""
+        return keyed_by_contents(params, cls.key_files)

@@ -9,7 +9,7 @@ from typing import Any, ClassVar
 import torch
 
 from audit.core.errors import AuditInputError
-from audit.core.file_keys import keyed_by_contents
+from audit.core.file_keys import KeyedByFiles
 from audit.core.registry import PluginParams
 
 SPLIT_NAMES = ("train", "aux", "test")
@@ -164,21 +164,14 @@ def audit_data(name: str, loaded: LoadedData, fractions: dict[str, float], seed:
     return AuditData(name, loaded.fitted(splits["train"]), splits, info)
 
 
-class Dataset:
-    """Base class of dataset plugins: ``load(context)`` returns a :class:`LoadedData`."""
+class Dataset(KeyedByFiles):
+    """Base class of dataset plugins: ``load(context)`` returns a :class:`LoadedData`; ``key_files``: a data
+    file enters the task key by its contents (:class:`audit.core.file_keys.KeyedByFiles`)."""
 
     name: ClassVar[str]
     # bumped when the rows a dataset yields change for the same parameters (e.g. a new encoding), so that
     # task models cached and cells committed before are not reused: part of the task key when not 0
     data_version: ClassVar[int] = 0
-    # parameters naming a file whose contents (not its name) identify the data in the task key
-    key_files: ClassVar[tuple[str, ...]] = ()
-
-    @classmethod
-    def key_params(cls, params: dict[str, Any]) -> dict[str, Any]:
-        """The parameters (JSON) as they enter the task key: ``key_files`` by their contents
-        (:func:`audit.core.file_keys.keyed_by_contents`)."""
-        return keyed_by_contents(params, cls.key_files)
 
     class Params(PluginParams):
         pass

@@ -7,13 +7,13 @@ Edge and cloud share parameters with the model (no copy).
 from __future__ import annotations
 
 from collections import OrderedDict
-from typing import Any, ClassVar
+from typing import ClassVar
 
 import torch
 from torch import nn
 
 from audit.core.errors import AuditInputError
-from audit.core.file_keys import keyed_by_contents
+from audit.core.file_keys import KeyedByFiles
 from audit.core.registry import PluginParams
 
 
@@ -45,19 +45,12 @@ class SplitModel(nn.Module):
         return self.stages[:i], self.stages[i:]
 
 
-class ModelFactory:
-    """Base class of model plugins: ``build(input_shape, num_classes)`` returns a :class:`SplitModel`."""
+class ModelFactory(KeyedByFiles):
+    """Base class of model plugins: ``build(input_shape, num_classes)`` returns a :class:`SplitModel`;
+    ``key_files`` (e.g. ``weights``): the file enters the task key by its contents, so an edited weights file
+    never gets a task model or cells cached for its old contents (:class:`audit.core.file_keys.KeyedByFiles`)."""
 
     name: ClassVar[str]
-    # parameters naming a file (e.g. ``weights``) whose contents, not its path, identify the model in the
-    # task key: an edited weights file never gets a task model or cells cached for its old contents
-    key_files: ClassVar[tuple[str, ...]] = ()
-
-    @classmethod
-    def key_params(cls, params: dict[str, Any]) -> dict[str, Any]:
-        """The parameters (JSON) as they enter the task key: ``key_files`` by their contents
-        (:func:`audit.core.file_keys.keyed_by_contents`)."""
-        return keyed_by_contents(params, cls.key_files)
 
     class Params(PluginParams):
         pass
