@@ -15,6 +15,19 @@ from audit.core.registry import PluginParams
 SPLIT_NAMES = ("train", "aux", "test")
 
 
+def tensors_digest(x: torch.Tensor, labels: dict[str, torch.Tensor], splits: dict[str, torch.Tensor] | None) -> str:
+    """SHA-256 (hex, 16 characters) of inputs ``x``, ``labels`` and ``splits``: each tensor's name, shape,
+    dtype and bytes."""
+    h = hashlib.sha256()
+    tensors = {"x": x, **{f"label/{k}": v for k, v in sorted(labels.items())}}
+    tensors.update({f"split/{k}": v for k, v in sorted((splits or {}).items())})
+    for key, t in tensors.items():
+        t = t.contiguous()
+        h.update(f"{key}{tuple(t.shape)}{t.dtype}".encode())
+        h.update(t.reshape(-1).view(torch.uint8).numpy().tobytes() if t.numel() else b"")
+    return h.hexdigest()[:16]
+
+
 @dataclass
 class LoadedData:
     """A dataset as loaded, before splitting.
@@ -36,20 +49,12 @@ class LoadedData:
     splits: dict[str, torch.Tensor] | None = None
 
     def fingerprint(self, rows: int = 512) -> str:
-        """SHA-256 (hex, 16 characters) of what was loaded: the inputs' shape and dtype, every label, the
-        given splits and ``rows`` evenly spaced input rows (not all of them: UTKFace's are 337 MB). Two loads
-        of the same parameters that differ here saw other data (images added to a folder, a file replaced)."""
-        h = hashlib.sha256(repr((tuple(self.x.shape), str(self.x.dtype), self.primary, self.private)).encode())
-        for name in sorted(self.labels):
-            h.update(name.encode())
-            h.update(self.labels[name].to(torch.int64).contiguous().numpy().tobytes())
-        for name in sorted(self.splits or {}):
-            h.update(name.encode())
-            h.update(self.splits[name].to(torch.int64).contiguous().numpy().tobytes())
+        """:func:`tensors_digest` of what was loaded: every label, the given splits and ``rows`` evenly spaced
+        input rows (not all of them: UTKFace's are 337 MB). Two loads of the same parameters that differ here
+        saw other data (images added to a folder, a file replaced)."""
         n = self.x.shape[0]
         picked = torch.linspace(0, n - 1, min(rows, n)).round().long().unique()
-        h.update(self.x[picked].contiguous().view(torch.uint8).numpy().tobytes())
-        return h.hexdigest()[:16]
+        return tensors_digest(self.x[picked], self.labels, self.splits)
 
     def fitted(self, train: torch.Tensor) -> "LoadedData":
         """The data ready for an audit once the train split's rows (``train``, int64 indices) are known;

@@ -33,7 +33,6 @@ object to ``audit.Audit(data=...)``.
 """
 from __future__ import annotations
 
-import hashlib
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -44,7 +43,7 @@ from pydantic import Field
 from torch.utils.data import DataLoader
 
 from audit.core.data import register_dataset
-from audit.core.data.base import SPLIT_NAMES, Dataset, LoadedData
+from audit.core.data.base import SPLIT_NAMES, Dataset, LoadedData, tensors_digest
 from audit.core.errors import AuditInputError
 from audit.core.registry import PluginParams
 
@@ -285,14 +284,7 @@ class TorchData:
     def fingerprint(self) -> str:
         """A hash of the data as read (inputs, labels, own splits): identifies it in cache keys and cell ids."""
         data = self.load()
-        h = hashlib.sha256()
-        tensors = {"x": data.x, **{f"label/{k}": v for k, v in sorted(data.labels.items())}}
-        tensors.update({f"split/{k}": v for k, v in sorted((data.splits or {}).items())})
-        for key, t in tensors.items():
-            t = t.contiguous()
-            h.update(f"{key}{tuple(t.shape)}{t.dtype}".encode())
-            h.update(t.reshape(-1).view(torch.uint8).numpy().tobytes() if t.numel() else b"")
-        return h.hexdigest()[:16]
+        return tensors_digest(data.x, data.labels, data.splits)
 
 
 class TorchDataset(Dataset):
