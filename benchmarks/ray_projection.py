@@ -68,7 +68,8 @@ def replay(groups: list[tuple[str, str, float]], driver_per_cut: float, workers:
 
 
 def workers_of(report: dict) -> int:
-    """How many workers ran the report's groups."""
+    """How many workers ran the report's groups (a Ray run: the tasks its cluster could run at once;
+    Ray reports written before that was recorded count as one)."""
     return int((report.get("environment", {}).get("executor") or {}).get("workers", 1))
 
 

@@ -160,7 +160,8 @@ def test_ray_executor_gives_the_reference_records(grid_reference, ray_local, tmp
     for r in probes:  # artifacts come back through Ray, written by the driver
         value, pid, _ = probe_file(tmp_path, r)
         assert value == repr(r["value"]) and pid != os.getpid() and r["extra"]["threads"] == 1
-    assert report["environment"]["executor"]["name"] == "ray"
+    ran_on = report["environment"]["executor"]  # the fixture's instance: this machine, 2 CPUs, 1 per task
+    assert (ran_on["name"], ran_on["nodes"], ran_on["cluster_cpus"], ran_on["workers"]) == ("ray", 1, 2.0, 2)
 
 
 def test_ray_workers_lines_reach_the_drivers_output(ray_local, tmp_path, capfd, monkeypatch):

@@ -115,7 +115,10 @@ class RayExecutor(Executor):
         return self.threads or max(1, int(self.cpus_per_task))
 
     def settings(self):
-        return {"name": "ray", "address": self.address, "cpus_per_task": self.cpus_per_task,
+        """Besides the options: the cluster as the run found it (``nodes``, ``cluster_cpus``) and how many
+        tasks it could run at once (``workers``: its CPUs // ``cpus_per_task``), once connected."""
+        cluster = getattr(self, "_cluster", None) or {}
+        return {"name": "ray", "address": self.address, "cpus_per_task": self.cpus_per_task, **cluster,
                 "threads": self.cell_threads(), **self.split_settings()}
 
     def gpus_per_task(self, run: "AuditRun") -> float:
@@ -144,8 +147,10 @@ class RayExecutor(Executor):
         # and Ray's memory monitor killed one on a 24 GB machine)
         # (this process on that node, by address too: a Ray Client driver elsewhere sees the cluster's own node id)
         here, address = ray.get_runtime_context().get_node_id(), ray.util.get_node_ip_address()
-        self._one_node = all(n["NodeID"] == here and n.get("NodeManagerAddress") == address
-                             for n in ray.nodes() if n.get("Alive"))
+        alive = [n for n in ray.nodes() if n.get("Alive")]
+        self._one_node = all(n["NodeID"] == here and n.get("NodeManagerAddress") == address for n in alive)
+        cpus = float(ray.cluster_resources().get("CPU", 0))
+        self._cluster = {"nodes": len(alive), "cluster_cpus": cpus, "workers": max(1, int(cpus // self.cpus_per_task))}
         self._remote = ray.remote(_ray_group).options(
             num_cpus=self.cpus_per_task, num_gpus=self.gpus_per_task(run), max_retries=self.max_retries,
         )
