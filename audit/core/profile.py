@@ -164,7 +164,7 @@ def report_timings(records: list[dict[str, Any]], driver: dict[str, float] | Non
         # forked from the driver reported the driver's figure, and Ray's tasks are not its children
         "peak_rss_mb": {"driver": peak_rss_mb()},
     }
-    stage_peaks = [v for r in records for k, v in (r.get("timings") or {}).items() if k.endswith("_peak_mb")]
+    stage_peaks = [*peaks.values(), *(v for a in attacks.values() for k, v in a.items() if k.endswith("_peak_mb"))]
     if stage_peaks:
         out["peak_rss_mb"]["groups"] = round(max(stage_peaks), 1)
     if peaks:
