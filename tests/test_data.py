@@ -71,11 +71,13 @@ def test_utkface_folder_of_same_naming(tmp_path, _private_cache):
     i = by_name["70_1_3_20170109150557335.jpg.chip.jpg"]
     assert data.labels["gender"][i] == 1 and data.labels["race"][i] == 3 and data.labels["age_bucket"][i] == 3
     assert data.x[i, 1].mean() > data.x[i, 0].mean()  # the green image
-    # second load comes from the cache and is identical
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
+    # the second load (as the audit's, after the preflight check's) comes from the cache, is identical, and
+    # does not warn about the same files again, even after a filter change reset Python's once-per-location rule
+    with warnings.catch_warnings(record=True) as again_caught:
+        warnings.simplefilter("always")
         again = ds.load(_private_cache)
     assert torch.equal(again.x, data.x)
+    assert [str(w.message) for w in again_caught if "UTKFace" in str(w.message)] == []
 
 
 def test_utkface_missing_folder():
@@ -84,7 +86,10 @@ def test_utkface_missing_folder():
 
 
 @requires_utkface()
-def test_utkface_development_split_skips_its_two_malformed_names(_private_cache):
+def test_utkface_development_split_skips_its_two_malformed_names(_private_cache, monkeypatch):
+    from audit.core.data import utkface
+
+    monkeypatch.setattr(utkface, "_WARNED", set())  # other tests of this process may have loaded the folder
     ds = DATASETS.create("utkface", root=UTKFACE, image_size=16, max_samples=None)
     with pytest.warns(UserWarning, match="malformed file name") as caught:
         files = ds._files()

@@ -5,7 +5,8 @@ Malformed names, links that point outside the folder, entries that are not
 regular files (folders, pipes, devices), files that are not images, truncated
 images and images larger than ``max_pixels`` (decompression bombs: the size is
 read from the header before anything is decoded) are skipped with a warning
-naming the file and the reason; labels are never guessed.
+naming the file and the reason (once per folder and file in a process: the
+preflight check and the audit load the same folder); labels are never guessed.
 Decoded images are cached (uint8) under the cache folder, keyed by the file
 list, sizes, modification times and the image size.
 """
@@ -37,6 +38,17 @@ _NAME = re.compile(r"^([0-9]{1,3})_([0-9])_([0-9])_([0-9]{17})\.jpg\.chip\.jpg$"
 _IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png")
 
 UTKLabel = Literal["gender", "race", "age_bucket"]
+
+_WARNED: set[tuple[str, str]] = set()  # (folder, message) already warned about in this process
+
+
+def _warn_skipped(root: Path, message: str) -> None:
+    """Warn ``message`` about a file of ``root`` unless this process already did. (Python's own
+    once-per-location rule is reset whenever a warning filter changes, as each training does.)"""
+    key = (str(root.resolve()), message)
+    if key not in _WARNED:
+        _WARNED.add(key)
+        warnings.warn(message, stacklevel=3)
 
 
 def parse_name(name: str) -> tuple[int, int, int] | str:
@@ -113,14 +125,14 @@ class UTKFace(Dataset):
             try:
                 path.resolve().relative_to(root_real)
             except ValueError:
-                warnings.warn(f"UTKFace: skipping {path.name}: it links outside {root}", stacklevel=2)
+                _warn_skipped(root, f"UTKFace: skipping {path.name}: it links outside {root}")
                 continue
             if not path.is_file():  # a folder, pipe, socket or device named like an image; or a dangling link
-                warnings.warn(f"UTKFace: skipping {path.name}: not a regular file", stacklevel=2)
+                _warn_skipped(root, f"UTKFace: skipping {path.name}: not a regular file")
                 continue
             parsed = parse_name(path.name)
             if isinstance(parsed, str):
-                warnings.warn(f"UTKFace: skipping malformed file name {path.name}: {parsed}", stacklevel=2)
+                _warn_skipped(root, f"UTKFace: skipping malformed file name {path.name}: {parsed}")
                 continue
             files.append((path, parsed))
         if not files:
@@ -154,7 +166,7 @@ class UTKFace(Dataset):
             keep = []
             for i, (result, (path, _)) in enumerate(zip(decoded, files)):
                 if isinstance(result, str):
-                    warnings.warn(f"UTKFace: skipping {path.name}: {result}", stacklevel=2)
+                    _warn_skipped(p.root.expanduser(), f"UTKFace: skipping {path.name}: {result}")
                 else:
                     keep.append(i)
             if not keep:
