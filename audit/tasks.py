@@ -42,7 +42,8 @@ def default_cache_dir() -> Path:
 
 def training_record(path: Path) -> dict[str, Any]:
     """What the run that trained a cached task model recorded beside it (``KEY.json``): when, how
-    long, torch version and thread count; empty for a model cached before such records existed."""
+    long, torch version, thread count, device and training precision; empty for a model cached before
+    such records existed. (The cache key leaves the precision out, so a report must say it.)"""
     record = path.with_suffix(".json")
     try:
         data = json.loads(record.read_text(encoding="utf-8"))
@@ -52,7 +53,7 @@ def training_record(path: Path) -> dict[str, Any]:
         log.warning("training record %s unreadable (%s); the report will not say how the task model was trained",
                     record, err)
         return {}
-    keep = ("trained_at", "seconds", "torch", "torch_threads", "device", "data_fingerprint")
+    keep = ("trained_at", "seconds", "torch", "torch_threads", "device", "precision", "data_fingerprint")
     return {k: data[k] for k in keep if k in data} if isinstance(data, dict) else {}
 
 

@@ -52,12 +52,13 @@ def test_the_report_says_whether_the_task_model_was_trained_here_or_cached(tmp_p
     first, second = trained["tasks"][0]["task_model"], cached["tasks"][0]["task_model"]
     assert first["source"] == "trained" and second["source"] == "cache"
     assert first["torch"] == torch.__version__ and first["torch_threads"] == 1 and first["seconds"] >= 0
-    assert {k: second[k] for k in ("trained_at", "seconds", "torch", "torch_threads")} == {
-        k: first[k] for k in ("trained_at", "seconds", "torch", "torch_threads")}
+    said = ("trained_at", "seconds", "torch", "torch_threads", "device", "precision")
+    assert {k: second[k] for k in said} == {k: first[k] for k in said}  # the cached model's record, as trained
+    assert first["precision"] == "32-true"
     assert report_values(trained) == report_values(cached)  # provenance is not a report value
     assert task_model_provenance(second).startswith(f"from cache; trained {first['trained_at'][:10]} in ")
     assert task_model_provenance({**second, "seconds": 9.5}).endswith(
-        " in 9.5 s (torch " + torch.__version__ + ", 1 threads, cpu)")
+        " in 9.5 s (torch " + torch.__version__ + ", 1 threads, cpu, 32-true)")
     (record,) = (tmp_path / "cache" / "task_models").glob("*.json")
     record.write_text("{not json")  # a damaged record loses the provenance, not the audit
     again = _run(tiny_config, tmp_path / "c", tmp_path / "cache")

@@ -43,7 +43,7 @@ def _task_infos(report: dict[str, Any]) -> list[dict[str, str]]:
 
 def task_model_provenance(info: dict[str, Any] | None) -> str:
     """One line on where a task model came from, e.g. "from cache; trained 2026-12-02 in 14.1 min
-    (torch 2.14.0, 2 threads, cpu)". A cached model trained elsewhere may score differently."""
+    (torch 2.14.0, 2 threads, cpu, bf16-mixed)". A cached model trained elsewhere may score differently."""
     if not info:
         return "-"
     source = info.get("source")
@@ -54,6 +54,8 @@ def task_model_provenance(info: dict[str, Any] | None) -> str:
         how.append(f"{info['torch_threads']} threads")
     if "device" in info:
         how.append(str(info["device"]))
+    if "precision" in info:
+        how.append(str(info["precision"]))
     seconds = info.get("seconds")
     took = "" if not isinstance(seconds, (int, float)) else (
         f" in {seconds:.1f} s" if seconds < 60 else f" in {seconds / 60:.1f} min")
