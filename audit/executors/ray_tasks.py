@@ -110,6 +110,7 @@ class RayExecutor(Executor):
                  worker_setup: Callable[[], None] | None = None, max_retries: int = 1, cells_per_job: int | None = None):
         super().__init__(threads, worker_setup, cells_per_job)
         self.address, self.cpus_per_task, self.max_retries = address, cpus_per_task, max_retries
+        self._cluster: dict[str, float | int] = {}  # nodes, cluster_cpus, workers: set by open()
 
     def cell_threads(self) -> int:
         return self.threads or max(1, int(self.cpus_per_task))
@@ -117,8 +118,7 @@ class RayExecutor(Executor):
     def settings(self):
         """Besides the options: the cluster as the run found it (``nodes``, ``cluster_cpus``) and how many
         tasks it could run at once (``workers``: its CPUs // ``cpus_per_task``), once connected."""
-        cluster = getattr(self, "_cluster", None) or {}
-        return {"name": "ray", "address": self.address, "cpus_per_task": self.cpus_per_task, **cluster,
+        return {"name": "ray", "address": self.address, "cpus_per_task": self.cpus_per_task, **self._cluster,
                 "threads": self.cell_threads(), **self.split_settings()}
 
     def gpus_per_task(self, run: "AuditRun") -> float:
