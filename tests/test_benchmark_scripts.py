@@ -214,3 +214,18 @@ def test_ab_settings_variants_name_a_commit_and_match_a_defense_whose_parameters
                                                          "attribute race balanced_accuracy: 0.5 -> 0.6"]
     two = [record({"scale": 1.0}, 0.5), record({"scale": 10.0}, 0.5)]
     assert module.against_first(two, new)["records"] == 0  # ambiguous: not compared
+
+
+def test_training_precision_sorts_the_profiled_operators_into_kinds():
+    """benchmarks/training_precision.py --ops: each aten operator's self CPU time goes to its kind (forward and
+    backward together), profiler rows that are not aten operators are left out, the shares sum to 1."""
+    from types import SimpleNamespace
+
+    module = _load("training_precision")
+    rows = [("aten::convolution_backward", 40.0), ("aten::mkldnn_convolution", 20.0),
+            ("aten::native_batch_norm_backward", 10.0), ("aten::native_batch_norm", 10.0),
+            ("aten::clamp_min", 5.0), ("aten::threshold_backward", 5.0), ("aten::max_pool2d_with_indices", 5.0),
+            ("aten::addcdiv_", 5.0), ("Optimizer.step#Adam.step", 500.0)]
+    profiler = SimpleNamespace(key_averages=lambda: [SimpleNamespace(key=k, self_cpu_time_total=t) for k, t in rows])
+    shares = module.op_shares(profiler)
+    assert shares == {"conv": 0.6, "batch norm": 0.2, "relu": 0.1, "pooling": 0.05, "other": 0.05}
