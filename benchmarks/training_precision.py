@@ -10,7 +10,7 @@ three steps): convolutions, batch norm, ReLU, pooling, the rest. The compiled mo
 (inductor); its first step (the compilation) is not timed.
 
 The model is configs/utkface.yaml's (small_cnn, widths 64-128-128, fc 512, 64x64 RGB, 2 classes), one
-Adam step on a batch of 128 random images per timed step. The four modes are interleaved in every round
+Adam step on a batch of 128 random images per timed step. The modes are interleaved in every round
 (so a load change on a shared machine hits all of them) and each round's median step is kept; the line
 written per mode holds every round's median, the CPU's model name and whether it has bfloat16 hardware
 (avx512_bf16 / amx_bf16 in /proc/cpuinfo). Accuracy is not measured: a mode that is not faster is not
