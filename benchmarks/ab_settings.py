@@ -16,7 +16,7 @@ run with this checkout's Python (how RESULTS.md's "Side by side with 7e802f8" ta
 ``--set`` applies to every run. Set ``SPLITAUDIT_CACHE`` to share a trained task model between the runs. Keep
 the machine otherwise idle (pause long jobs with ``kill -STOP``). The runs' order matters: on this VM a run
 right after one that held ~20 GB (7e802f8 on configs/utkface.yaml) ran slower (a 20 GiB process before the
-conv1 group: 151-159 s -> 188 s; RESULTS.md, stop 43), so for a ratio run the variants again in the reverse
+conv1 group: 138-159 s -> 188 s; RESULTS.md, stop 43), so for a ratio run the variants again in the reverse
 order. Writes OUT/v1, OUT/v2, ... and OUT/ab.json;
 ``--tabulate`` only reads those folders again. A record is matched to the first run's by its cell (a
 defense whose parameters differ between the runs, e.g. a changed default, by its name when that is unique).
