@@ -38,8 +38,8 @@ MODES = {  # name: (channels_last, bf16 autocast, torch.compile)
     "channels_last_bf16": (True, True, False),
     "channels_last_bf16_compiled": (True, True, True),
 }
-OP_KINDS = {"conv": "convolution", "batch norm": "batch_norm", "relu": ("clamp_min", "threshold", "relu"),
-            "pooling": "pool"}
+OP_KINDS = {"conv": ("convolution",), "batch norm": ("batch_norm",), "relu": ("clamp_min", "threshold", "relu"),
+            "pooling": ("pool",)}  # kind: parts of aten operator names
 
 
 def cpu_info() -> dict:
@@ -53,8 +53,7 @@ def op_shares(profiler) -> dict[str, float]:
     for event in profiler.key_averages():
         if not event.key.startswith("aten::"):
             continue
-        kind = next((k for k, names in OP_KINDS.items()
-                     if any(n in event.key for n in ((names,) if isinstance(names, str) else names))), "other")
+        kind = next((k for k, names in OP_KINDS.items() if any(n in event.key for n in names)), "other")
         totals[kind] += event.self_cpu_time_total
     whole = sum(totals.values()) or 1.0
     return {kind: round(t / whole, 3) for kind, t in totals.items()}
