@@ -80,6 +80,39 @@ def test_utkface_folder_of_same_naming(tmp_path, _private_cache):
     assert [str(w.message) for w in again_caught if "UTKFace" in str(w.message)] == []
 
 
+def test_the_task_key_holds_the_utkface_images_not_the_folders_path(tmp_path):
+    """The same images in another folder (another checkout, a relative --set path) give the same task model,
+    cells and seeds; an edited, added or renamed image (its name holds its labels) gives a new key."""
+    import shutil
+
+    from audit.config import build_config
+    from audit.tasks import task_key
+
+    def key(root):
+        config = build_config({"dataset": {"name": "utkface", "root": str(root), "image_size": 16},
+                               "model": {"name": "small_cnn"}, "cut_points": ["conv1"], "defenses": ["none"],
+                               "attacks": ["attribute"]})
+        return task_key(config.tasks[0], 0)
+
+    first = tmp_path / "a"
+    first.mkdir()
+    for name, color in {"25_0_1_20170116174525125.jpg.chip.jpg": (200, 10, 10),
+                        "70_1_3_20170109150557335.jpg.chip.jpg": (10, 200, 10)}.items():
+        _jpeg(first / name, color)
+    copy = tmp_path / "elsewhere" / "b"
+    shutil.copytree(first, copy)
+    assert key(first) == key(copy) == key(tmp_path / "elsewhere" / ".." / "a")
+    before = key(copy)
+    _jpeg(copy / "25_0_1_20170116174525125.jpg.chip.jpg", (0, 0, 0))  # edited in place: same name and folder
+    from audit.core.data import utkface
+    utkface._FOLDER_KEYS.clear()  # (within one process the folder is read once until it changes)
+    edited = key(copy)
+    assert edited != before
+    (copy / "25_0_1_20170116174525125.jpg.chip.jpg").rename(copy / "25_1_1_20170116174525125.jpg.chip.jpg")
+    assert key(copy) not in (before, edited)  # a renamed image: a new label, a new key (the folder changed)
+    assert key(tmp_path / "missing") != key(first)  # no folder: its path stays in the key; loading says why
+
+
 def test_utkface_missing_folder():
     with pytest.raises(AuditInputError, match="does not exist.*dataset.root"):
         DATASETS.create("utkface", root="/no/such/folder").load(None)

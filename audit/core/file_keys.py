@@ -1,9 +1,12 @@
 """Files in a task's identity by their contents: a data file or a weights file enters the task key (and so
 the cached task model, the committed cells and every stage seed) as the SHA-256 of its bytes, not its path.
 An edited file never gets a model or cells cached for its old contents; a moved or renamed copy keeps its
-key and seeds."""
+key and seeds. A folder of data files (UTKFace) enters it by its files' names and contents
+(:func:`contents_digest`), so the same images in another checkout or folder give the same key."""
 from __future__ import annotations
 
+import hashlib
+from collections.abc import Iterable
 from pathlib import Path
 from typing import Any, ClassVar
 
@@ -24,6 +27,18 @@ def cached_file_digest(path: Path) -> str | None:
         return _DIGESTS[key]
     except OSError:
         return None
+
+
+def contents_digest(paths: Iterable[Path]) -> str | None:
+    """Hex SHA-256 over the names and contents of ``paths``, in the given order (a folder's data files by
+    their names and bytes, not where the folder is); None when a file cannot be read."""
+    h = hashlib.sha256()
+    for path in paths:
+        digest = cached_file_digest(path)
+        if digest is None:
+            return None
+        h.update(f"{Path(path).name}\0{digest}\n".encode())
+    return h.hexdigest()
 
 
 def keyed_by_contents(params: dict[str, Any], names: tuple[str, ...]) -> dict[str, Any]:

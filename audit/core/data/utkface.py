@@ -8,7 +8,8 @@ read from the header before anything is decoded) are skipped with a warning
 naming the file and the reason (once per folder and file in a process: the
 preflight check and the audit load the same folder); labels are never guessed.
 Decoded images are cached (uint8) under the cache folder, keyed by the file
-list, sizes, modification times and the image size.
+list, sizes, modification times and the image size. In the task key the folder
+stands for its images' names and contents, not its path (:meth:`UTKFace.key_params`).
 """
 from __future__ import annotations
 
@@ -27,6 +28,7 @@ from pydantic import Field
 from audit.core.data import register_dataset
 from audit.core.data.base import Dataset, LoadedData
 from audit.core.errors import AuditInputError
+from audit.core.file_keys import contents_digest
 from audit.core.registry import PluginParams
 from audit.core.store import atomic_write
 
@@ -40,6 +42,10 @@ _IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png")
 UTKLabel = Literal["gender", "race", "age_bucket"]
 
 _WARNED: set[tuple[str, str]] = set()  # (folder, message) already warned about in this process
+# (resolved folder, its mtime, max_samples, subset_seed) -> digest of the images it yields: the task key is
+# asked for once per cell and result: the folder is read once per process (again when an image is added,
+# removed or renamed; an image edited in place counts from the next process on)
+_FOLDER_KEYS: dict[tuple[str, int, int | None, int], str | None] = {}
 
 
 def _warn_skipped(root: Path, message: str) -> None:
@@ -109,6 +115,30 @@ class UTKFace(Dataset):
     @classmethod
     def input_numel(cls, params: "UTKFace.Params") -> int:
         return 3 * params.image_size ** 2
+
+    @classmethod
+    def key_params(cls, params: dict) -> dict:
+        """The parameters as they enter the task key: ``root`` replaced by the SHA-256 of the names and
+        contents of the images loading reads (:func:`audit.core.file_keys.contents_digest`). The same
+        images in another folder or checkout give the same task model, committed cells and seeds; an
+        added, removed, renamed or edited image gives a new key. A folder that cannot be read keeps its
+        path (loading says why)."""
+        out = super().key_params(params)
+        dataset = cls(cls.Params.model_validate({k: v for k, v in params.items() if k != "name"}))
+        root = dataset.params.root.expanduser()
+        try:
+            memo = (str(root.resolve()), root.stat().st_mtime_ns, dataset.params.max_samples,
+                    dataset.params.subset_seed)
+        except OSError:
+            return out
+        if memo not in _FOLDER_KEYS:
+            try:
+                _FOLDER_KEYS[memo] = contents_digest(path for path, _ in dataset._files())
+            except AuditInputError:
+                _FOLDER_KEYS[memo] = None
+        if _FOLDER_KEYS[memo] is not None:
+            out["root"] = {"images_sha256": _FOLDER_KEYS[memo]}
+        return out
 
     def _files(self) -> list[tuple[Path, tuple[int, int, int]]]:
         root = self.params.root.expanduser()
