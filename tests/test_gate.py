@@ -127,6 +127,35 @@ def test_baseline_regression_is_reported_with_both_values(tmp_path, capsys):
     fails = failures_in(capsys.readouterr().out)
     assert len(fails) == 1 and "cut=conv1" in fails[0]
     assert "0.6 [0.57, 0.63] -> 0.75 [0.72, 0.78]" in fails[0] and "leakage rose" in fails[0]
+    assert "Holm over 2 changes" in fails[0]
+
+
+def test_a_baseline_of_many_records_does_not_fail_by_chance_and_still_finds_a_real_rise():
+    """Known truth, simulated: 200 records whose leakage did not change (old and new independent draws,
+    standard error 0.015, 95% CIs +-1.96 SE). Each record alone is called regressed 2.5% of the time, so
+    nearly every comparison of the whole report would fail; Holm over the records fails at most
+    alpha (5%) of them. A real rise of 12 SE in one record is still found every time. (The price: among
+    200 records a rise is called beyond ~5.2 SE, z > 3.66 on the difference, against 2.8 SE alone.)"""
+    import random
+
+    from audit.gate import Regression, compare_records
+
+    rng, se, m, trials = random.Random(0), 0.015, 200, 300
+    draw = lambda true: round(rng.gauss(true, se), 6)
+
+    def fails(regression, planted=0.0):
+        old = [rec(draw(0.6), half=1.96 * se, cut=f"c{i}") for i in range(m)]
+        new = [rec(draw(0.6 + (planted if i == 0 else 0.0)), half=1.96 * se, cut=f"c{i}") for i in range(m)]
+        changes = compare_records(old, new, regression)
+        return any(c.status == "regressed" for c in changes), changes[0].status == "regressed"
+
+    holm, none = Regression(), Regression(correction="none")
+    assert holm.correction == "holm" and holm.alpha == 0.05  # the default
+    false_alarms = sum(fails(holm)[0] for _ in range(trials)) / trials
+    uncorrected = sum(fails(none)[0] for _ in range(trials)) / trials
+    assert false_alarms <= 0.05, false_alarms
+    assert uncorrected >= 0.95, uncorrected  # 1 - 0.975^200 = 0.994
+    assert all(fails(holm, planted=12 * se)[1] for _ in range(100))
 
 
 def test_failed_cells_fail_the_check_unless_allowed(tmp_path, capsys):

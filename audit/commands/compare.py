@@ -1,7 +1,8 @@
 """``splitaudit compare A B``: what changed from report A to report B (report.json files or output
 folders), with the gate's CI-aware rule (a change counts only beyond the combined 95% CIs plus a
-tolerance). Measurements pair by defense name (:func:`audit.gate.pair_records`); a pair whose
-defense parameters changed says which. ``--fail-on-regression``: exit 1 when something regressed
+tolerance, the measurements' changes Holm-corrected together: :func:`audit.gate.correct_family`).
+Measurements pair by defense name (:func:`audit.gate.pair_records`); a pair whose defense parameters
+changed says which. ``--fail-on-regression``: exit 1 when something regressed
 or a value is NaN/inf."""
 from __future__ import annotations
 
@@ -12,7 +13,7 @@ import sys
 ORDER = {"regressed": 0, "non-finite": 1, "improved": 2, "failed": 3, "added": 4, "removed": 5, "unchanged": 6}
 FAILING = ("regressed", "non-finite")
 HEAD = ["status", "dataset", "model", "seed", "cut", "defense", "attack", "target", "metric", "A", "B", "change", "margin",
-        "defense_params"]
+        "p_adjusted", "defense_params"]
 
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
@@ -46,7 +47,7 @@ def rows(changes, labels) -> list[list[str]]:
             rec["dataset"], rec["model"], str(rec["seed"]), rec["cut_point"], labels.get(defense_key(rec), rec["defense"]),
             rec["attack"], str(rec.get("target")), str(rec.get("metric")), side(c.old), side(c.new),
             "" if c.rise is None else f"{c.rise:+.4g}", "" if c.margin is None else f"{c.margin:.4g}",
-            c.params_change,
+            "" if c.p_adjusted is None else f"{c.p_adjusted:.3g}", c.params_change,
         ])
     return out
 
@@ -71,7 +72,7 @@ def main(args: argparse.Namespace) -> int:
     if args.tolerance is not None:
         regression = regression.model_copy(update={"tolerance": args.tolerance, "tolerances": {}})
     changes = compare_records(a["results"], b["results"], regression)
-    changes += utility_changes(a["results"], b["results"], regression.tolerance_for("primary_accuracy"))
+    changes += utility_changes(a["results"], b["results"], regression.tolerance_for("primary_accuracy"), regression)
     counts = {s: sum(c.status == s for c in changes) for s in ORDER}
     shown = [c for c in changes if args.all or c.status != "unchanged"]
     labels = defense_labels(a["results"] + b["results"])

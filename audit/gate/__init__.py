@@ -17,8 +17,10 @@ a selector over dataset / model / cut_point / defense / defense_params / attack
 Every (rule, selected record) pair is one test case. Against a baseline report,
 a record *regresses* when its leakage rose by more than the combined 95%
 confidence interval of the two estimates plus a tolerance (see :func:`change_of`),
-so that bootstrap noise alone does not fail a build, and a baseline equal to
-the report never does. Records are paired across reports by :func:`measurement_key`
+with the compared records Holm-corrected together (:func:`correct_family`), so
+that bootstrap noise alone fails a build in at most ``alpha`` (5%) of
+comparisons however many records a report holds, and a baseline equal to the
+report never does. Records are paired across reports by :func:`measurement_key`
 (defense name, not parameters), so a retuned defense is still compared.
 
 The gate cannot be fooled by what a report lacks: unless explicitly allowed, a
@@ -47,14 +49,25 @@ from audit.core.records import (
                                    params_text,
                                    unit_of,
 )
-from audit.gate.comparison import Change, change_of, classify, compare_records, pair_records, params_change, utility_changes
+from audit.gate.comparison import (
+    Change,
+    change_of,
+    change_p_value,
+    classify,
+    compare_records,
+    correct_family,
+    pair_records,
+    params_change,
+    utility_changes,
+)
 from audit.gate.evaluation import CheckResult, Outcome, evaluate, measured, partial_report, report_path
 from audit.gate.junit import FAILURE_TYPES, junit_xml
 from audit.gate.policy import Policy, Regression, Rule, Selector, load_policy
 
 __all__ = [
     "Change", "CheckResult", "FAILURE_TYPES", "Outcome", "Policy", "Record", "Regression", "Rule", "Selector",
-    "case_name", "change_of", "classify", "compare_records", "defense_key", "defense_labels", "evaluate", "fmt",
+    "case_name", "change_of", "change_p_value", "classify", "compare_records", "correct_family", "defense_key",
+    "defense_labels", "evaluate", "fmt",
     "fmt_ci", "junit_xml", "leakage", "load_policy", "measured", "measurement_key", "orientation", "oriented",
     "pair_records", "params_change", "params_text", "partial_report", "report_path", "unit_of", "utility_changes",
 ]

@@ -4,9 +4,11 @@ from __future__ import annotations
 import json
 import math
 from dataclasses import dataclass
+from statistics import NormalDist
 
 from audit.core.records import Record, defense_key, fmt_ci, group_key, leakage, measurement_key, orientation, oriented, unit_of
 from audit.gate.policy import Regression
+from audit.verdicts import Z95, holm
 
 
 def pair_records(old: list[Record], new: list[Record]) -> list[tuple[Record | None, Record | None]]:
@@ -55,6 +57,9 @@ class Change:
     rise: float | None = None  # oriented change (positive = worse: more leakage / less utility)
     margin: float | None = None  # combined CI half-width + tolerance
     kind: str = "leakage"  # or "utility"
+    p_value: float | None = None  # two-sided, of a change beyond the tolerance (:func:`change_p_value`)
+    p_adjusted: float | None = None  # the same after the family-wise correction (:func:`correct_family`)
+    family: int | None = None  # how many changes the correction was over
 
     @property
     def params_change(self) -> str:
@@ -79,8 +84,11 @@ class Change:
         else:
             verb = {"regressed": "leakage rose", "improved": "leakage fell"}.get(self.status, "within noise")
             direction = "" if orientation(rec) > 0 else " (lower value = more leakage)"
+        tested = ""
+        if self.p_value is not None and self.family is not None and self.family > 1:
+            tested = f" (p {self.p_value:.2g}; Holm over {self.family} changes {self.p_adjusted:.2g})"
         return (f"{values}: {verb}{direction}, change {self.rise:+.4g} vs combined CI + tolerance "
-                f"{self.margin:.4g}{params}")
+                f"{self.margin:.4g}{tested}{params}")
 
 
 def _finite_record(record: Record) -> bool:
@@ -107,12 +115,45 @@ def classify(old: tuple[float, float, float], new: tuple[float, float, float],
     return status, rise, margin
 
 
+def change_p_value(rise: float, margin: float, tolerance: float) -> float:
+    """Two-sided p-value of a change ``rise`` beyond ``tolerance``, from ``margin`` (:func:`classify`:
+    the combined 95% CI half-width h plus the tolerance): z = 1.96 (|rise| - tolerance) / h, so that
+    p < 0.05 exactly when :func:`classify` calls the change; 1 within the tolerance; 0 beyond it
+    when both CIs have zero width."""
+    h = margin - tolerance
+    beyond = abs(rise) - tolerance
+    if beyond <= 0:
+        return 1.0
+    if h <= 0:
+        return 0.0
+    return min(1.0, 2 * (1 - NormalDist().cdf(Z95 * beyond / h)))
+
+
 def change_of(old: Record, new: Record, tolerance: float) -> Change:
-    """Classify the leakage change of one measurement (see :func:`classify`)."""
+    """Classify the leakage change of one measurement on its own (see :func:`classify`), with its
+    p-value (:func:`change_p_value`)."""
     a, b = leakage(old), leakage(new)
     if a is None or b is None:
         return Change(old, new, "failed")
-    return Change(old, new, *classify(a, b, tolerance))
+    change = Change(old, new, *classify(a, b, tolerance))
+    if change.status != "non-finite":
+        change.p_value = change_p_value(change.rise, change.margin, tolerance)
+    return change
+
+
+def correct_family(changes: list[Change], regression: Regression) -> list[Change]:
+    """Call the changes of one comparison together: each tested change (a p-value, its record
+    selected by ``regression.select``) is ``regressed`` / ``improved`` when its p-value, adjusted
+    by ``regression.correction`` over all of them (Holm: the chance that noise alone calls any
+    of them is at most ``regression.alpha``), is below ``regression.alpha``; else ``unchanged``.
+    With one change, or ``correction: none`` at alpha 0.05, the calls are :func:`classify`'s."""
+    tested = [c for c in changes if c.p_value is not None and c.new is not None and regression.select.matches(c.new)]
+    p = [c.p_value for c in tested]
+    adjusted = holm(p) if regression.correction == "holm" else p
+    for c, q in zip(tested, adjusted):
+        c.p_adjusted, c.family = q, len(tested)
+        c.status = "unchanged" if q >= regression.alpha else "regressed" if c.rise > 0 else "improved"
+    return changes
 
 
 def _changes(old: list[Record], new: list[Record], make) -> list[Change]:
@@ -122,10 +163,12 @@ def _changes(old: list[Record], new: list[Record], make) -> list[Change]:
 
 
 def compare_records(old: list[Record], new: list[Record], regression: Regression | None = None) -> list[Change]:
-    """Pair the measurements of two reports (:func:`pair_records`) and classify each leakage change."""
+    """Pair the measurements of two reports (:func:`pair_records`) and call each leakage change, the
+    family of them corrected together (:func:`correct_family`)."""
     regression = regression or Regression()
-    return _changes([r for r in old if r.get("target") is not None], [r for r in new if r.get("target") is not None],
-                    lambda a, b: change_of(a, b, regression.tolerance_for(b.get("metric"))))
+    changes = _changes([r for r in old if r.get("target") is not None], [r for r in new if r.get("target") is not None],
+                       lambda a, b: change_of(a, b, regression.tolerance_for(b.get("metric"))))
+    return correct_family(changes, regression)
 
 
 def _utility_record(record: Record) -> Record | None:
@@ -138,19 +181,25 @@ def _utility_record(record: Record) -> Record | None:
             "extra": {}}
 
 
-def utility_changes(old: list[Record], new: list[Record], tolerance: float = 0.0) -> list[Change]:
+def utility_changes(old: list[Record], new: list[Record], tolerance: float = 0.0,
+                    regression: Regression | None = None) -> list[Change]:
     """Primary accuracy per (dataset, model, seed, cut point, defense) in two reports, paired like
-    the measurements; a fall beyond the combined CI + tolerance is ``regressed``."""
+    the measurements; a fall beyond the combined CI + tolerance is ``regressed``, the groups'
+    changes corrected together as the measurements' are (:func:`correct_family`)."""
     def groups(records):
         return list({group_key(r): u for r in records if (u := _utility_record(r)) is not None}.values())
 
     def make(a: Record, b: Record) -> Change:  # worse = lower accuracy
         loss = [oriented(r["value"], r.get("ci95"), -1) for r in (a, b)]
-        return Change(a, b, *classify(*loss, tolerance), kind="utility")
+        change = Change(a, b, *classify(*loss, tolerance), kind="utility")
+        if change.status != "non-finite":
+            change.p_value = change_p_value(change.rise, change.margin, tolerance)
+        return change
 
     changes = _changes(groups(old), groups(new), make)
     for c in changes:
         c.kind = "utility"
-    return changes
+    regression = regression or Regression()
+    return correct_family(changes, regression.model_copy(update={"select": type(regression.select)()}))  # every group
 
 

@@ -102,6 +102,12 @@ class Regression(_Strict):
     select: Selector = Field(default_factory=Selector)
     tolerance: float = Field(0.0, ge=0, description="added to the combined CI, in the metric's units")
     tolerances: dict[str, float] = Field(default_factory=dict, description="per metric, overrides tolerance")
+    alpha: float = Field(0.05, gt=0, lt=1, description="error rate of the regression calls: with correction holm, "
+                                                       "the chance that noise alone calls any compared record")
+    correction: Literal["holm", "none"] = Field(
+        "holm", description="holm: the compared records are one family (Holm's step-down over their p-values), so a "
+                            "report of many records does not fail by chance; none: each record at alpha on its own "
+                            "(the rule before 2026-12-05)")
 
     def tolerance_for(self, metric: str | None) -> float:
         return self.tolerances.get(str(metric), self.tolerance)
