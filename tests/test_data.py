@@ -113,6 +113,19 @@ def test_the_task_key_holds_the_utkface_images_not_the_folders_path(tmp_path):
     assert key(tmp_path / "missing") != key(first)  # no folder: its path stays in the key; loading says why
 
 
+def test_a_torchvision_sets_root_is_not_in_the_task_key():
+    from audit.config import build_config
+    from audit.tasks import task_key
+
+    def key(**dataset):
+        config = build_config({"dataset": {"name": "cifar10", **dataset}, "model": {"name": "small_cnn"},
+                               "cut_points": ["conv1"], "defenses": ["none"], "attacks": ["attribute"]})
+        return task_key(config.tasks[0], 0)
+
+    assert key(root="/data/cifar") == key(root="/elsewhere/cifar")
+    assert key(root="/data/cifar", train=False) != key(root="/data/cifar")  # which part still counts
+
+
 def test_utkface_missing_folder():
     with pytest.raises(AuditInputError, match="does not exist.*dataset.root"):
         DATASETS.create("utkface", root="/no/such/folder").load(None)
