@@ -13,7 +13,10 @@ run with this checkout's Python (how RESULTS.md's "Side by side with 7e802f8" ta
     python benchmarks/ab_settings.py configs/utkface.yaml --set 'cut_points=[conv1]' \\
         --variant ee39af3@- --variant - --variant 'memory.heap_reuse_mb=1024' --variant 7e802f8@- --out /tmp/sbs
 
-``--set`` applies to every run. Set ``SPLITAUDIT_CACHE`` to share a trained task model between the runs. Keep
+``--set`` applies to every run. Set ``SPLITAUDIT_CACHE`` to share a trained task model between the runs. (Since
+4f59976 a UTKFace task key holds the images' digest, not the folder's path, so commits before it look for the
+model under another key: copy ``task_models/KEY.pt`` and ``KEY.json`` to the other key to compare on one model;
+the key is in each report's ``tasks[].task_key``.) Keep
 the machine otherwise idle (pause long jobs with ``kill -STOP``). The runs' order matters: on this VM a run
 right after one that held ~20 GB (7e802f8 on configs/utkface.yaml) ran slower (a 20 GiB process before the
 conv1 group: 138-159 s -> 188 s; RESULTS.md, stop 43), so for a ratio run the variants again in the reverse
