@@ -20,7 +20,8 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser(
         "check", help="CI gate: check a report against a leakage policy (and a baseline report)",
         description="Check REPORT.json against the bounds of a policy YAML; with --baseline also flag leakage "
-                    "that rose beyond the combined confidence intervals plus the policy's tolerance, and baseline "
+                    "that rose beyond the combined confidence intervals plus the policy's tolerance (Holm-corrected "
+                    "over the compared records: noise alone fails at most regression.alpha, 5%, of builds), and baseline "
                     "records the report lost. A partial report or a NaN/inf number fails too unless allowed. "
                     "Exit 0 pass, 1 violation, 2 bad input.")
     p.add_argument("report", help="report.json of an audit (or its output folder)")

@@ -21,8 +21,8 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
         "compare", help="table of what changed between two reports (CI-aware)",
         description="Pair the measurements of two reports (by dataset, model, seed, cut point, defense name, "
                     "attack, target, metric; a changed defense parameter is shown, not a new measurement) and "
-                    "show which rose or fell beyond the combined 95%% CIs plus a tolerance; also the primary "
-                    "accuracy per cut point and defense.")
+                    "show which rose or fell beyond the combined 95% CIs plus a tolerance (Holm-corrected over the "
+                    "measurements); also the primary accuracy per cut point and defense.")
     p.add_argument("a", metavar="A", help="the earlier report.json (or its output folder)")
     p.add_argument("b", metavar="B", help="the later report.json (or its output folder)")
     p.add_argument("--tolerance", type=float, default=None, help="added to the combined CI (default: the policy's, else 0)")
