@@ -130,6 +130,21 @@ def test_baseline_regression_is_reported_with_both_values(tmp_path, capsys):
     assert "Holm over 2 changes" in fails[0]
 
 
+def test_a_baseline_whose_attacks_ran_with_other_seeds_is_warned_about(tmp_path, capsys):
+    """Another task model gives the attacks other seeds: the CIs then understate the change's noise."""
+    seeded = lambda value, seed, cut: {**rec(value, cut=cut), "stage_seeds": {"defense": 7, "attack": seed}}
+    old = [seeded(0.60, 1, "conv1"), seeded(0.60, 2, "pool1")]
+    policy = Policy.model_validate({})
+    same = evaluate(report([seeded(0.61, 1, "conv1"), seeded(0.60, 2, "pool1")]), policy, report(old))
+    assert not [w for w in same.warnings if "other seeds" in w]
+    other = evaluate(report([seeded(0.61, 5, "conv1"), seeded(0.60, 2, "pool1")]), policy, report(old))
+    assert [w for w in other.warnings if "1 compared record(s) ran their attack with other seeds" in w]
+    write(tmp_path / "a.json", report(old))
+    write(tmp_path / "b.json", report([seeded(0.61, 5, "conv1"), seeded(0.60, 2, "pool1")]))
+    assert main(["compare", str(tmp_path / "a.json"), str(tmp_path / "b.json")]) == 0
+    assert "1 measurement(s) ran their attack with other seeds" in capsys.readouterr().out
+
+
 def test_a_baseline_of_many_records_does_not_fail_by_chance_and_still_finds_a_real_rise():
     """Known truth, simulated: 200 records whose leakage did not change (old and new independent draws,
     standard error 0.015, 95% CIs +-1.96 SE). Each record alone is called regressed 2.5% of the time, so

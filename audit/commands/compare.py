@@ -64,7 +64,16 @@ def render(table: list[list[str]], fmt: str) -> str:
 
 def main(args: argparse.Namespace) -> int:
     from audit.cli import EXIT_FAILED, EXIT_OK
-    from audit.gate import Regression, compare_records, defense_labels, load_policy, report_path, utility_changes
+    from audit.gate import (
+        Regression,
+        compare_records,
+        defense_labels,
+        load_policy,
+        report_path,
+        reseeded,
+        utility_changes,
+    )
+    from audit.gate.comparison import RESEEDED_ADVICE
     from audit.report import read_report
 
     a, b = read_report(report_path(args.a)), read_report(report_path(args.b))
@@ -86,6 +95,9 @@ def main(args: argparse.Namespace) -> int:
             print(render(table, args.format))
         summary = ", ".join(f"{n} {s}" for s, n in counts.items() if n)
         retuned = sum(bool(c.params_change) for c in changes)
+        if drawn := reseeded(changes):
+            print(f"\nnote: {len(drawn)} measurement(s) ran their attack with other seeds in B than in A; "
+                  f"{RESEEDED_ADVICE}")
         print(f"\n{args.a} -> {args.b}: {summary or 'nothing to compare'}"
               + (f"; {retuned} compared across changed defense parameters" if retuned else "")
               + ("" if args.all or not counts["unchanged"] else " (--all lists the unchanged ones)"))

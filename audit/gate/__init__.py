@@ -58,6 +58,7 @@ from audit.gate.comparison import (
     correct_family,
     pair_records,
     params_change,
+    reseeded,
     utility_changes,
 )
 from audit.gate.evaluation import CheckResult, Outcome, evaluate, measured, partial_report, report_path
@@ -69,5 +70,5 @@ __all__ = [
     "case_name", "change_of", "change_p_value", "classify", "compare_records", "correct_family", "defense_key",
     "defense_labels", "evaluate", "fmt",
     "fmt_ci", "junit_xml", "leakage", "load_policy", "measured", "measurement_key", "orientation", "oriented",
-    "pair_records", "params_change", "params_text", "partial_report", "report_path", "unit_of", "utility_changes",
+    "pair_records", "params_change", "params_text", "partial_report", "report_path", "reseeded", "unit_of", "utility_changes",
 ]

@@ -162,6 +162,23 @@ def _changes(old: list[Record], new: list[Record], make) -> list[Change]:
             for a, b in pair_records(old, new)]
 
 
+def reseeded(changes: list[Change]) -> list[Change]:
+    """The compared changes whose attack ran with another seed in the report than in the baseline
+    (``stage_seeds.attack``; it derives from the task key, so a retrained or other model, other data or
+    training settings change it). Their CIs cover the test samples, not that draw: a neural head's
+    figure moves like a new training seed's (docs/ci-gate.md)."""
+    def seed(record: Record | None) -> int | None:
+        return ((record or {}).get("stage_seeds") or {}).get("attack")
+
+    return [c for c in changes if c.kind == "leakage" and c.p_value is not None and None not in (seed(c.old), seed(c.new))
+            and seed(c.old) != seed(c.new)]
+
+
+RESEEDED_ADVICE = ("their CIs leave out the attack's own training draw (a neural head's balanced accuracy moves with "
+                   "SD 0.02-0.034 by seed alone on the default's tasks): gate such a comparison with a tolerance "
+                   "(~0.07 for balanced accuracy) or the linear probe, see docs/ci-gate.md")
+
+
 def compare_records(old: list[Record], new: list[Record], regression: Regression | None = None) -> list[Change]:
     """Pair the measurements of two reports (:func:`pair_records`) and call each leakage change, the
     family of them corrected together (:func:`correct_family`)."""

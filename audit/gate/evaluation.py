@@ -9,7 +9,7 @@ from typing import Any
 from audit.core.errors import AuditInputError
 from audit.core.records import Record, case_name, defense_labels, fmt_ci, group_key, measurement_key, orientation, unit_of
 from audit.core.store import non_finite_paths
-from audit.gate.comparison import compare_records
+from audit.gate.comparison import RESEEDED_ADVICE, compare_records, reseeded
 from audit.gate.policy import Policy, Regression, Rule
 
 
@@ -180,6 +180,10 @@ def _regressions(result: CheckResult, old: list[Record], new: list[Record], regr
             continue
         passed = c.status not in ("regressed", "non-finite")
         result.outcomes.append(Outcome("regression", case, passed, f"{case}: {c.explain()}", c.new))
+    drawn = [c for c in reseeded(changes) if regression.select.matches(c.new)]
+    if drawn:
+        result.warnings.append(f"regression: {len(drawn)} compared record(s) ran their attack with other seeds than "
+                               f"the baseline's (another task model, data or training); {RESEEDED_ADVICE}")
     retuned = [c for c in changes if c.new is not None and c.params_change]
     if retuned:
         result.warnings.append(f"regression: {len(retuned)} record(s) compared with a baseline whose defense "
