@@ -20,7 +20,9 @@ the key is in each report's ``tasks[].task_key``.) Keep
 the machine otherwise idle (pause long jobs with ``kill -STOP``). The runs' order matters: on this VM a run
 right after one that held ~20 GB (7e802f8 on configs/utkface.yaml) ran slower (a 20 GiB process before the
 conv1 group: 138-159 s -> 188 s; RESULTS.md, stop 43), so for a ratio run the variants again in the reverse
-order. Writes OUT/v1, OUT/v2, ... and OUT/ab.json;
+order: list them as A B B A (``--variant X --variant Y --variant Y --variant X``; the table then gives each
+variant's mean wall time too), and ``--touch-gib 20`` has a child process touch 20 GiB and exit before every run,
+so every run starts from the same memory state (RESULTS.md, stop 44). Writes OUT/v1, OUT/v2, ... and OUT/ab.json;
 ``--tabulate`` only reads those folders again. A record is matched to the first run's by its cell (a
 defense whose parameters differ between the runs, e.g. a changed default, by its name when that is unique).
 """
@@ -31,6 +33,7 @@ import json
 import os
 import subprocess
 import sys
+import time
 from collections import Counter
 from pathlib import Path
 
@@ -69,6 +72,14 @@ def run_variant(config: str | None, sets: list[str], variant: str, out: Path) ->
     if done.returncode != 0:
         raise SystemExit(f"variant {variant!r} failed (exit {done.returncode}); see {out / 'log'}")
     return read_time(out / "time")
+
+
+def touch_memory(gib: float, settle_s: float = 20.0) -> None:
+    """Have a child process write ``gib`` GiB and exit, then wait ``settle_s``: the state a run finds after
+    a large-memory run, given to every run alike."""
+    code = f"import torch; t = torch.empty(int({gib} * 2**28)); t.fill_(1.0)"
+    subprocess.run([sys.executable, "-c", code], check=True)
+    time.sleep(settle_s)
 
 
 def read_time(path: Path) -> dict:
@@ -136,6 +147,14 @@ def markdown(summary: dict) -> str:
                  f"{row['minor_faults'] / 1e6:.1f} M", f"{rec['inside_ci']} of {rec['records']} ({rec['identical']})",
                  *[("{:.1f} + {:.1f} s".format(*row["attacks"][a]) if a in row["attacks"] else "") for a in attacks]]
         lines.append("| " + " | ".join(cells) + " |")
+    walls: dict[str, list[float]] = {}
+    for row in rows:
+        walls.setdefault(row["variant"], []).append(row["wall_s"])
+    if len(walls) < len(rows):  # a variant ran more than once (A B B A): the means
+        first = sum(next(iter(walls.values()))) / len(next(iter(walls.values())))
+        lines += [f"- {variant}: mean wall {sum(w) / len(w):.0f} s over {len(w)} runs "
+                  f"({', '.join(f'{x:.0f}' for x in w)}), {first / (sum(w) / len(w)):.2f}x vs the first variant"
+                  for variant, w in walls.items()]
     for row in rows:
         lines += [f"- {row['variant']}: outside the first's CI: {item}" for item in row["records"]["outside"]]
     return "\n".join(lines)
@@ -150,9 +169,13 @@ def main() -> None:
                              "worktree); the first is the reference")
     parser.add_argument("--out", type=Path, required=True)
     parser.add_argument("--tabulate", action="store_true", help="no runs: the table of the folders already in OUT")
+    parser.add_argument("--touch-gib", type=float, default=0.0,
+                        help="before every run, a child process touches this many GiB and exits (then 20 s pause)")
     args = parser.parse_args()
     runs = [args.out / f"v{i}" for i in range(1, len(args.variants) + 1)]
     for variant, run in zip(args.variants, [] if args.tabulate else runs):
+        if args.touch_gib > 0:
+            touch_memory(args.touch_gib)
         figures = run_variant(args.config, args.sets, variant, run)
         print(f"{variant}: {figures}", flush=True)
     summary = summarise(args.variants, runs)

@@ -195,6 +195,9 @@ def test_ab_settings_table_shows_ratios_and_records_outside_the_first_runs_inter
     text = module.markdown(summary)
     assert "| x=1 | 80 s | 1.25x | 2,048 | 90 / 10 s | 5.0 M | 1 of 2 (1) | 40.0 + 1.0 s |" in text
     assert "- x=1: outside the first's CI: conv1 none attribute race auroc: 0.7 -> 0.6" in text
+    assert "mean wall" not in text  # each variant ran once
+    abba = module.markdown(module.summarise(["x=0", "x=1", "x=1", "x=0"], runs + runs[::-1]))
+    assert "- x=1: mean wall 80 s over 2 runs (80, 80), 1.25x vs the first variant" in abba
 
 
 def test_ab_settings_variants_name_a_commit_and_match_a_defense_whose_parameters_changed():
