@@ -10,6 +10,13 @@ the balanced accuracy's mean, standard deviation and range over the seeds, the m
 and the share of ordered seed pairs that ``splitaudit check``'s regression rule would call a change
 (``audit.gate.comparison.classify``, at tolerances 0, 0.02 and 0.07): two runs that differ in nothing
 but the attack seed, so every such call is a false alarm. Prints a Markdown table.
+
+    python benchmarks/seed_spread.py --gate benchmarks/seed_spread.jsonl
+
+reads such rows (no runs) and treats each ordered seed pair as two whole reports (every row's run i
+against its run j): the share of pairs in which ``splitaudit check --baseline`` would fail, i.e. call
+some record regressed, each record alone (``correction: none``) or Holm-corrected over all of them
+(the default since 2026-12-05), at tolerances 0, 0.02 and 0.07.
 """
 from __future__ import annotations
 
@@ -87,12 +94,44 @@ def summary(task: str, cut: str, attack: str, runs: list[tuple[float, float, flo
             "false_change_share_tol007": share(0.07)}
 
 
+def failed_checks(rows: list[dict], tolerance: float, correction: str) -> float:
+    """Share of ordered seed pairs (i, j) where the whole report of run j, checked against run i as its
+    baseline, has a record called regressed (:func:`audit.gate.comparison.correct_family`'s rule)."""
+    from audit.gate.comparison import change_p_value, classify
+    from audit.verdicts import holm
+
+    seeds = min(len(r["runs"]) for r in rows)
+    failed = []
+    for i, j in itertools.permutations(range(seeds), 2):
+        calls = [classify(tuple(r["runs"][i]), tuple(r["runs"][j]), tolerance) for r in rows]
+        rises = [rise for _, rise, _ in calls]
+        p = [change_p_value(rise, margin, tolerance) for _, rise, margin in calls]
+        adjusted = holm(p) if correction == "holm" else p
+        failed.append(any(rise > 0 and q < 0.05 for rise, q in zip(rises, adjusted)))
+    return sum(failed) / len(failed)
+
+
+def gate_table(rows: list[dict]) -> str:
+    """Markdown: :func:`failed_checks` per tolerance, per record and Holm-corrected."""
+    lines = ["| records in the report | tolerance | checks failed, each record alone | checks failed, Holm over the "
+             "records |", "|---|---|---|---|"]
+    for label, chosen in (("all 12", rows), ("the 6 `attribute`", [r for r in rows if r["attack"] == "attribute"])):
+        for tolerance in (0.0, 0.02, 0.07):
+            lines.append(f"| {label} | {tolerance:g} | {failed_checks(chosen, tolerance, 'none'):.0%} | "
+                         f"{failed_checks(chosen, tolerance, 'holm'):.0%} |")
+    return "\n".join(lines)
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--gate", type=Path, help="no runs: the whole-report check table of these rows (JSON lines)")
     ap.add_argument("--seeds", type=int, default=8)
     ap.add_argument("--attacks", nargs="+", default=list(PARAMS), choices=list(PARAMS))
     ap.add_argument("--json", type=Path, help="also write the rows here (JSON lines)")
     args = ap.parse_args()
+    if args.gate:
+        print(gate_table([json.loads(line) for line in args.gate.read_text().splitlines() if line.strip()]))
+        return
     rows = []
     for task, (dataset, epochs) in TASKS.items():
         data, net = prepared(dataset, epochs)

@@ -166,6 +166,14 @@ def test_seed_spread_counts_the_pairs_the_gate_would_call_changed():
     apart = module.summary("t", "c", "a", [(0.5, 0.49, 0.51), (0.6, 0.59, 0.61)])
     assert apart["false_change_share"] == 1.0 and apart["ci_half_width"] == 0.01
     assert (apart["min"], apart["max"]) == (0.5, 0.6)
+    # whole reports: a pair fails the check when some record rose beyond the noise. One clear rise of 0.1
+    # (z = 14) fails one of the two ordered pairs either way; ten records each rising by 0.015 (combined
+    # half-width 0.0141: z = 2.08, p 0.038) fail it alone but not under Holm over the ten (p_holm 0.38)
+    steady = [{"attack": "a", "runs": [[0.5, 0.49, 0.51], [0.5, 0.49, 0.51]]}] * 9
+    clear = [{"attack": "a", "runs": [[0.5, 0.49, 0.51], [0.6, 0.59, 0.61]]}]
+    assert module.failed_checks(steady + clear, 0.0, "none") == module.failed_checks(steady + clear, 0.0, "holm") == 0.5
+    slight = [{"attack": "a", "runs": [[0.5, 0.49, 0.51], [0.515, 0.505, 0.525]]}] * 10
+    assert module.failed_checks(slight, 0.0, "none") == 0.5 and module.failed_checks(slight, 0.0, "holm") == 0.0
 
 
 def test_ab_settings_table_shows_ratios_and_records_outside_the_first_runs_interval(tmp_path):
