@@ -135,7 +135,10 @@ def change_of(old: Record, new: Record, tolerance: float) -> Change:
     a, b = leakage(old), leakage(new)
     if a is None or b is None:
         return Change(old, new, "failed")
-    change = Change(old, new, *classify(a, b, tolerance))
+    return _with_p_value(Change(old, new, *classify(a, b, tolerance)), tolerance)
+
+
+def _with_p_value(change: Change, tolerance: float) -> Change:
     if change.status != "non-finite":
         change.p_value = change_p_value(change.rise, change.margin, tolerance)
     return change
@@ -208,10 +211,7 @@ def utility_changes(old: list[Record], new: list[Record], tolerance: float = 0.0
 
     def make(a: Record, b: Record) -> Change:  # worse = lower accuracy
         loss = [oriented(r["value"], r.get("ci95"), -1) for r in (a, b)]
-        change = Change(a, b, *classify(*loss, tolerance), kind="utility")
-        if change.status != "non-finite":
-            change.p_value = change_p_value(change.rise, change.margin, tolerance)
-        return change
+        return _with_p_value(Change(a, b, *classify(*loss, tolerance), kind="utility"), tolerance)
 
     changes = _changes(groups(old), groups(new), make)
     for c in changes:
