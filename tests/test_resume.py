@@ -260,20 +260,22 @@ def test_one_run_at_a_time_per_folder_and_the_lock_dies_with_its_process(tmp_pat
     ResultStore(out, "h", {}).close()  # no stale lock after a SIGKILL
 
 
-def _faces(folder: Path, n: int, start: int = 0) -> None:
-    """``n`` tiny UTKFace-named JPEGs (ages, genders and races cycling) in ``folder``."""
+def _faces(folder: Path, n: int, start: int = 0, shift: int = 0) -> None:
+    """``n`` tiny UTKFace-named JPEGs (ages, genders and races cycling) in ``folder``; ``shift`` changes their
+    colours, not their names."""
     from PIL import Image
 
     folder.mkdir(exist_ok=True)
     for i in range(start, start + n):
-        color = (37 * i % 256, 91 * i % 256, 53 * i % 256)
+        color = ((37 * i + shift) % 256, 91 * i % 256, 53 * i % 256)
         Image.new("RGB", (12, 12), color).save(folder / f"{20 + i % 50}_{i % 2}_{i % 3}_20170109{i:09d}.jpg.chip.jpg",
                                                format="JPEG")
 
 
 def test_data_changed_under_the_same_parameters_is_refused_not_mixed_in(tmp_path):
-    """A folder dataset is keyed by its parameters (the path), not its files: images added to it leave the task
-    key as it was. The cached task model and the committed cells then belong to other data: a clear error,
+    """Data that changed under the same task key: a UTKFace folder's key is read once per process, so images
+    edited in place (same names) keep it until the next process (a torchvision set's root is not in its key
+    at all). The cached task model and the committed cells then belong to other data: a clear error,
     nothing overwritten, instead of an audit mixing the two."""
     root = tmp_path / "faces"
     _faces(root, 60)
@@ -287,7 +289,7 @@ def test_data_changed_under_the_same_parameters_is_refused_not_mixed_in(tmp_path
     summary = json.loads(next((out / "tasks").glob("*.json")).read_text())
     assert len(summary["data_fingerprint"]) == 16 and summary["task_model"]["data_fingerprint"] == summary["data_fingerprint"]
 
-    _faces(root, 4, start=60)  # the folder grows: same parameters, same task key
+    _faces(root, 4, shift=128)  # four images edited in place: the same task key in this process
     (out / "cells" / f"{cell}.json").unlink()  # one cell left to compute on resume
     with pytest.raises(AuditInputError, match="cached task model .* was trained on other data"):
         Audit(config).run(out, callbacks=[])
@@ -296,4 +298,4 @@ def test_data_changed_under_the_same_parameters_is_refused_not_mixed_in(tmp_path
     with pytest.raises(AuditInputError, match="holds cells of .* computed on other data"):
         Audit(config).run(out, callbacks=[])
     assert json.loads(next((out / "tasks").glob("*.json")).read_text()) == summary  # nothing overwritten
-    assert Audit(config).run(tmp_path / "new", callbacks=[])["tasks"][0]["n"]["test"] == 16  # 64 faces audited
+    assert Audit(config).run(tmp_path / "new", callbacks=[])["tasks"][0]["data_fingerprint"] != summary["data_fingerprint"]
