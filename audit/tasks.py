@@ -147,8 +147,9 @@ def prepare_task(config: AuditConfig, t: int, seed: int, cache_dir: Path, device
             raise AuditInputError(
                 f"cached task model {path} was trained on other data than {task.title} loads now (data "
                 f"fingerprint {trained_on}, now {fingerprint}): the data changed under the same parameters (e.g. "
-                "images added to or removed from dataset.root; a dataset that draws random transforms as it loads changes "
-                "on every load: make its loading deterministic); delete the file to retrain, or restore the data")
+                "UTKFace images edited in place while this process ran, files replaced under a torchvision set's root; a "
+                "dataset that draws random transforms as it loads changes on every load: make its loading deterministic); "
+                "delete the file to retrain, or restore the data")
     else:
         log.info(
             "%s seed=%d: training the task model (%d samples, %d epochs)",
