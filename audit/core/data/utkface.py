@@ -42,8 +42,8 @@ _IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png")
 UTKLabel = Literal["gender", "race", "age_bucket"]
 
 _WARNED: set[tuple[str, str]] = set()  # (folder, message) already warned about in this process
-# (resolved folder, its mtime, max_samples, subset_seed) -> digest of the images it yields: the task key is
-# asked for once per cell and result: the folder is read once per process (again when an image is added,
+# (resolved folder, its mtime, max_samples, subset_seed) -> digest of the images it yields. The task key is
+# asked for once per cell and result, so the folder is read once per process (again when an image is added,
 # removed or renamed; an image edited in place counts from the next process on)
 _FOLDER_KEYS: dict[tuple[str, int, int | None, int], str | None] = {}
 
