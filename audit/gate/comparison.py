@@ -144,13 +144,14 @@ def _with_p_value(change: Change, tolerance: float) -> Change:
     return change
 
 
-def correct_family(changes: list[Change], regression: Regression) -> list[Change]:
-    """Call the changes of one comparison together: each tested change (a p-value, its record
-    selected by ``regression.select``) is ``regressed`` / ``improved`` when its p-value, adjusted
+def correct_family(changes: list[Change], regression: Regression, gated: bool = True) -> list[Change]:
+    """Call the changes of one comparison together: each tested change (a p-value, and with ``gated``
+    its record selected by ``regression.select``) is ``regressed`` / ``improved`` when its p-value, adjusted
     by ``regression.correction`` over all of them (Holm: the chance that noise alone calls any
     of them is at most ``regression.alpha``), is below ``regression.alpha``; else ``unchanged``.
     With one change, or ``correction: none`` at alpha 0.05, the calls are :func:`classify`'s."""
-    tested = [c for c in changes if c.p_value is not None and c.new is not None and regression.select.matches(c.new)]
+    tested = [c for c in changes if c.p_value is not None and c.new is not None
+              and (not gated or regression.select.matches(c.new))]
     p = [c.p_value for c in tested]
     adjusted = holm(p) if regression.correction == "holm" else p
     for c, q in zip(tested, adjusted):
@@ -216,7 +217,6 @@ def utility_changes(old: list[Record], new: list[Record], tolerance: float = 0.0
     changes = _changes(groups(old), groups(new), make)
     for c in changes:
         c.kind = "utility"
-    regression = regression or Regression()
-    return correct_family(changes, regression.model_copy(update={"select": type(regression.select)()}))  # every group
+    return correct_family(changes, regression or Regression(), gated=False)  # the selector names measurements
 
 
