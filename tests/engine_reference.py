@@ -17,6 +17,9 @@ capability AVX512) in 18 of 36 figures, e.g. a classifier MI 0.566 -> 0.541 nats
 reference's 95% CI. A file therefore says which CPU wrote it (:func:`cpu_signature`): the test compares exactly
 on that CPU and elsewhere wants at least 95% of the figures inside the reference's 95% CIs (the default audit
 across the two CPUs: 5 of 282 outside). Both files were rewritten on the AVX-512 machine on 2026-12-04.
+The default file was written again on 2026-12-05 on an Intel Xeon with AMX, when rMLE's steps went to
+bfloat16 (``inversion_rmle.precision: auto``): its 36 rMLE records have new cell ids and figures. Of the other
+246, 89 were identical to the AVX-512 machine's and 3 fell outside that file's CIs (kernels, as above).
 """
 from __future__ import annotations
 

@@ -103,6 +103,45 @@ def test_rmle_recovers_the_input_of_an_invertible_edge(digits, tmp_path):
     assert (tmp_path / psnr.extra["grid"]).is_file()
 
 
+def test_rmle_in_bfloat16_refines_in_float32_and_recovers_the_input(digits):
+    """precision: bfloat16 runs three quarters of the steps in bfloat16 autocast, then float32: the input of an
+    invertible edge is still recovered to a float32-level feature residual; all steps in bfloat16 stop at
+    bfloat16's resolution (a residual over 10x larger)."""
+    from attacks.inversion_rmle import rmle_invert
+
+    data, _ = digits
+    net = _invertible_edge_model(channels=1)
+    scores = scores_by_metric(run_attack("inversion_rmle", attack_context(data, net, "conv1"), n_eval=16,
+                                         iterations=300, tv_weight=0.0, precision="bfloat16"))
+    psnr = scores[("input", "psnr")]
+    assert psnr.value > 35 and psnr.extra["feature_residual"] < 1e-3, psnr
+    assert psnr.extra["bfloat16_steps"] == 225 and psnr.extra["iterations"] == 300
+
+    edge, _ = net.split("conv1")
+    x = data.part("test").x[:16].float()
+    z = edge.eval()(x).detach()
+    x0 = data.part("aux").x.float().mean(0).expand_as(x)
+    kw = dict(iterations=300, lr=0.05, tv_weight=0.0, feature_scale=float(z.pow(2).mean()))
+    _, tail = rmle_invert(edge, z, x0, (0.0, 1.0), low_precision_steps=225, **kw)
+    _, all_bf16 = rmle_invert(edge, z, x0, (0.0, 1.0), low_precision_steps=300, **kw)
+    assert all_bf16.median() > 10 * tail.median(), (all_bf16.median(), tail.median())
+
+
+def test_rmle_precision_auto_uses_bfloat16_only_where_the_device_computes_it(monkeypatch):
+    import attacks.inversion_rmle as rmle
+    from attacks import create_attack
+
+    attack = create_attack("inversion_rmle", iterations=200, precision="auto")
+    monkeypatch.setattr(rmle, "native_bfloat16", lambda device: False)
+    assert attack.low_precision_steps(torch.device("cpu")) == 0
+    monkeypatch.setattr(rmle, "native_bfloat16", lambda device: True)
+    assert attack.low_precision_steps(torch.device("cpu")) == 150
+    assert create_attack("inversion_rmle", iterations=7, precision="bfloat16").low_precision_steps(
+        torch.device("cpu")) == 5  # ceil(7 / 4) = 2 steps in float32
+    assert create_attack("inversion_rmle", precision="float32").low_precision_steps(torch.device("cpu")) == 0
+    assert create_attack("inversion_rmle").params.precision == "auto"
+
+
 def test_rmle_on_the_trained_model_beats_the_mean_image(digits):
     data, net = digits
     psnr = scores_by_metric(run_attack("inversion_rmle", attack_context(data, net, "conv1"), n_eval=16,
