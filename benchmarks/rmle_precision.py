@@ -49,6 +49,7 @@ def main() -> None:
     ap.add_argument("--n-eval", type=int, default=32)
     ap.add_argument("--iterations", type=int, nargs="+", default=[200])
     ap.add_argument("--modes", nargs="+", default=list(MODES), choices=MODES)
+    ap.add_argument("--cut-points", nargs="+", help="default: the config's")
     ap.add_argument("--channels-last", action="store_true", help="image inputs in channels_last (as the attack "
                                                                    "does under trainer.channels_last)")
     ap.add_argument("--out", type=Path, required=True)
@@ -62,7 +63,7 @@ def main() -> None:
     x = test.x[idx].float()
     x0 = aux.x.float().mean(0).expand_as(x)
     rows = []
-    for cut in config.tasks[0].cut_points:
+    for cut in args.cut_points or config.tasks[0].cut_points:
         edge, _ = state.model.split(cut)
         edge.eval()
         z = predict(edge, x)
