@@ -50,6 +50,12 @@ from audit.core.heap import reusing
 FLOAT32_TAIL = 0.25  # the fraction of the steps (the last ones) that run in float32 under bfloat16 precision
 
 
+def bfloat16_steps(iterations: int) -> int:
+    """How many of ``iterations`` steps run in bfloat16 under bfloat16 precision: all but the last
+    ``FLOAT32_TAIL`` of them (rounded up)."""
+    return iterations - math.ceil(FLOAT32_TAIL * iterations)
+
+
 def relative_residual(mapped: torch.Tensor, z: torch.Tensor) -> torch.Tensor:
     """Per sample (N,): ||mapped - z||^2 / ||z||^2, how far an inverted input's feature lies from the target."""
     return (mapped - z).pow(2).flatten(1).sum(1) / z.pow(2).flatten(1).sum(1).clamp_min(1e-12)
@@ -128,7 +134,7 @@ class RMLEInversion(Attack):
         p = self.params
         if p.precision == "float32" or (p.precision == "auto" and not native_bfloat16(device)):
             return 0
-        return p.iterations - math.ceil(FLOAT32_TAIL * p.iterations)
+        return bfloat16_steps(p.iterations)
 
     def fit(self, ctx: AttackContext) -> None:
         self.range = data_range_of(ctx.aux.x, self.params.data_range)

@@ -22,7 +22,7 @@ from pathlib import Path
 import torch
 
 from attacks.inversion import eval_subset, per_sample_psnr
-from attacks.inversion_rmle import FLOAT32_TAIL, rmle_invert
+from attacks.inversion_rmle import bfloat16_steps, rmle_invert
 from audit.config import load_config
 from audit.core.chunked import mean_square
 from audit.core.training import predict
@@ -31,10 +31,9 @@ from audit.runner import AuditRun
 MODES = ("float32", "bfloat16", "bfloat16-only")
 
 
-def bfloat16_steps(mode: str, iterations: int) -> int:
+def steps_in_bfloat16(mode: str, iterations: int) -> int:
     """How many of the steps run in bfloat16 in ``mode``."""
-    return {"float32": 0, "bfloat16": iterations - math.ceil(FLOAT32_TAIL * iterations),
-            "bfloat16-only": iterations}[mode]
+    return {"float32": 0, "bfloat16": bfloat16_steps(iterations), "bfloat16-only": iterations}[mode]
 
 
 def paired(diff: torch.Tensor) -> tuple[float, float]:
@@ -74,7 +73,7 @@ def main() -> None:
                 start = time.perf_counter()
                 rec, residual = rmle_invert(
                     edge, z, x0, (0.0, 1.0), iterations=iterations, lr=0.05, tv_weight=0.05, feature_scale=scale,
-                    low_precision_steps=bfloat16_steps(mode, iterations), channels_last=args.channels_last)
+                    low_precision_steps=steps_in_bfloat16(mode, iterations), channels_last=args.channels_last)
                 seconds = time.perf_counter() - start
                 psnr[mode, iterations] = per_sample_psnr(rec, x, 1.0)
                 ref = psnr.get(("float32", iterations))
